@@ -1,0 +1,90 @@
+"""What `run local` and `submit slurm` share: loading the spec with overrides, entry from `-- CMD`."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+
+from hpcgpu.errors import UserError
+from hpcgpu.plan import Plan, describe_plan
+from hpcgpu.runs import RunRecord, create_run_dir, new_run_id, register
+from hpcgpu.spec import Spec, apply_overrides, dump_spec, env_overrides, load_spec
+
+spec_option = click.option(
+    "-f", "--file", "spec_file", type=click.Path(dir_okay=False), default=None,
+    help="Job spec (default: ./hpcgpu.yaml if present, else the bundled demo).",
+)
+
+
+def parse_gpus(value: Optional[str]) -> Any:
+    """--gpus N|all -> int or 'all'."""
+    if value is None or value == "all":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        raise UserError(f"--gpus must be a number or 'all', got {value!r}") from None
+    if n < 0:
+        raise UserError(f"--gpus must be >= 0, got {n}")
+    return n
+
+
+def entry_from_command(cmd: tuple[str, ...]) -> dict[str, Any]:
+    """`-- train.py --lr 3` -> a script entry; `-- -m pkg.mod args` -> a module entry."""
+    if cmd[0] == "-m":
+        if len(cmd) < 2:
+            raise UserError("`-- -m` needs a module name, e.g. `-- -m mypkg.train`")
+        return {"module": cmd[1], "args": list(cmd[2:])}
+    if cmd[0] in ("python", "python3", sys.executable):
+        return entry_from_command(cmd[1:]) if len(cmd) > 1 else entry_from_command(("",))
+    return {"script": cmd[0], "args": list(cmd[1:])}
+
+
+def load_with_overrides(spec_file: Optional[str], flags: dict[str, Any], cmd: tuple[str, ...] = ()) -> tuple[Spec, str]:
+    """spec < HPCGPU_* environment < flags; `-- CMD` replaces the spec's entry."""
+    spec, source = load_spec(spec_file)
+    spec = apply_overrides(spec, env_overrides(dict(os.environ)))
+    overrides = dict(flags)
+    if cmd:
+        e = entry_from_command(cmd)
+        overrides.update({"entry.script": None, "entry.module": None, "entry.task": None, "entry.args": []})
+        overrides.update({f"entry.{k}": v for k, v in e.items()})
+        spec = _clear_entry(spec)
+    spec = apply_overrides(spec, overrides)
+    check_entry_exists(spec)
+    return spec, source
+
+
+def _clear_entry(spec: Spec) -> Spec:
+    data = spec.model_dump(mode="json")
+    data["entry"] = {"script": "_"}  # replaced right after by the -- CMD overrides
+    return Spec.model_validate(data)
+
+
+def check_entry_exists(spec: Spec) -> None:
+    """A missing script is bad input: say so before anything starts."""
+    if spec.entry.script and not Path(spec.entry.script).is_file():
+        raise UserError(
+            f"entry.script {spec.entry.script!r} not found (looked in {os.getcwd()})",
+            hint="give the path relative to the directory you run hpcgpu from",
+        )
+
+
+def run_location(spec: Spec) -> tuple[str, str]:
+    """A fresh run id and the absolute run dir it will get (nothing is created yet)."""
+    run_id = new_run_id(spec.name)
+    return run_id, str(Path(spec.logging.dir).absolute() / run_id)
+
+
+def materialize_run(plan: Plan, nodes: int) -> Path:
+    """Create the run dir, write the resolved spec and plan, and register the run in the index."""
+    run_dir = create_run_dir(str(Path(plan.run_dir).parent), plan.run_id)
+    (run_dir / "spec.yaml").write_text(dump_spec(plan.spec))
+    (run_dir / "plan.txt").write_text(describe_plan(plan))
+    register(RunRecord(id=plan.run_id, run_dir=str(run_dir), backend=plan.backend, created=time.time(), nodes=nodes, pid=os.getpid()))
+    return run_dir

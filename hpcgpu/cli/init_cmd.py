@@ -1,0 +1,64 @@
+"""`hpcgpu init`: write a starter hpcgpu.yaml after a few questions."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import click
+
+from hpcgpu.errors import UserError
+
+
+def starter_spec(name: str, gpus: int, strategy: str, precision: str, task: str) -> str:
+    """The text of a starter spec: the answers, with comments pointing at what to change next."""
+    gpus_line = f"gpus_per_node: {gpus}" if gpus else "gpus_per_node: 0      # CPU ranks (gloo)\n  procs_per_node: 2"
+    return f"""# hpcgpu job spec: `hpcgpu spec show` prints it with every default; docs/spec.md explains each key.
+name: {name}
+entry:
+  task: {task}     # or script: train.py (with args: [...]), or module: mypkg.train
+resources:
+  nodes: 1
+  {gpus_line}
+train:
+  strategy: {strategy}
+  precision: {precision}
+  batch_size: 32          # per device
+  grad_accum: 1
+  lr: 0.001               # scaled by world size x grad_accum (lr_scaling: linear)
+  epochs: 1
+checkpoint:
+  every_steps: 100
+  keep_last: 3
+  resume: auto
+"""
+
+
+@click.command()
+@click.option("-o", "--output", default="hpcgpu.yaml", show_default=True, help="Where to write the spec.")
+@click.option("--yes", "-y", is_flag=True, help="Take the defaults without asking.")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(output, yes, force) -> int:
+    """Write a starter spec: detects GPUs, asks for the strategy and precision."""
+    from hpcgpu.agent import count_visible_gpus
+
+    path = Path(output)
+    if path.exists() and not force:
+        raise UserError(f"{output} already exists", hint="pass --force to overwrite, or -o OTHER.yaml")
+    gpus = count_visible_gpus(os.environ)
+    default_precision = "bf16" if gpus else "fp32"
+    click.echo(f"GPUs detected: {gpus}" + ("" if gpus else " (the job will run CPU ranks with gloo)"))
+    ask = (lambda text, default, **kw: default) if yes else (lambda text, default, **kw: click.prompt(text, default=default, **kw))
+    name = ask("Job name", re.sub(r"[^A-Za-z0-9._-]", "-", Path.cwd().name).strip("-._")[:40] or "job")
+    gpus = ask("GPUs per node", gpus, type=click.IntRange(min=0))
+    strategy = ask("Strategy", "ddp", type=click.Choice(["ddp", "fsdp", "dp"]))
+    precision = ask("Precision", default_precision if gpus else "fp32", type=click.Choice(["fp32", "bf16", "fp16"]))
+    task = ask("Task (module:function)", "hpcgpu.examples.mlp:make_task")
+    text = starter_spec(name, gpus, strategy, precision, task)
+    from hpcgpu.spec import parse_spec
+
+    parse_spec(text, output)  # never write a spec that would not load
+    path.write_text(text)
+    click.echo(f"wrote {output}; next: hpcgpu run local --dry-run")
+    return 0

@@ -1,0 +1,91 @@
+"""`hpcgpu run local`: run a job on this machine."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from hpcgpu.cli.common import load_with_overrides, materialize_run, parse_gpus, run_location, spec_option
+
+
+@click.group()
+def run() -> None:
+    """Run a job on this machine."""
+
+
+@run.command("local", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@spec_option
+@click.option("--gpus", default=None, metavar="N|all", help="GPUs to use (one rank each); 'all' = every visible GPU.")
+@click.option("--nproc", type=click.IntRange(min=1), default=None, help="Run N ranks on CPUs (gloo) instead of GPUs.")
+@click.option("--name", default=None, help="Run name (prefix of the run directory).")
+@click.option("--max-restarts", type=click.IntRange(min=0), default=None, help="Restart all ranks up to N times after a failure.")
+@click.option("--container", default=None, metavar="IMAGE", help="Run the node agent inside this image (runtime from the spec, default podman locally).")
+@click.option("--dry-run", is_flag=True, help="Print the plan (command, environment, rank table) and start nothing.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- SCRIPT ARGS... | -- -m MODULE ARGS...]")
+def run_local(spec_file, gpus, nproc, name, max_restarts, container, dry_run, command) -> int:
+    """Run the spec's job on this machine: one node agent, one rank per GPU (or --nproc CPU ranks).
+
+    \b
+    Examples:
+      hpcgpu run local                       # ./hpcgpu.yaml, or the bundled demo
+      hpcgpu run local --nproc 2             # 2 CPU ranks (gloo)
+      hpcgpu run local --gpus 4 -f job.yaml
+      hpcgpu run local --gpus all -- train.py --lr 3e-4   # any script, like torchrun
+      hpcgpu run local --dry-run             # show what would run
+
+    Exit status: 0 done, 1 a rank failed, 2 bad input (nothing started),
+    75 stopped cleanly on a signal after a checkpoint (rerun to resume).
+    """
+    from hpcgpu.agent import count_visible_gpus
+    from hpcgpu.backends import get_backend
+    from hpcgpu.plan import build_plan, describe_plan
+
+    flags = {"name": name, "distributed.max_restarts": max_restarts}
+    if nproc is not None:
+        flags.update({"resources.gpus_per_node": 0, "resources.procs_per_node": nproc})
+    elif gpus is not None:
+        flags["resources.gpus_per_node"] = parse_gpus(gpus)
+    if container:
+        flags["container"] = {"runtime": "podman", "image": container}
+    spec, source = load_with_overrides(spec_file, flags, command)
+    run_id, run_dir = run_location(spec)
+    prefix = _container_prefix(spec, run_dir)
+    plan = build_plan(
+        spec, backend="local", run_id=run_id, run_dir=run_dir,
+        visible_gpus=count_visible_gpus(os.environ), user_env=os.environ,
+        python="python3" if prefix else sys.executable, container_prefix=prefix,
+    )
+    if dry_run:
+        click.echo(f"spec:     {source}")
+        click.echo(describe_plan(plan), nl=False)
+        return 0
+    materialize_run(plan, nodes=1)
+    _announce(plan, source)
+    code = get_backend("local").launch(plan)
+    _farewell(plan, code)
+    return code
+
+
+def _container_prefix(spec, run_dir: str) -> tuple[str, ...]:
+    if spec.container is None:
+        return ()
+    from hpcgpu.container import local_prefix  # torch-free
+
+    return tuple(local_prefix(spec, run_dir))
+
+
+def _announce(plan, source: str) -> None:
+    click.echo(f"hpcgpu: {plan.run_id}: {plan.world_size} rank(s) on {plan.layout.device}, spec {source}")
+    click.echo(f"hpcgpu: run dir {plan.run_dir} (logs/, checkpoints/, tb/)")
+    sys.stdout.flush()
+
+
+def _farewell(plan, code: int) -> None:
+    what = {0: "done", 75: "stopped after a checkpoint (rerun to resume)"}.get(code, f"failed (exit {code})")
+    ckpt = plan.env.get("HPCGPU_CKPT_DIR")
+    click.echo(f"hpcgpu: {plan.run_id} {what}")
+    click.echo(f"  logs:        {plan.run_dir}/logs/rank<N>.log  (hpcgpu logs {plan.run_id} --rank N)")
+    click.echo(f"  checkpoints: {ckpt}")
+    click.echo(f"  tensorboard: tensorboard --logdir {plan.run_dir}/tb")

@@ -1,0 +1,94 @@
+"""The environment every rank gets: debug defaults merged *under* the user's own, and redaction.
+
+Pure and torch-free. Every default hpcgpu sets comes with the reason it is set, printed once
+when it takes effect, so nobody has to guess where a variable came from.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
+from hpcgpu.spec import Debug
+
+# Names that look like credentials: their values never reach the console, scripts or run dirs.
+_SECRET_NAME = re.compile(r"(TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH)", re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+@dataclass(frozen=True)
+class EnvDefault:
+    """One variable hpcgpu sets unless the user already did, and why."""
+
+    name: str
+    value: str
+    why: str
+
+
+def is_secret(name: str) -> bool:
+    """True when a variable's name looks like it holds a credential."""
+    return bool(_SECRET_NAME.search(name))
+
+
+def redact(env: Mapping[str, str]) -> dict[str, str]:
+    """Copy of env with the values of secret-looking variables replaced."""
+    return {k: (REDACTED if is_secret(k) else v) for k, v in env.items()}
+
+
+def debug_defaults(debug: Debug, run_dir: str) -> list[EnvDefault]:
+    """The NCCL / torch.distributed variables the spec's debug section asks for."""
+    out: list[EnvDefault] = [
+        # Without this a rank blocked in a failed NCCL collective hangs until the job's time
+        # limit; with it the collective errors out after distributed.timeout_s.
+        EnvDefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1", "fail instead of hang when a collective times out"),
+        # One thread per rank by default: N ranks x all cores oversubscribes the CPU badly.
+        EnvDefault("OMP_NUM_THREADS", "1", "avoid N ranks x all-cores thread oversubscription"),
+    ]
+    if debug.nccl != "off":
+        out.append(EnvDefault("NCCL_DEBUG", debug.nccl.upper(), "debug.nccl"))
+        # %h host, %p pid: one file per rank, next to the rank logs
+        out.append(EnvDefault("NCCL_DEBUG_FILE", f"{run_dir}/logs/nccl.%h.%p.log", "debug.nccl: per-rank NCCL log"))
+    if debug.nccl_subsys:
+        out.append(EnvDefault("NCCL_DEBUG_SUBSYS", ",".join(debug.nccl_subsys), "debug.nccl_subsys"))
+    if debug.torch_distributed != "off":
+        out.append(EnvDefault("TORCH_DISTRIBUTED_DEBUG", debug.torch_distributed.upper(), "debug.torch_distributed"))
+        out.append(EnvDefault("TORCH_CPP_LOG_LEVEL", "INFO", "debug.torch_distributed: show c10d logs"))
+    if debug.flight_recorder:
+        # https://pytorch.org/tutorials/prototype/flight_recorder_tutorial.html
+        out.append(EnvDefault("TORCH_NCCL_TRACE_BUFFER_SIZE", "2000", "debug.flight_recorder: keep recent collectives"))
+        out.append(EnvDefault("TORCH_NCCL_DUMP_ON_TIMEOUT", "1", "debug.flight_recorder: dump on timeout"))
+        out.append(EnvDefault("TORCH_FR_DUMP_TEMP_FILE", f"{run_dir}/flight/rank_", "debug.flight_recorder: dump location"))
+    return out
+
+
+@dataclass(frozen=True)
+class MergedEnv:
+    """Variables to add to the ranks' environment, and what each default did."""
+
+    added: dict[str, str]
+    notes: list[str]
+
+
+def merge_under(defaults: list[EnvDefault], spec_env: Mapping[str, str], user_env: Mapping[str, str]) -> MergedEnv:
+    """Defaults < spec `env:` < the user's own environment: hpcgpu never overrides what the user set."""
+    added: dict[str, str] = {}
+    notes: list[str] = []
+    for d in defaults:
+        if d.name in user_env:
+            notes.append(f"{d.name}: keeping your value {_show(d.name, user_env[d.name])} (hpcgpu would set {d.value}: {d.why})")
+        elif d.name in spec_env:
+            notes.append(f"{d.name}={_show(d.name, spec_env[d.name])} from the spec's env (default {d.value}: {d.why})")
+        else:
+            added[d.name] = d.value
+            notes.append(f"{d.name}={d.value} ({d.why})")
+    for name, value in spec_env.items():
+        if name in user_env and user_env[name] != value:
+            notes.append(f"{name}: spec env sets it, your environment's value wins")
+            continue
+        added[name] = value
+    return MergedEnv(added=added, notes=notes)
+
+
+def _show(name: str, value: str) -> str:
+    return REDACTED if is_secret(name) else value
