@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
 from hpcgpu import envnames
-from hpcgpu.envvars import MergedEnv, debug_defaults, merge_under, redact
+from hpcgpu.envvars import REDACTED, MergedEnv, debug_defaults, merge_under, redact
 from hpcgpu.errors import UserError
 from hpcgpu.spec import Spec
 
@@ -167,7 +167,7 @@ def describe_plan(plan: Plan) -> str:
         "",
         "environment added for every rank:",
     ]
-    lines += [f"  {k}={shlex.quote(v)}" for k, v in sorted(redact(plan.env).items())]
+    lines += [f"  {k}={v if v == REDACTED else shlex.quote(v)}" for k, v in sorted(redact(plan.env).items())]
     if plan.env_notes:
         lines += ["", "debug variables:"] + [f"  {n}" for n in plan.env_notes]
     lines += ["", "rank  node  local  device"]

@@ -21,7 +21,7 @@ DEMO_TASK = "hpcgpu.examples.mlp:make_task"
 
 class _Model(BaseModel):
     # Unknown keys are typos until proven otherwise: reject them.
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, use_attribute_docstrings=True)
 
 
 class Entry(_Model):
@@ -187,9 +187,13 @@ class Slurm(_Model):
     """Slurm submission settings (used by `hpcgpu submit slurm`)."""
 
     partition: Optional[str] = None
+    """Partition (sbatch --partition); the cluster's default when unset."""
     account: Optional[str] = None
+    """Account to charge (sbatch --account)."""
     qos: Optional[str] = None
+    """Quality of service (sbatch --qos)."""
     constraint: Optional[str] = None
+    """Node features required (sbatch --constraint), e.g. `h100`."""
     signal_before_s: int = Field(120, ge=10)
     """Ask Slurm for SIGUSR2 this many seconds before the time limit or preemption."""
     max_timeout_requeues: int = Field(3, ge=0)
@@ -210,6 +214,7 @@ class Container(_Model):
     """Run the node agent inside a container image."""
 
     runtime: Literal["apptainer", "docker", "podman", "pyxis"] = "apptainer"
+    """Container runtime; pyxis means `srun --container-image` (Slurm only)."""
     image: str
     """Image reference (docker/podman/pyxis) or .sif path (apptainer)."""
     binds: list[str] = Field(default_factory=list)
@@ -224,16 +229,25 @@ class Spec(_Model):
     name: str = "hpcgpu"
     """Job name (run directories and Slurm job names start with it)."""
     entry: Entry = Field(default_factory=lambda: Entry(task=DEMO_TASK))
+    """What each rank runs (default: the bundled demo task)."""
     resources: Resources = Field(default_factory=Resources)
+    """Nodes, GPUs, CPU ranks, memory and time."""
     distributed: Distributed = Field(default_factory=Distributed)
+    """Backend, timeouts, restarts, stop grace."""
     train: Train = Field(default_factory=Train)
+    """Built-in Trainer settings."""
     checkpoint: Checkpoint = Field(default_factory=Checkpoint)
+    """Checkpointing and resume."""
     logging: Logging = Field(default_factory=Logging)
+    """Run directories, TensorBoard, progress."""
     debug: Debug = Field(default_factory=Debug)
+    """NCCL and torch.distributed debug variables."""
     env: dict[str, str] = Field(default_factory=dict)
     """Extra environment variables for every rank (they override hpcgpu's defaults)."""
     slurm: Slurm = Field(default_factory=Slurm)
+    """Slurm submission settings."""
     container: Optional[Container] = None
+    """Run inside a container image (unset: on the host)."""
 
     @field_validator("name")
     @classmethod

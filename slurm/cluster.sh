@@ -77,16 +77,24 @@ pids_in_dir() {
   done
 }
 
-stop_pid() {
-  # SIGTERM, then SIGKILL after 10 s; quiet if the process is already gone.
-  local pid="$1" label="$2" i
-  kill -TERM "$pid" 2>/dev/null || return 0
+alive() {
+  # A zombie has exited already; its parent (maybe a container's pid 1) just has not reaped it.
+  [[ -r "/proc/$1/stat" ]] && [[ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" != Z ]]
+}
+
+stop_pids() {
+  # SIGTERM all at once (each daemon takes ~2 s to exit), SIGKILL what is left after 10 s.
+  local pid i left
+  (($#)) || return 0
+  kill -TERM "$@" 2>/dev/null || true
   for i in $(seq 1 50); do
-    [[ -d "/proc/$pid" ]] || { log "stopped $label (pid $pid)"; return 0; }
+    left=()
+    for pid in "$@"; do alive "$pid" && left+=("$pid"); done
+    ((${#left[@]})) || return 0
     sleep 0.2
   done
-  log "$label (pid $pid) ignored SIGTERM for 10 s; sending SIGKILL"
-  kill -KILL "$pid" 2>/dev/null || true
+  log "still running after SIGTERM + 10 s, sending SIGKILL: ${left[*]}"
+  kill -KILL "${left[@]}" 2>/dev/null || true
 }
 
 # --- munge ---------------------------------------------------------------------------------------
@@ -288,17 +296,20 @@ cancel_jobs() {
 no_jobs() { [[ -z "$(squeue -h -t PD,R,CG,S,CF -o '%i' 2>/dev/null)" ]]; }
 
 stop_all() {
-  local pid node
+  local pid name pids=()
   cancel_jobs
-  for node in "${NODES[@]}"; do
-    if pid="$(pid_from "$DIR/run/slurmd-$node.pid" slurmd)"; then stop_pid "$pid" "slurmd $node"; fi
+  for name in slurmd-node1:slurmd slurmd-node2:slurmd slurmctld:slurmctld; do
+    if pid="$(pid_from "$DIR/run/${name%%:*}.pid" "${name##*:}")"; then pids+=("$pid"); fi
   done
-  if pid="$(pid_from "$DIR/run/slurmctld.pid" slurmctld)"; then stop_pid "$pid" slurmctld; fi
-  if pid="$(pid_from "$DIR/munge/run/munged.pid" munged)"; then stop_pid "$pid" munged; fi
-  # Anything still holding our scratch directory (lost pidfile, orphaned slurmstepd).
+  if pid="$(pid_from "$DIR/munge/run/munged.pid" munged)"; then pids+=("$pid"); fi
+  # Plus anything still holding our scratch directory (lost pidfile, orphaned slurmstepd).
   for pid in $(pids_in_dir); do
-    stop_pid "$pid" "$(cat "/proc/$pid/comm" 2>/dev/null || echo process)"
+    [[ " ${pids[*]} " == *" $pid "* ]] || pids+=("$pid")
   done
+  if ((${#pids[@]})); then
+    log "stopping pids ${pids[*]}"
+    stop_pids "${pids[@]}"
+  fi
 }
 
 cmd_down() {

@@ -27,11 +27,24 @@ def run_command(argv: Sequence[str], timeout: float, env: Mapping[str, str] | No
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        # torchrun's ranks are grandchildren: killing only the agent would leave them running
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
+        out = _stop_group(proc)
         raise subprocess.TimeoutExpired(argv, timeout, output=out) from None
     return subprocess.CompletedProcess(argv, proc.returncode, out, "")
+
+
+def _stop_group(proc: subprocess.Popen, grace: float = 5.0) -> str:
+    """SIGTERM the whole process group, SIGKILL after a grace period; return the output so far."""
+    # torchrun's ranks are grandchildren, and srun needs SIGTERM (not KILL) to end its job step
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            return proc.communicate(timeout=wait)[0] or ""
+        except subprocess.TimeoutExpired:
+            continue
+    return ""
 
 
 def bind_port(host: str, port: int) -> int:

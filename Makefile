@@ -1,0 +1,45 @@
+# hpcgpu: `make run` trains the bundled demo, `make test` runs every test tier this machine can run.
+# Both install what they need into .venv first (the CPU build of torch where there is no GPU).
+
+VENV         ?= .venv
+PY           := $(VENV)/bin/python
+HPCGPU       := $(VENV)/bin/hpcgpu
+TORCH_VERSION ?= 2.13.0
+# Each integration tier (Slurm, containers) is started by the Makefile and required by the tests in CI.
+PYTEST_ARGS  ?=
+
+.PHONY: venv run test test-unit test-fast bench bench-smoke clean docs-check
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	@# Pin torch first: with torch==2.13.0 installed, `pip install -e .` adds no CUDA wheels.
+	@# On a machine without an NVIDIA driver pip finds the CPU build (see docs/install.md).
+	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install --quiet -e ".[test]"
+	@if ! command -v nvidia-smi >/dev/null 2>&1 && $(PY) -m pip list 2>/dev/null | grep -Eq '^nvidia-(cu|nccl|cudnn)'; then \
+	  echo "error: CUDA wheels were installed on a machine without a GPU; remove $(VENV) and check pip's index" >&2; exit 1; fi
+	touch $@
+
+run: venv
+	$(HPCGPU) run local
+
+test-unit: venv
+	$(PY) -m pytest -q tests/unit tests/golden $(PYTEST_ARGS)
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slurm and not container and not gpu" $(PYTEST_ARGS)
+
+test: venv slurm-up image-test
+	HPCGPU_REQUIRE_SLURM=1 HPCGPU_REQUIRE_CONTAINER=1 $(PY) -m pytest -q -m "not gpu" $(PYTEST_ARGS)
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache runs
+
+-include slurm/cluster.mk
+-include containers/containers.mk
+-include benchmarks/bench.mk
+
+docs: venv
+	$(PY) -c "from hpcgpu.specdoc import reference_markdown; open('docs/spec.md','w').write(reference_markdown())"

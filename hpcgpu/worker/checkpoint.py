@@ -1,0 +1,245 @@
+"""Checkpoints on disk: step-numbered directories that appear complete or not at all.
+
+A checkpoint is written into `.step_00000100.tmp-<pid>/`, every file fsynced, then
+`manifest.json` (sizes and SHA-256 of every file) is written last as the commit marker, the
+directory is renamed to `step_00000100/` and the parent directory fsynced. Resume trusts only a
+directory whose manifest matches its files, so a crash or SIGKILL mid-write leaves the previous
+checkpoint in charge. Files are loaded with `torch.load(weights_only=True)`: tensors and plain
+values only, never pickled objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+STATE = "state.pt"
+_STEP_DIR = re.compile(r"step_(\d{8,})")
+_CHUNK = 1 << 22
+
+Report = Callable[[str], None]
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used, with the reason."""
+
+
+def step_dir_name(step: int) -> str:
+    """`step_00000100`: zero-padded so names sort by step."""
+    return f"step_{step:08d}"
+
+
+class _HashingWriter:
+    """A file wrapper that hashes and counts bytes as torch.save writes them (no second read)."""
+
+    def __init__(self, f):
+        self.f, self.sha, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or file creation inside `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_torch(obj: Any, path: Path) -> dict:
+    """torch.save obj to path, fsync it, and return its manifest entry (bytes, sha256)."""
+    with open(path, "wb") as f:
+        w = _HashingWriter(f)
+        torch.save(obj, w)
+        f.flush()
+        os.fsync(f.fileno())
+    return {"bytes": w.size, "sha256": w.sha.hexdigest()}
+
+
+def digest_file(path: Path) -> dict:
+    """Manifest entry of a file written by someone else (e.g. a torch.distributed.checkpoint shard)."""
+    sha, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            sha.update(chunk)
+            size += len(chunk)
+    return {"bytes": size, "sha256": sha.hexdigest()}
+
+
+def begin(ckpt_dir: Path, step: int) -> Path:
+    """Create and return the temporary directory a checkpoint of `step` is written into."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt_dir / f".{step_dir_name(step)}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp
+
+
+def commit(tmp: Path, step: int, files: dict[str, dict], meta: dict) -> Path:
+    """Write the manifest last, then rename tmp to its step name: the checkpoint now exists."""
+    manifest = {"format": FORMAT, "step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "files": files, **meta}
+    with open(tmp / MANIFEST, "w") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_dir(tmp)
+    final = tmp.parent / step_dir_name(step)
+    if final.exists():  # the same step saved again (e.g. a stop right after resuming): replace it
+        old = tmp.parent / f".{final.name}.old-{os.getpid()}"
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+    fsync_dir(tmp.parent)
+    return final
+
+
+def save_state(ckpt_dir: Path, step: int, state: dict, meta: Optional[dict] = None) -> Path:
+    """Atomically save one state dict as checkpoint `step` (the DDP and user-script format)."""
+    tmp = begin(ckpt_dir, step)
+    files = {STATE: write_torch(state, tmp / STATE)}
+    return commit(tmp, step, files, {"kind": "state", **(meta or {})})
+
+
+def read_manifest(path: Path) -> dict:
+    """The manifest of checkpoint directory `path`; CheckpointError if missing or unreadable."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no {MANIFEST} (incomplete: the save did not finish)") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable {MANIFEST} ({e})") from None
+    if manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
+        raise CheckpointError(f"{path}: {MANIFEST} has an unknown format {manifest.get('format')!r}")
+    return manifest
+
+
+def verify(path: Path) -> dict:
+    """Check every file against the manifest (size, then SHA-256); return the manifest."""
+    manifest = read_manifest(path)
+    for name, want in manifest["files"].items():
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"{path}: {name} is missing")
+        size = f.stat().st_size
+        if size != want["bytes"]:
+            raise CheckpointError(f"{path}: {name} has {size} bytes, the manifest says {want['bytes']} (truncated)")
+        if digest_file(f)["sha256"] != want["sha256"]:
+            raise CheckpointError(f"{path}: {name} does not match its checksum (corrupt)")
+    return manifest
+
+
+def list_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
+    """Committed-looking checkpoint directories, newest step first (not verified)."""
+    if not ckpt_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if p.is_dir() and (m := _STEP_DIR.fullmatch(p.name))]
+    return sorted(found, reverse=True)
+
+
+def latest_valid(ckpt_dir: Path, report: Report = print, skipped: Optional[list] = None) -> Optional[Path]:
+    """The newest checkpoint that verifies; each one skipped is reported and added to `skipped`."""
+    for _, path in list_checkpoints(ckpt_dir):
+        try:
+            verify(path)
+            return path
+        except CheckpointError as e:
+            report(f"hpcgpu: skipping checkpoint {e}; trying the previous one")
+            if skipped is not None:
+                skipped.append(path)
+    return None
+
+
+def quarantine(path: Path) -> Path:
+    """Rename a broken checkpoint to `<name>.corrupt` so pruning and resume ignore it (kept for a look)."""
+    target = path.with_name(path.name + ".corrupt")
+    if target.exists():
+        shutil.rmtree(target, ignore_errors=True)
+    path.rename(target)
+    return target
+
+
+def resolve_resume(setting: str, ckpt_dir: Path, report: Report = print,
+                   skipped: Optional[list] = None) -> Optional[Path]:
+    """`auto` -> newest valid checkpoint (None on a first run), `never` -> None, else that path."""
+    if setting == "never":
+        return None
+    if setting == "auto":
+        return latest_valid(ckpt_dir, report, skipped)
+    path = Path(setting)
+    if not path.is_absolute() and not path.exists() and (ckpt_dir / setting).exists():
+        path = ckpt_dir / setting  # checkpoint.resume: step_00000100
+    if path.is_file():
+        return path
+    verify(path)  # an explicitly named checkpoint that is broken is an error, not a silent restart
+    return path
+
+
+def load_file(path: Path, map_location: Any = "cpu") -> Any:
+    """torch.load with weights_only=True; a pickled object inside is refused with a clear error."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found:
+            raise CheckpointError(
+                f"refusing to load {path}: it carries a pickled Python object ({found.group(1)}), which "
+                "could run code when loaded. hpcgpu checkpoints hold only tensors and plain values "
+                "(dict, list, int, float, str). If you trust the file, load it yourself with "
+                "torch.load(path, weights_only=False)."
+            ) from None
+        raise CheckpointError(f"{path}: not a loadable torch checkpoint ({str(e).splitlines()[0][:200]})") from None
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: not a loadable torch checkpoint ({str(e).splitlines()[0][:200]})") from None
+
+
+def load_state(path: Path, map_location: Any = "cpu") -> dict:
+    """Load `state.pt` of checkpoint directory `path` (or `path` itself if it is a file)."""
+    path = Path(path)
+    return load_file(path if path.is_file() else path / STATE, map_location)
+
+
+def prune(ckpt_dir: Path, keep_last: int, keep: Optional[Path] = None) -> list[Path]:
+    """Delete committed checkpoints beyond the newest keep_last, and leftovers of dead writers."""
+    removed = []
+    for _, path in list_checkpoints(ckpt_dir)[keep_last:]:
+        if path != keep:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    for tmp in ckpt_dir.glob(".step_*.*-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

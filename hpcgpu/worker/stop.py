@@ -1,0 +1,114 @@
+"""Stop requests from signals, agreed across ranks at a step boundary.
+
+SIGTERM, SIGUSR1 and SIGUSR2 (Slurm's warning before a time limit or preemption) and the first
+SIGINT ask for a clean stop: finish the step, checkpoint, exit 75. They are idempotent, since a rank
+may get the same signal from the node agent and from `scancel --signal` directly. A second SIGINT
+means "now": flush and exit 130 without a checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from typing import Optional
+
+import torch
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+_lock = threading.Lock()
+_requested: Optional[str] = None  # name of the first signal that asked for a stop
+_sigints = 0
+_main_pid: Optional[int] = None
+
+
+def _handle(signum: int, frame) -> None:
+    global _requested, _sigints
+    # DataLoader workers are forked with these handlers; their parent shuts them down, so ignore.
+    if os.getpid() != _main_pid:
+        return
+    name = signal.Signals(signum).name
+    if signum == signal.SIGINT:
+        _sigints += 1
+        if _sigints >= 2:
+            _exit_now(name)
+    if _requested is None:
+        _requested = name
+        _note(f"hpcgpu: {name} received: stopping at the next step boundary with a checkpoint")
+
+
+def _note(text: str) -> None:
+    # os.write, not sys.stderr: the handler may interrupt a print, and buffered IO is not reentrant.
+    try:
+        os.write(2, (text + "\n").encode())
+    except OSError:
+        pass
+
+
+def _exit_now(name: str) -> None:
+    _note(f"hpcgpu: second {name}: exiting now without a checkpoint")
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, RuntimeError):
+            pass
+    os._exit(130)
+
+
+def install() -> None:
+    """Install the stop handlers in this (the main) thread; idempotent."""
+    global _main_pid
+    with _lock:
+        if _main_pid == os.getpid():
+            return
+        _main_pid = os.getpid()
+    for sig in (*STOP_SIGNALS, signal.SIGINT):
+        signal.signal(sig, _handle)
+
+
+def request(reason: str = "requested") -> None:
+    """Ask for a stop from code (tests, user callbacks), as a signal would."""
+    global _requested
+    if _requested is None:
+        _requested = reason
+
+
+def requested() -> Optional[str]:
+    """This rank's stop reason (a signal name), or None; no communication."""
+    return _requested
+
+
+def reset() -> None:
+    """Forget a stop request (tests)."""
+    global _requested, _sigints
+    _requested, _sigints = None, 0
+
+
+def should_stop(device: Optional[torch.device] = None) -> bool:
+    """True on every rank when any rank was asked to stop: call it on all ranks at the same step.
+
+    One all-reduce (MAX) of a single integer, so all ranks stop at the same step.
+    """
+    import torch.distributed as tdist
+
+    local = _requested is not None
+    if not (tdist.is_available() and tdist.is_initialized()):
+        return local
+    if device is None:
+        device = _collective_device()
+    flag = torch.tensor([1 if local else 0], dtype=torch.int32, device=device)
+    tdist.all_reduce(flag, op=tdist.ReduceOp.MAX)
+    agreed = bool(flag.item())
+    if agreed and not local:
+        request("another rank")
+    return agreed
+
+
+def _collective_device() -> torch.device:
+    import torch.distributed as tdist
+
+    if tdist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
