@@ -79,13 +79,16 @@ def count_visible_gpus(environ: Mapping[str, str]) -> int:
 
 
 def _stopped_markers(run_dir: Path, since: float) -> list[dict]:
+    """Exit markers of ranks that stopped cleanly during this attempt (written after `since`)."""
     out = []
     for path in (run_dir / "exit").glob("rank*.json"):
         try:
+            if path.stat().st_mtime < since:
+                continue
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if data.get("status") == "stopped" and data.get("time", 0) >= since:
+        if data.get("status") == "stopped":
             out.append(data)
     return out
 
@@ -105,18 +108,34 @@ def _kill_children() -> None:
 
 
 def describe_failure(failures: dict) -> str:
-    """'rank N (pid P) exited with X' plus the traceback the rank recorded, for each failed rank."""
-    lines = []
-    for rank, f in sorted(failures.items()):
-        how = f"signal {f.signal_name()}" if f.exitcode < 0 else f"exit code {f.exitcode}"
-        lines.append(f"rank {rank} (local rank {f.local_rank}, pid {f.pid}) failed with {how}")
-        msg = f.message
-        if isinstance(msg, dict):
-            tb = msg.get("extraInfo", {}).get("py_callstack") or msg.get("message", "")
-            lines.append("  " + str(tb).rstrip().replace("\n", "\n  "))
-        elif msg:
-            lines.append(f"  {msg}")
+    """Name the rank that failed first, with its traceback; ranks stopped because of it come after."""
+    def order(item):
+        rank, f = item
+        return (f.exitcode < 0, f.timestamp, rank)  # real errors before ranks the agent killed
+
+    (first_rank, first), *others = sorted(failures.items(), key=order)
+    lines = [f"rank {first_rank} (local rank {first.local_rank}, pid {first.pid}) failed with {_how(first)}"]
+    msg = first.message
+    if isinstance(msg, dict):
+        tb = msg.get("extraInfo", {}).get("py_callstack") or msg.get("message", "")
+        lines.append("  " + str(tb).rstrip().replace("\n", "\n  "))
+    elif msg:
+        lines.append(f"  {msg}")
+    if others:
+        lines.append("then stopped: " + ", ".join(f"rank {r} ({_how(f)})" for r, f in others))
     return "\n".join(lines)
+
+
+def _how(f) -> str:
+    return f"signal {f.signal_name()}" if f.exitcode < 0 else f"exit code {f.exitcode}"
+
+
+def _quiet_elastic_logs() -> None:
+    """hpcgpu prints its own summary of failures and signals; elastic's lines would repeat it less clearly.
+    Its loggers set their own levels (torch/distributed/elastic/utils/logging.py), so set each one."""
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("torch.distributed.elastic") or name.startswith("torch.distributed.launcher"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _launch_config(spec, role: NodeRole, nproc: int, run_dir: Path):
@@ -149,10 +168,11 @@ def run_node(run_dir: Path, environ: Optional[Mapping[str, str]] = None) -> int:
     os.environ.update(rank_env(spec, str(run_dir), environ).added)
     os.environ[envnames.CONSOLE_TTY] = "1" if sys.stdout.isatty() else "0"
 
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import elastic_launch
+
+    _quiet_elastic_logs()
 
     started = time.time()
     follower = ConsoleFollower(run_dir, sys.stdout.buffer).start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -55,6 +56,10 @@ def load_with_overrides(spec_file: Optional[str], flags: dict[str, Any], cmd: tu
         overrides.update({"entry.script": None, "entry.module": None, "entry.task": None, "entry.args": []})
         overrides.update({f"entry.{k}": v for k, v in e.items()})
         spec = _clear_entry(spec)
+    if cmd and source == "<bundled demo>" and not flags.get("name"):
+        # no spec file: name the run after the script or module, not "demo"
+        stem = Path(overrides.get("entry.script") or overrides.get("entry.module") or "job").stem
+        overrides["name"] = re.sub(r"[^A-Za-z0-9._-]", "-", stem).strip("-._")[:40] or "job"
     spec = apply_overrides(spec, overrides)
     check_entry_exists(spec)
     return spec, source

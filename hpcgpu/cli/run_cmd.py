@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from hpcgpu.errors import UserError
+
 from hpcgpu.cli.common import load_with_overrides, materialize_run, parse_gpus, run_location, spec_option
 
 
@@ -22,9 +24,11 @@ def run() -> None:
 @click.option("--name", default=None, help="Run name (prefix of the run directory).")
 @click.option("--max-restarts", type=click.IntRange(min=0), default=None, help="Restart all ranks up to N times after a failure.")
 @click.option("--container", default=None, metavar="IMAGE", help="Run the node agent inside this image (runtime from the spec, default podman locally).")
+@click.option("--resume", "resume_run", default=None, metavar="RUN",
+              help="Continue RUN (id, id prefix or run dir) in its own run dir, from its newest valid checkpoint.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (command, environment, rank table) and start nothing.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- SCRIPT ARGS... | -- -m MODULE ARGS...]")
-def run_local(spec_file, gpus, nproc, name, max_restarts, container, dry_run, command) -> int:
+def run_local(spec_file, gpus, nproc, name, max_restarts, container, dry_run, command, resume_run=None) -> int:
     """Run the spec's job on this machine: one node agent, one rank per GPU (or --nproc CPU ranks).
 
     \b
@@ -34,6 +38,7 @@ def run_local(spec_file, gpus, nproc, name, max_restarts, container, dry_run, co
       hpcgpu run local --gpus 4 -f job.yaml
       hpcgpu run local --gpus all -- train.py --lr 3e-4   # any script, like torchrun
       hpcgpu run local --dry-run             # show what would run
+      hpcgpu run local --resume demo-2026    # continue a stopped run where it left off
 
     Exit status: 0 done, 1 a rank failed, 2 bad input (nothing started),
     75 stopped cleanly on a signal after a checkpoint (rerun to resume).
@@ -42,6 +47,11 @@ def run_local(spec_file, gpus, nproc, name, max_restarts, container, dry_run, co
     from hpcgpu.backends import get_backend
     from hpcgpu.plan import build_plan, describe_plan
 
+    if resume_run:
+        if any(v is not None for v in (spec_file, gpus, nproc, name, max_restarts, container)) or command:
+            raise UserError("--resume continues a run with the spec it was started with; it takes no other options",
+                            hint="start a new run instead to change the spec")
+        return _resume(resume_run, dry_run)
     flags = {"name": name, "distributed.max_restarts": max_restarts}
     if nproc is not None:
         flags.update({"resources.gpus_per_node": 0, "resources.procs_per_node": nproc})
@@ -68,6 +78,35 @@ def run_local(spec_file, gpus, nproc, name, max_restarts, container, dry_run, co
     return code
 
 
+def _resume(ref: str, dry_run: bool) -> int:
+    """Relaunch an existing run in its own run dir: the worker resumes from the newest valid checkpoint."""
+    from pathlib import Path
+
+    from hpcgpu.agent import count_visible_gpus
+    from hpcgpu.backends import get_backend
+    from hpcgpu.plan import build_plan, describe_plan
+    from hpcgpu.runs import find_run, read_json, update_record
+    from hpcgpu.spec import load_spec
+
+    record = find_run(ref)
+    if record.backend != "local":
+        raise UserError(f"run {record.id} ran on {record.backend}", hint="Slurm jobs resume by requeue")
+    spec, _ = load_spec(Path(record.run_dir) / "spec.yaml")
+    prefix = _container_prefix(spec, record.run_dir)
+    plan = build_plan(spec, backend="local", run_id=record.id, run_dir=record.run_dir,
+                      visible_gpus=count_visible_gpus(os.environ), user_env=os.environ,
+                      python="python3" if prefix else sys.executable, container_prefix=prefix)
+    if dry_run:
+        click.echo(describe_plan(plan), nl=False)
+        return 0
+    info = read_json(Path(record.run_dir) / "run.json") or {}
+    update_record(Path(record.run_dir), pid=os.getpid(), restarts=info.get("restarts", 0) + 1)
+    _announce(plan, f"{record.run_dir}/spec.yaml (resumed)")
+    code = get_backend("local").launch(plan)
+    _farewell(plan, code)
+    return code
+
+
 def _container_prefix(spec, run_dir: str) -> tuple[str, ...]:
     if spec.container is None:
         return ()
@@ -83,7 +122,8 @@ def _announce(plan, source: str) -> None:
 
 
 def _farewell(plan, code: int) -> None:
-    what = {0: "done", 75: "stopped after a checkpoint (rerun to resume)"}.get(code, f"failed (exit {code})")
+    what = {0: "done", 75: f"stopped after a checkpoint; continue with: hpcgpu run local --resume {plan.run_id}"}.get(
+        code, f"failed (exit {code})")
     ckpt = plan.env.get("HPCGPU_CKPT_DIR")
     click.echo(f"hpcgpu: {plan.run_id} {what}")
     click.echo(f"  logs:        {plan.run_dir}/logs/rank<N>.log  (hpcgpu logs {plan.run_id} --rank N)")

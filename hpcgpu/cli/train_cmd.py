@@ -31,4 +31,4 @@ def _train_here(spec_file) -> int:
     from hpcgpu.cli.run_cmd import run_local
 
     return run_local.callback(spec_file=spec_file, gpus=None, nproc=None, name=None, max_restarts=None,
-                              container=None, dry_run=False, command=())
+                              container=None, dry_run=False, command=(), resume_run=None)

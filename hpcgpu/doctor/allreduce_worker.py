@@ -35,6 +35,11 @@ def bus_bandwidth(algbw: float, world_size: int) -> float:
     return algbw * 2 * (world_size - 1) / world_size
 
 
+def version_text(version: Any) -> str:
+    """torch.cuda.nccl.version() is a tuple (2, 21, 5) in recent torch, an int 22105 in old ones."""
+    return ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
+
+
 def _sync(torch: Any, device: Any) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -71,9 +76,11 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         backend = "nccl" if torch.cuda.is_available() and torch.cuda.device_count() > local_rank \
             else "gloo"
     device = torch.device("cuda", local_rank) if backend == "nccl" else torch.device("cpu")
+    kwargs: dict[str, Any] = {}
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend, timeout=timedelta(seconds=args.timeout))
+        kwargs["device_id"] = device  # binds NCCL to this GPU now, so barrier() cannot guess wrong
+    dist.init_process_group(backend, timeout=timedelta(seconds=args.timeout), **kwargs)
     try:
         world = dist.get_world_size()
         ones = torch.ones(1024, device=device)
@@ -86,7 +93,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         if dist.get_rank() != 0:
             return None
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        nccl = ".".join(map(str, torch.cuda.nccl.version())) if backend == "nccl" else None
+        nccl = version_text(torch.cuda.nccl.version()) if backend == "nccl" else None
         return {"backend": backend, "world_size": world, "device": name, "hosts": hosts,
                 "nodes": len(set(hosts)), "correct": correct, "torch": torch.__version__,
                 "nccl": nccl, "results": results}

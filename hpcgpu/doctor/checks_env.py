@@ -77,6 +77,22 @@ def tasks_per_node(env: Mapping[str, str]) -> int | None:
     return max(int(part.split("(")[0]) for part in value.split(","))
 
 
+def expand_nodelist(text: str) -> list[str]:
+    """Slurm's compressed host list ('gpu[01-03,7],login1') as names, like scontrol show hostnames."""
+    hosts: list[str] = []
+    for item in re.findall(r"[^,\[]+(?:\[[^\]]*\][^,\[]*)*", text):
+        m = re.match(r"([^\[]*)\[([^\]]*)\](.*)", item)
+        if not m:
+            hosts.append(item)
+            continue
+        prefix, ranges, rest = m.groups()
+        for part in ranges.split(","):
+            lo, _, hi = part.partition("-")
+            for n in range(int(lo), int(hi or lo) + 1):
+                hosts += [f"{prefix}{n:0{len(lo)}d}{tail}" for tail in expand_nodelist(rest) or [""]]
+    return hosts
+
+
 @check("slurm_tasks")
 def check_slurm_tasks(p: Probe) -> CheckResult:
     """Inside a Slurm job: one task per node (the classic tasks-vs-GPUs misconfiguration)."""

@@ -6,6 +6,7 @@ import ipaddress
 import tempfile
 from pathlib import Path
 
+from hpcgpu.doctor.checks_env import expand_nodelist
 from hpcgpu.doctor.probe import Probe
 from hpcgpu.doctor.result import CheckResult, Skip, check, fail, human_bytes, ok, warn
 
@@ -84,8 +85,17 @@ def check_infiniband(p: Probe) -> CheckResult:
     return ok(f"active: {', '.join(active)}", {"devices": ports})
 
 
-def _multi_node(p: Probe) -> bool:
-    return int(p.env.get("SLURM_JOB_NUM_NODES") or p.env.get("SLURM_NNODES") or 1) > 1
+def _other_nodes_remote(p: Probe) -> bool:
+    """In a multi-node job, whether some node of it is another machine (not loopback here)."""
+    if int(p.env.get("SLURM_JOB_NUM_NODES") or p.env.get("SLURM_NNODES") or 1) < 2:
+        return False
+    for node in expand_nodelist(p.env.get("SLURM_JOB_NODELIST", "")) or ["?"]:
+        try:
+            if not ipaddress.ip_address(p.resolve(node)).is_loopback:
+                return True
+        except (OSError, ValueError):
+            return True
+    return False  # a one-machine dev cluster: every node name maps to loopback
 
 
 @check("hostname")
@@ -99,7 +109,7 @@ def check_hostname(p: Probe) -> CheckResult:
                     "add the hostname to /etc/hosts or DNS; rendezvous addresses use it")
     data = {"hostname": name, "address": addr}
     if ipaddress.ip_address(addr).is_loopback:
-        if _multi_node(p):
+        if _other_nodes_remote(p):
             return warn(f"{name} -> {addr} (loopback) in a multi-node job: other nodes cannot "
                         "reach a rendezvous here", "map the hostname to the node's network "
                         "address in /etc/hosts or DNS", data)

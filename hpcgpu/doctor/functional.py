@@ -69,7 +69,10 @@ def torchrun_argv(nproc: int, worker: list[str]) -> list[str]:
 def child_env(p: Probe) -> dict[str, str]:
     """The probe's environment, plus NCCL's INFO log (for transports) and hpcgpu on PYTHONPATH."""
     env = dict(p.env)
-    env.setdefault("NCCL_DEBUG", "INFO")
+    # the transport lines are INFO-level and must reach our stdout, not a user's log file
+    if env.get("NCCL_DEBUG", "").upper() != "TRACE":
+        env["NCCL_DEBUG"] = "INFO"
+    env.pop("NCCL_DEBUG_FILE", None)
     env.setdefault("OMP_NUM_THREADS", "1")
     root = str(Path(hpcgpu.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -99,10 +102,10 @@ def run_launch(p: Probe, argv: list[str], out: Path | None
                                 f"{_error_line(text)})", FAILED_HINT, {"output_tail": tail(text)})
     text = proc.stdout or ""
     found = [line for line in text.splitlines() if line.startswith(RESULT_MARKER)]
-    if out is not None and out.is_file():
-        return json.loads(out.read_text()), text, None
-    if found:
-        return json.loads(found[-1][len(RESULT_MARKER):]), text, None
+    res = json.loads(out.read_text()) if out is not None and out.is_file() else \
+        json.loads(found[-1][len(RESULT_MARKER):]) if found else None
+    if res is not None:
+        return {**res, "exit_status": proc.returncode}, text, None
     return None, text, fail(f"all-reduce failed (exit status {proc.returncode}): "
                             f"{_error_line(text)}", FAILED_HINT, {"output_tail": tail(text)})
 
@@ -111,9 +114,10 @@ def summarize_allreduce(res: dict[str, Any], output: str, note: str = "") -> Che
     """Turn the worker's JSON plus NCCL's log into one result."""
     transports, warnings = parse_transports(output), nccl_warnings(output)
     data = {**res, "transports": transports, "nccl_warnings": warnings[:10]}
-    bw = ", ".join(f"{human_bytes(r['bytes'])} {r['busbw_gbs']:.2f}" for r in res["results"])
+    bw = ", ".join(f"{human_bytes(r['bytes']).replace(' ', '')}: {r['busbw_gbs']:.2f}"
+                   for r in res["results"])
     where = f"{res['world_size']} ranks on {res['nodes']} node(s), {res['device']}"
-    detail = f"{note}{res['backend']}, {where}: busbw GB/s {bw}"
+    detail = f"{note}{res['backend']}, {where}: busbw (GB/s) {bw}"
     if transports:
         detail += f"; via {', '.join(sorted(transports))}"
     if not res["correct"]:
@@ -123,6 +127,10 @@ def summarize_allreduce(res: dict[str, Any], output: str, note: str = "") -> Che
         return warn(f"{detail}: GPUs on one node talk through TCP sockets", "P2P and SHM are "
                     "off or broken: unset NCCL_P2P_DISABLE/NCCL_SHM_DISABLE, check /dev/shm and "
                     "the IOMMU (ACS) settings", data)
+    if res.get("exit_status"):
+        return warn(f"{detail}; but the launch exited with status {res['exit_status']}",
+                    "a rank failed after the test (at shutdown): see output_tail in --json",
+                    {**data, "output_tail": tail(output)})
     if warnings:
         return warn(f"{detail}; NCCL warned: {warnings[0]}", "see nccl_warnings in --json", data)
     return ok(detail, data)

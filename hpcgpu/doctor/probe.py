@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from hpcgpu.doctor.result import Skip
+from hpcgpu.doctor.result import Fail, Skip
 
 
 def run_command(argv: Sequence[str], timeout: float, env: Mapping[str, str] | None = None
@@ -63,6 +63,8 @@ def memlock_limit() -> int:
 
 def read_torch_info() -> dict[str, Any]:
     """Versions and capabilities of the installed torch; imports torch (about 1.5 s)."""
+    from hpcgpu.doctor.allreduce_worker import version_text
+
     try:
         import torch
         import torch.distributed as dist
@@ -78,7 +80,7 @@ def read_torch_info() -> dict[str, Any]:
         info["device_count"] = torch.cuda.device_count()
         info["cudnn"] = torch.backends.cudnn.version()
         try:
-            info["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
+            info["nccl"] = version_text(torch.cuda.nccl.version())
         except Exception:  # noqa: BLE001 - CUDA build without NCCL
             info["nccl"] = None
     return info
@@ -113,7 +115,7 @@ class Probe:
     nproc: int | None = None  # ranks for the functional test (default: GPUs, or 2 CPU ranks)
     timeout: float = 180.0  # seconds for the whole functional test
     _handles: list[Any] | None = field(default=None, init=False, repr=False)
-    _nvml_error: str | None = field(default=None, init=False, repr=False)
+    _nvml_error: Skip | Fail | None = field(default=None, init=False, repr=False)
     _torch: dict[str, Any] | None = field(default=None, init=False, repr=False)
 
     def path(self, absolute: str) -> Path:
@@ -125,10 +127,10 @@ class Probe:
         if self._handles is None and self._nvml_error is None:
             try:
                 self._open_nvml()
-            except Skip as e:
-                self._nvml_error = str(e)
-        if self._nvml_error:
-            raise Skip(self._nvml_error)
+            except (Skip, Fail) as e:
+                self._nvml_error = e
+        if self._nvml_error is not None:
+            raise self._nvml_error
         if not self._handles:
             raise Skip("NVML found no NVIDIA GPU on this machine")
         return self._handles
@@ -139,12 +141,24 @@ class Probe:
         try:
             self.nvml.nvmlInit()
         except self.nvml.NVMLError as e:
-            raise Skip(f"no NVIDIA driver (NVML: {e})") from None
-        count = self.nvml.nvmlDeviceGetCount()
-        self._handles = [self.nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+            if any(s in str(e) for s in ("Library Not Found", "Driver Not Loaded")):
+                raise Skip(f"no NVIDIA driver (NVML: {e})") from None
+            # e.g. "Driver/library version mismatch" after a driver upgrade without a reboot
+            raise Fail(f"NVML cannot start: {e}", "compare `nvidia-smi` with the installed driver; "
+                       "after a driver upgrade reboot (or reload the nvidia kernel modules)") from None
+        handles = []
+        try:
+            for i in range(self.nvml.nvmlDeviceGetCount()):
+                handles.append(self.nvml.nvmlDeviceGetHandleByIndex(i))
+        except self.nvml.NVMLError as e:
+            self._handles = []  # opened: close() must still shut NVML down
+            raise Fail(f"NVML cannot open GPU {len(handles)}: {e}",
+                       "the GPU fell off the bus or is not accessible: check `nvidia-smi` and "
+                       "dmesg (Xid errors); drain the node and ask for a GPU reset") from None
+        self._handles = handles
 
     def gpu_count(self) -> int:
-        """GPUs NVML sees on the node, 0 when there is no driver."""
+        """GPUs NVML sees on the node, 0 when there is no driver (a broken GPU raises Fail)."""
         try:
             return len(self.gpu_handles())
         except Skip:
@@ -158,7 +172,7 @@ class Probe:
 
     def close(self) -> None:
         """Release NVML if this probe opened it."""
-        if self._handles is not None and self.nvml is not None:
+        if self._handles is not None and self.nvml is not None:  # NVML was initialised
             try:
                 self.nvml.nvmlShutdown()
             except Exception:  # noqa: BLE001 - shutting down is best effort

@@ -35,6 +35,14 @@ class Skip(Exception):
     """Raised by a check that cannot run here; the message is the reason shown to the user."""
 
 
+class Fail(Exception):
+    """Raised from deep inside a check (e.g. NVML cannot open a GPU): becomes a `fail` with a hint."""
+
+    def __init__(self, detail: str, hint: str):
+        super().__init__(detail)
+        self.hint = hint
+
+
 def ok(detail: str, data: dict[str, Any] | None = None) -> CheckResult:
     """An ok result; the @check wrapper fills in the name."""
     return CheckResult("", OK, detail, "", data or {})
@@ -68,6 +76,8 @@ def check(name: str) -> Callable[[Check], Check]:
                 result = fn(*args, **kwargs)
             except Skip as e:
                 return CheckResult(name, SKIP, str(e))
+            except Fail as e:
+                return CheckResult(name, FAIL, str(e), e.hint)
             except Exception as e:  # noqa: BLE001 - doctor must report, not crash
                 return CheckResult(name, FAIL, f"check crashed: {type(e).__name__}: {e}", BUG_HINT)
             return replace(result, name=name)

@@ -25,6 +25,7 @@ import torch
 FORMAT = 1
 MANIFEST = "manifest.json"
 STATE = "state.pt"
+SHARDS = "shards"  # FSDP: torch.distributed.checkpoint files (see checkpoint_dcp.py)
 _STEP_DIR = re.compile(r"step_(\d{8,})")
 _CHUNK = 1 << 22
 
@@ -212,6 +213,11 @@ def load_file(path: Path, map_location: Any = "cpu") -> Any:
         raise CheckpointError(f"{path}: not a loadable torch checkpoint ({str(e).splitlines()[0][:200]})") from None
     except RuntimeError as e:
         raise CheckpointError(f"{path}: not a loadable torch checkpoint ({str(e).splitlines()[0][:200]})") from None
+
+
+def is_sharded(path: Path) -> bool:
+    """True for an FSDP checkpoint (model and optimizer in `shards/`)."""
+    return (Path(path) / SHARDS).is_dir()
 
 
 def load_state(path: Path, map_location: Any = "cpu") -> dict:

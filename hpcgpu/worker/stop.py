@@ -22,6 +22,9 @@ _lock = threading.Lock()
 _requested: Optional[str] = None  # name of the first signal that asked for a stop
 _sigints = 0
 _main_pid: Optional[int] = None
+# Task entries and scripts that call should_stop() stop cooperatively; until a script does, SIGTERM
+# and SIGINT keep their usual effect so a plain torchrun script is not left running until SIGKILL.
+_cooperative = True
 
 
 def _handle(signum: int, frame) -> None:
@@ -30,6 +33,8 @@ def _handle(signum: int, frame) -> None:
     if os.getpid() != _main_pid:
         return
     name = signal.Signals(signum).name
+    if not _cooperative and signum in (signal.SIGTERM, signal.SIGINT):
+        _default_action(signum)
     if signum == signal.SIGINT:
         _sigints += 1
         if _sigints >= 2:
@@ -37,6 +42,13 @@ def _handle(signum: int, frame) -> None:
     if _requested is None:
         _requested = name
         _note(f"hpcgpu: {name} received: stopping at the next step boundary with a checkpoint")
+
+
+def _default_action(signum: int) -> None:
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def _note(text: str) -> None:
@@ -57,13 +69,16 @@ def _exit_now(name: str) -> None:
     os._exit(130)
 
 
-def install() -> None:
-    """Install the stop handlers in this (the main) thread; idempotent."""
-    global _main_pid
+def install(cooperative: bool = True) -> None:
+    """Install the stop handlers in this (the main) thread; idempotent.
+
+    cooperative=False (scripts): SIGTERM and SIGINT act as usual until should_stop() is first called.
+    """
+    global _main_pid, _cooperative
     with _lock:
         if _main_pid == os.getpid():
             return
-        _main_pid = os.getpid()
+        _main_pid, _cooperative = os.getpid(), cooperative
     for sig in (*STOP_SIGNALS, signal.SIGINT):
         signal.signal(sig, _handle)
 
@@ -93,6 +108,8 @@ def should_stop(device: Optional[torch.device] = None) -> bool:
     """
     import torch.distributed as tdist
 
+    global _cooperative
+    _cooperative = True
     local = _requested is not None
     if not (tdist.is_available() and tdist.is_initialized()):
         return local

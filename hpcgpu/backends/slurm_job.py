@@ -1,0 +1,408 @@
+"""What submitit runs on each Slurm node: one command per node, with rendezvous and requeue.
+
+``NodeCommand`` is a torch-free, picklable callable. The Slurm backend submits it with submitit
+(``nodes=N, tasks_per_node=1``), so each node runs it once; it starts ``argv`` (normally
+``hpcgpu train ...``, the node agent) as a child process and turns the child's outcome into the
+job's outcome::
+
+    from hpcgpu.backends.slurm_job import NodeCommand
+    ex = submitit.AutoExecutor(folder=run_dir / "submitit")
+    ex.update_parameters(nodes=2, tasks_per_node=1, timeout_min=60, slurm_signal_delay_s=120,
+                         slurm_additional_parameters={"requeue": True})
+    job = ex.submit(NodeCommand(["hpcgpu", "train", ...], env={"HPCGPU_RUN_DIR": str(run_dir)},
+                                rdzv_dir=run_dir / "rdzv", grace_s=90))
+
+Constructor: ``argv`` (list of str, run without a shell), ``env`` (added to the task's environment),
+``rdzv_dir`` (a directory every node can read: the head publishes its endpoint there),
+``grace_s`` (how long the child may take to checkpoint and exit after the stop signal; keep it
+below submitit's ``signal_delay_s`` minus ~15 s), ``rdzv_timeout_s`` (how long other nodes wait
+for the endpoint), ``forward_signal`` (None = automatic, see below).
+
+What the child sees, on top of the task's environment (SLURM_*, SUBMITIT_*) and ``env``:
+``HPCGPU_RDZV_ENDPOINT`` = ``host:port``, a free TCP port on the head node (the first host of
+``scontrol show hostnames $SLURM_JOB_NODELIST``), the same on every node; ``HPCGPU_RESTART_COUNT``
+= how many times the job was requeued (max of our own counter and SLURM_RESTART_COUNT).
+
+Outcome: child exit 0 -> the task returns a dict (node, host, returncode, restarts). Exit 75
+(``exitcodes.STOPPED_RESUMABLE``) after the stop signal -> on the head, ``checkpoint()`` returns a
+``DelayedSubmission`` of the next attempt and submitit requeues the job (``scontrol requeue``) from
+this process; a non-head node waits to be killed by that requeue. Any other exit -> the task raises
+``NodeCommandError`` and the job is not requeued.
+
+How submitit decides (1.5.x, ``core/job_environment.py``): its USR2 handler (``SUBMITIT_PREEMPT_SIGNAL``)
+calls ``checkpoint()`` on global rank 0 only. It counts the signal as a *timeout* when the task has
+run for at least ``min(0.8 * T, T - 10 min)`` of its time limit T (``timeout_min``), so with
+T <= 10 min every signal is a timeout; timeouts decrement a countdown that starts at
+``max_num_timeout`` (default 3) and the job is not requeued once it is negative. Preemptions are
+not counted. A requeued job restarts after ``cred_expire`` (AuthInfo, 120 s by default).
+
+Signals: Slurm delivers ``scancel --signal`` and ``--signal=USR2@N`` to every process of the job
+step, the child included, so inside a step (SLURM_STEP_ID set) the signal is not forwarded again
+(``forward_signal=None``); elsewhere (e.g. ``kill -USR2`` of this process) it is forwarded once.
+The child must treat the stop signal as idempotent either way.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from hpcgpu.envnames import RESTART_COUNT
+from hpcgpu.exitcodes import STOPPED_RESUMABLE
+
+#: host:port of the rendezvous endpoint the head node picked (TODO(lead): move to envnames)
+RDZV_ENDPOINT = "HPCGPU_RDZV_ENDPOINT"
+
+
+class NodeCommandError(RuntimeError):
+    """The node's command failed (or stopped without being requeued); the job is not requeued."""
+
+    def __init__(self, message: str, returncode: int | None = None):
+        super().__init__(message)
+        self.returncode = returncode
+
+
+class _ChildExited(BaseException):
+    """Raised out of checkpoint() when the child ended in a way that must not requeue."""
+
+    def __init__(self, returncode: int):
+        super().__init__(returncode)
+        self.returncode = returncode
+
+
+def _exit_stopped(signum: int, frame: Any) -> None:
+    """SIGTERM handler for a stopped non-head node: exit now instead of after KillWait."""
+    raise SystemExit(STOPPED_RESUMABLE)
+
+
+def _log(message: str) -> None:
+    """One line to the task's stderr (submitit's log file for this node)."""
+    print(f"hpcgpu[node {os.environ.get('SLURM_NODEID', '0')}]: {message}", file=sys.stderr, flush=True)
+
+
+def stop_signal() -> signal.Signals:
+    """The signal submitit treats as preemption/timeout (SUBMITIT_PREEMPT_SIGNAL, default USR2)."""
+    return signal.Signals[f"SIG{os.environ.get('SUBMITIT_PREEMPT_SIGNAL', 'USR2')}"]
+
+
+def job_key() -> str:
+    """The job's id as Slurm names it (array jobs: ARRAYID_TASKID), 'local' outside Slurm."""
+    array_id = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array_id:
+        return f"{array_id}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
+    return os.environ.get("SLURM_JOB_ID", "local")
+
+
+def head_hostname() -> str:
+    """First host of the job's node list (scontrol expands node[1-2]); this host outside Slurm."""
+    nodelist = os.environ.get("SLURM_JOB_NODELIST")
+    if not nodelist:
+        return socket.gethostname()
+    out = subprocess.run(
+        ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=60
+    )
+    hosts = out.stdout.split()
+    if out.returncode != 0 or not hosts:
+        raise NodeCommandError(f"`scontrol show hostnames {nodelist}` failed: {out.stderr.strip()}")
+    return hosts[0]
+
+
+def free_port(host: str) -> int:
+    """A TCP port that is free on host now (bind port 0; the OS picks)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, 0))
+        except OSError:
+            # Node names that resolve to an address this host does not own: any interface will do.
+            sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def publish_endpoint(path: Path, endpoint: str) -> None:
+    """Write endpoint to path atomically (tmp + rename), so readers never see half a line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
+    tmp.write_text(endpoint + "\n")
+    os.replace(tmp, path)
+
+
+def wait_file(path: Path, timeout_s: float) -> str | None:
+    """The stripped text of path once it exists and is not empty; None after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            text = path.read_text().strip()
+        except FileNotFoundError:
+            text = ""
+        if text:
+            return text
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.2)
+
+
+def peek_exit(pid: int) -> int | None:
+    """The child's return code (Popen convention) if it has exited, without reaping it.
+
+    Safe inside a signal handler that interrupted Popen.wait(): that call holds Popen's lock, so a
+    nested wait() could never see the exit; waitid(WNOWAIT) leaves the reaping to it.
+    """
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return None  # already reaped by Popen; its returncode is the truth
+    if info is None:
+        return None
+    return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
+
+def wait_exit(pid: int, timeout_s: float) -> int | None:
+    """Poll peek_exit every 0.05 s for up to timeout_s; None if the child still runs."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        returncode = peek_exit(pid)
+        if returncode is not None or time.monotonic() >= deadline:
+            return returncode
+        time.sleep(0.05)
+
+
+def show_job(job_id: str) -> dict[str, str] | None:
+    """`scontrol show job -o JOBID` as a dict; None once slurmctld has forgotten the job.
+
+    Without slurmdbd (the dev cluster, some small sites) sacct fails and submitit's Job.state is
+    always UNKNOWN; this is the state that works: JobState, Reason, Restarts, ExitCode, ... for
+    pending and running jobs and for MinJobAge seconds (default 300) after the end.
+    """
+    out = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True,
+                         text=True, timeout=60)
+    if out.returncode != 0 or "=" not in out.stdout:
+        return None
+    # Split only on spaces that start a new Key=, so values with spaces (Command, Reason) survive.
+    fields = re.split(r" (?=[A-Za-z][\w:/]*=)", out.stdout.strip().splitlines()[0])
+    return dict(field.split("=", 1) for field in fields if "=" in field)
+
+
+def slurm_restart_count() -> int:
+    """SLURM_RESTART_COUNT (unset on the first run), as an int."""
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+
+
+class NodeCommand:
+    """Run argv once on this node under submitit; requeue through submitit on preemption."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        *,
+        rdzv_dir: str | os.PathLike[str],
+        grace_s: float = 60.0,
+        rdzv_timeout_s: float = 300.0,
+        forward_signal: bool | None = None,
+        requeues: int = 0,
+    ):
+        if isinstance(argv, str) or not argv or not all(isinstance(a, str) for a in argv):
+            raise TypeError(f"argv must be a non-empty list of str, got {argv!r}")
+        self.argv = list(argv)
+        self.env = {str(k): str(v) for k, v in (env or {}).items()}
+        self.rdzv_dir = str(rdzv_dir)
+        self.grace_s = float(grace_s)
+        self.rdzv_timeout_s = float(rdzv_timeout_s)
+        self.forward_signal = forward_signal
+        #: requeues done through checkpoint(); the restart count is the max of this and Slurm's
+        self.requeues = int(requeues)
+        self._proc: subprocess.Popen | None = None
+        self._stopping = False
+        self._previous_handler: Any = None
+
+    # --- pickling: the running child never travels with the object ------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.update(_proc=None, _stopping=False, _previous_handler=None)
+        return state
+
+    def __repr__(self) -> str:
+        return f"NodeCommand({self.argv!r}, requeues={self.requeues})"
+
+    # --- what runs on the node -------------------------------------------------------------------
+
+    def restart_count(self) -> int:
+        """How many times this job was restarted (requeues by us or by Slurm)."""
+        return max(self.requeues, slurm_restart_count())
+
+    def is_head(self) -> bool:
+        """Node 0 picks the rendezvous endpoint (and, as global rank 0, requeues)."""
+        return int(os.environ.get("SLURM_NODEID") or 0) == 0
+
+    def endpoint_path(self) -> Path:
+        """<rdzv_dir>/<jobid>-<restart>.endpoint: a fresh name for every attempt."""
+        return Path(self.rdzv_dir) / f"{job_key()}-{self.restart_count()}.endpoint"
+
+    def rendezvous(self) -> str:
+        """Head: pick and publish host:port. Others: wait for it."""
+        head = head_hostname()
+        path = self.endpoint_path()
+        if self.is_head():
+            endpoint = f"{head}:{free_port(head)}"
+            publish_endpoint(path, endpoint)
+            _log(f"rendezvous endpoint {endpoint} published in {path}")
+            return endpoint
+        endpoint = wait_file(path, self.rdzv_timeout_s)
+        if endpoint is None:
+            raise NodeCommandError(
+                f"rendezvous: the head node {head} did not publish {path} within "
+                f"{self.rdzv_timeout_s:.0f}s; check node 0's log (did it start? is the directory "
+                "shared between nodes?)"
+            )
+        _log(f"rendezvous endpoint {endpoint} read from {path}")
+        return endpoint
+
+    def child_env(self, endpoint: str) -> dict[str, str]:
+        """The task's environment, then env, then the rendezvous and restart variables."""
+        env = dict(os.environ)
+        env.update(self.env)
+        env[RDZV_ENDPOINT] = endpoint
+        env[RESTART_COUNT] = str(self.restart_count())
+        return env
+
+    def head_marker_path(self) -> Path:
+        """<rdzv_dir>/<jobid>-<restart>.head: how node 0's attempt ended (requeued or ended)."""
+        return Path(self.rdzv_dir) / f"{job_key()}-{self.restart_count()}.head"
+
+    def __call__(self) -> dict[str, Any]:
+        sig = stop_signal()
+        # submitit installed its handler before calling us; ours runs first and chains to it.
+        self._previous_handler = signal.signal(sig, self._on_stop_signal)
+        head_outcome = "ended"
+        try:
+            return self._outcome(self._run_child(self.rendezvous()))
+        except SystemExit:
+            # submitit leaves through sys.exit() right after `scontrol requeue`.
+            if self._stopping:
+                head_outcome = "requeued"
+            raise
+        finally:
+            self._kill_child()
+            signal.signal(sig, self._previous_handler)
+            if self.is_head():
+                publish_endpoint(self.head_marker_path(), head_outcome)
+
+    def _run_child(self, endpoint: str) -> int:
+        """Start argv with the contract's environment; its exit status once it has ended."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Its own session: at the end the whole tree (e.g. the agent's ranks) can be killed.
+        self._proc = subprocess.Popen(self.argv, env=self.child_env(endpoint), start_new_session=True)
+        _log(f"started pid {self._proc.pid}: {' '.join(self.argv)} (restart {self.restart_count()})")
+        try:
+            return self._settle(self._proc.wait())
+        except _ChildExited as exited:
+            return exited.returncode
+
+    def _settle(self, returncode: int) -> int:
+        """Give a stop signal that raced the child's exit a moment to reach its handler."""
+        if self._stopped_by_signal(returncode) and not self._stopping:
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline and not self._stopping:
+                time.sleep(0.05)  # a pending Python signal handler runs between these sleeps
+        return returncode
+
+    def _outcome(self, returncode: int) -> dict[str, Any]:
+        """Return on success; wait for the requeue on a stopped non-head node; raise otherwise."""
+        host = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+        if returncode == 0:
+            return {"node": int(os.environ.get("SLURM_NODEID") or 0), "host": host,
+                    "returncode": 0, "restarts": self.restart_count()}
+        if self._stopping and self._stopped_by_signal(returncode) and not self.is_head():
+            self._await_requeue(returncode)
+        what = "stopped (resumable) but was not requeued" if returncode == STOPPED_RESUMABLE else "failed"
+        raise NodeCommandError(
+            f"node {os.environ.get('SLURM_NODEID', '0')} ({host}): {self.argv[0]} {what}, "
+            f"exit status {returncode}",
+            returncode,
+        )
+
+    def _await_requeue(self, returncode: int) -> None:
+        """Non-head, child stopped: leave when node 0 requeues the job, fail if it ends instead."""
+        # Exiting before the head could trip KillOnBadExit and kill it mid-checkpoint; and no
+        # result file may be written, since this attempt has no result.
+        _log(f"child stopped ({returncode}); waiting for node 0 to requeue the job")
+        signal.signal(signal.SIGTERM, _exit_stopped)  # the requeue's SIGTERM: leave at once
+        outcome = wait_file(self.head_marker_path(), self.grace_s + 60)
+        if outcome == "ended":
+            raise NodeCommandError(
+                f"node {os.environ.get('SLURM_NODEID')}: child stopped ({returncode}) but node 0 "
+                "ended the job instead of requeuing it (see node 0's log)", returncode)
+        time.sleep(30)  # the requeue's SIGTERM normally arrives within a second
+        raise SystemExit(STOPPED_RESUMABLE)
+
+    def _stopped_by_signal(self, returncode: int) -> bool:
+        """75, or killed by the stop signal itself (a child without a handler for it)."""
+        return returncode in (STOPPED_RESUMABLE, -stop_signal())
+
+    # --- preemption ----------------------------------------------------------------------------
+
+    def _should_forward(self) -> bool:
+        """Inside a job step Slurm signals every process of the step, the child included."""
+        if self.forward_signal is not None:
+            return self.forward_signal
+        return "SLURM_STEP_ID" not in os.environ
+
+    def _on_stop_signal(self, signum: int, frame: Any) -> None:
+        """Forward the stop signal once, then let submitit's handler checkpoint and requeue."""
+        if self._stopping:
+            _log(f"{signal.Signals(signum).name} again: stop already in progress, ignored")
+            return
+        self._stopping = True
+        proc = self._proc
+        if proc is not None and proc.poll() is None and self._should_forward():
+            _log(f"forwarding {signal.Signals(signum).name} to pid {proc.pid}")
+            proc.send_signal(signum)
+        if callable(self._previous_handler):
+            self._previous_handler(signum, frame)  # submitit: on global rank 0, calls checkpoint()
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """submitit hook (head only): wait for the child to stop, then requeue the next attempt."""
+        proc = self._proc
+        if proc is not None:
+            returncode = proc.returncode if proc.returncode is not None else wait_exit(proc.pid, self.grace_s)
+            if returncode is None:
+                _log(f"child did not exit within grace_s={self.grace_s:.0f}s; killing it and requeuing")
+                self._kill_child()
+            elif not self._stopped_by_signal(returncode):
+                # Finished (0) or failed while stopping: the job ends here, no requeue.
+                raise _ChildExited(returncode)
+        from submitit.helpers import DelayedSubmission  # only ever called under submitit
+
+        attempt = self.next_attempt()
+        _log(f"requeuing as restart {attempt.requeues}")
+        return DelayedSubmission(attempt, *args, **kwargs)
+
+    def next_attempt(self) -> "NodeCommand":
+        """A copy of this command for the requeued job, with the restart counter incremented."""
+        attempt = copy.copy(self)
+        attempt.__dict__.update(self.__getstate__())
+        attempt.requeues = self.restart_count() + 1
+        return attempt
+
+    def _kill_child(self) -> None:
+        """Terminate the child's whole session (SIGTERM, then SIGKILL after 10 s) if it still runs."""
+        proc = self._proc
+        if proc is None or proc.returncode is not None or peek_exit(proc.pid) is not None:
+            return
+        for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                return
+            if wait_exit(proc.pid, wait_s) is not None:
+                return

@@ -1,0 +1,295 @@
+"""The argv prefix that runs the node command inside a container: apptainer, docker, podman, pyxis.
+
+Pure and torch-free: paths, GPU and InfiniBand presence, the user id and the host environment all
+come in as arguments, so every command line is a function of its inputs (pinned by golden tests).
+`check_runtime` is the one function here with side effects; it runs before anything starts.
+
+How variable VALUES reach the ranks: never through argv or a script. hpcgpu passes NAMES only and
+the launcher puts the values in the environment of the process it starts:
+- docker/podman: `-e NAME` (no `=`) copies NAME from the environment of `docker run` itself; the
+  local backend starts the prefix with `env={**os.environ, **plan.env}`; under Slurm the job
+  environment (sbatch --export=ALL, srun) carries them, and SLURM_ENV_NAMES are passed as well.
+- apptainer: the container inherits the host environment by default, so nothing is added (hence
+  `--cleanenv`/`--containall` are refused: they would drop every variable hpcgpu set).
+- pyxis: the job environment is passed too, but variables the image sets win over it (NGC images
+  set NCCL_*), so the names go in `--container-env` (pyxis >= 0.15), which makes the host win.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Callable, Iterable, Mapping, Sequence
+
+from hpcgpu.errors import UserError
+
+RUNTIMES = ("apptainer", "docker", "podman", "pyxis")
+
+#: Variables Slurm sets that the node agent reads; docker/podman do not inherit the environment,
+#: so these are passed by name when the node runs under Slurm (a name that is unset passes nothing).
+SLURM_ENV_NAMES = (
+    "CUDA_VISIBLE_DEVICES", "SLURMD_NODENAME", "SLURM_ARRAY_JOB_ID", "SLURM_GPUS_ON_NODE",
+    "SLURM_GPUS_PER_NODE", "SLURM_JOB_GPUS", "SLURM_JOB_ID", "SLURM_JOB_NODELIST",
+    "SLURM_JOB_NUM_NODES", "SLURM_LOCALID", "SLURM_NNODES", "SLURM_NODEID", "SLURM_NTASKS",
+    "SLURM_NTASKS_PER_NODE", "SLURM_PROCID", "SLURM_RESTART_COUNT", "SLURM_STEP_ID",
+    "SLURM_STEP_NODELIST", "SLURM_TASKS_PER_NODE",
+)
+
+#: Apptainer flags that start the container with an empty environment.
+_CLEANENV_FLAGS = ("--cleanenv", "-e", "--containall", "-C")
+
+
+@dataclass(frozen=True)
+class ContainerSettings:
+    """The spec's `container:` section, as plain data."""
+
+    runtime: str
+    """apptainer | docker | podman | pyxis"""
+    image: str
+    """image reference (docker/podman/pyxis), or a .sif path or docker:// URI (apptainer)"""
+    binds: tuple[str, ...] = ()
+    """extra mounts in the runtime's own syntax, `SRC[:DST[:OPTS]]`"""
+    extra_args: tuple[str, ...] = ()
+    """flags placed just before the image (on srun for pyxis); the user's word is last"""
+    env_passthrough: tuple[str, ...] = ()
+    """names of further host variables to pass in (values stay in the environment)"""
+
+    @classmethod
+    def from_spec(cls, section) -> "ContainerSettings":
+        """Convert the spec's pydantic `container:` model (or anything with those attributes)."""
+        return cls(
+            runtime=section.runtime,
+            image=section.image,
+            binds=tuple(section.binds),
+            extra_args=tuple(section.extra_args),
+            env_passthrough=tuple(getattr(section, "env_passthrough", ())),
+        )
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What one node of one run needs from the container: mounts, devices, identity, names."""
+
+    code_dir: str
+    """the user's code and spec; also the working directory unless `workdir` is given"""
+    run_dir: str
+    ckpt_dir: str | None = None
+    workdir: str | None = None
+    env_names: tuple[str, ...] = ()
+    """variables hpcgpu computed for the ranks (names only)"""
+    gpus: bool = False
+    infiniband: bool = False
+    """/dev/infiniband exists on the node (the caller looks; this module does not)"""
+    uid: int | None = None
+    gid: int | None = None
+    slurm: bool = False
+    """the node runs inside a Slurm job step (pass SLURM_ENV_NAMES to docker/podman)"""
+
+
+def render_shell(argv: Sequence[str]) -> str:
+    """One shell-safe line for a script or a dry run (paths with spaces stay one word)."""
+    return shlex.join(argv)
+
+
+def mount_dirs(ctx: RunContext) -> list[str]:
+    """Code, run and checkpoint directories, absolute, without ones already inside another."""
+    dirs: list[PurePosixPath] = []
+    for raw in (ctx.code_dir, ctx.run_dir, ctx.ckpt_dir):
+        if not raw:
+            continue
+        path = PurePosixPath(os.path.normpath(raw))
+        if not path.is_absolute():
+            raise UserError(f"container mount {raw!r} is not an absolute path", hint="pass absolute paths")
+        if any(path == d or d in path.parents for d in dirs):
+            continue
+        dirs = [d for d in dirs if path not in d.parents] + [path]
+    return [str(d) for d in dirs]
+
+
+def _require_plain(path: str, runtime: str, bad: str) -> str:
+    """Refuse a path the runtime's mount syntax cannot carry (it splits on these characters)."""
+    found = sorted({c for c in path if c in bad})
+    if found:
+        raise UserError(
+            f"{runtime} cannot mount {path!r}: its mount syntax splits on {' '.join(found)}",
+            hint="move or symlink the directory to a path without those characters",
+        )
+    return path
+
+
+def env_names(settings: ContainerSettings, ctx: RunContext, *, slurm_names: bool) -> list[str]:
+    """Sorted, unique names to pass: hpcgpu's, the user's passthrough, and Slurm's when asked."""
+    names = set(ctx.env_names) | set(settings.env_passthrough)
+    if slurm_names and ctx.slurm:
+        names |= set(SLURM_ENV_NAMES)
+    for name in names:
+        if not name or "=" in name:
+            raise UserError(f"environment name {name!r} is not a bare name", hint="give names; values come from the environment")
+    return sorted(names)
+
+
+def env_extra_args(runtime: str, environ: Mapping[str, str]) -> list[str]:
+    """Machine-level flags from HPCGPU_<RUNTIME>_ARGS (e.g. HPCGPU_PODMAN_ARGS), shell-split."""
+    return shlex.split(environ.get(f"HPCGPU_{runtime.upper()}_ARGS", ""))
+
+
+def apptainer_prefix(settings: ContainerSettings, ctx: RunContext, machine_args: Sequence[str] = ()) -> list[str]:
+    """`apptainer exec [--nv] --bind ... --pwd DIR IMAGE`: the host environment is inherited."""
+    if any(a in _CLEANENV_FLAGS for a in [*machine_args, *settings.extra_args]):
+        raise UserError(
+            "container.extra_args asks apptainer for a clean environment, which drops hpcgpu's variables",
+            hint="remove --cleanenv/--containall (set variables for the container in the spec's env: instead)",
+        )
+    argv = ["apptainer", "exec"]
+    if ctx.gpus:
+        argv.append("--nv")
+    # /dev/shm: NCCL and the DataLoader's workers need the host's; sites with `mount dev = minimal`
+    # would otherwise give a small private one. /dev/infiniband: the RDMA devices, for the same reason.
+    binds = [_require_plain(d, "apptainer", ":,") for d in mount_dirs(ctx)] + ["/dev/shm"]
+    if ctx.infiniband:
+        binds.append("/dev/infiniband")
+    for bind in [*binds, *settings.binds]:
+        argv += ["--bind", bind]
+    argv += ["--pwd", ctx.workdir or ctx.code_dir, *machine_args, *settings.extra_args, settings.image]
+    return argv
+
+
+def oci_prefix(settings: ContainerSettings, ctx: RunContext, machine_args: Sequence[str] = ()) -> list[str]:
+    """`docker|podman run --rm --init ... IMAGE` with the same paths inside as outside."""
+    runtime = settings.runtime
+    # --entrypoint= : the node command is a full argv (python3 -m hpcgpu train ...), so the image's
+    # entrypoint (tini -- hpcgpu) must not be prepended; --init supplies PID 1 instead.
+    # --ipc=host: NCCL's shared-memory transport and DataLoader workers outgrow docker's 64 MB /dev/shm.
+    # --network host: ranks on other nodes reach the rendezvous at this node's address and port.
+    argv = [runtime, "run", "--rm", "--init", "--entrypoint=", "--ipc=host", "--network", "host"]
+    if ctx.gpus:
+        # docker: the NVIDIA container toolkit; podman: CDI (nvidia-ctk cdi generate).
+        argv += ["--gpus", "all"] if runtime == "docker" else ["--device", "nvidia.com/gpu=all"]
+    if ctx.infiniband:
+        # RDMA registers (pins) memory: it needs the devices, IPC_LOCK and no memlock limit.
+        argv += ["--device", "/dev/infiniband", "--cap-add", "IPC_LOCK", "--ulimit", "memlock=-1:-1"]
+    argv += _oci_user(runtime, ctx)
+    for d in mount_dirs(ctx):
+        argv += ["-v", f"{_require_plain(d, runtime, ':')}:{d}"]
+    for bind in settings.binds:
+        argv += ["-v", bind]
+    argv += ["-w", ctx.workdir or ctx.code_dir]
+    for name in env_names(settings, ctx, slurm_names=True):
+        argv += ["-e", name]
+    return [*argv, *machine_args, *settings.extra_args, settings.image]
+
+
+def _oci_user(runtime: str, ctx: RunContext) -> list[str]:
+    """Run as the calling user so files in the mounted run directory belong to them."""
+    if ctx.uid is None:
+        return []
+    if runtime == "podman" and ctx.uid != 0:
+        # Rootless podman maps the caller to root in the container; keep-id maps it to itself.
+        return ["--userns=keep-id"]
+    user = ["--user", f"{ctx.uid}:{ctx.uid if ctx.gid is None else ctx.gid}"]
+    # An image has no passwd entry for an arbitrary uid, and docker then sets HOME=/, which is not
+    # writable; caches (~/.cache, ~/.triton) need a writable HOME. Root has /root.
+    return user if ctx.uid == 0 else [*user, "-e", "HOME=/tmp"]
+
+
+def pyxis_srun_args(settings: ContainerSettings, ctx: RunContext) -> list[str]:
+    """The srun options for pyxis (`--container-image` ...): they go on srun, not before the command."""
+    mounts = [f"{_require_plain(d, 'pyxis', ',:')}:{d}" for d in mount_dirs(ctx)]
+    mounts += [_require_plain(b, "pyxis", ",") for b in settings.binds]
+    argv = [
+        f"--container-image={settings.image}",
+        f"--container-mounts={','.join(mounts)}",
+        f"--container-workdir={ctx.workdir or ctx.code_dir}",
+    ]
+    names = env_names(settings, ctx, slurm_names=False)
+    if names:
+        argv.append(f"--container-env={','.join(names)}")
+    return [*argv, *settings.extra_args]
+
+
+def container_prefix(settings: ContainerSettings, ctx: RunContext, environ: Mapping[str, str] | None = None) -> list[str]:
+    """The argv to put before the node command; empty for pyxis (see pyxis_srun_args)."""
+    machine_args = env_extra_args(settings.runtime, environ or {})
+    if settings.runtime == "apptainer":
+        return apptainer_prefix(settings, ctx, machine_args)
+    if settings.runtime in ("docker", "podman"):
+        return oci_prefix(settings, ctx, machine_args)
+    if settings.runtime == "pyxis":
+        return []
+    raise UserError(f"container.runtime {settings.runtime!r} is not one of {', '.join(RUNTIMES)}")
+
+
+def local_prefix(spec, run_dir: str, env_names: Iterable[str] = ()) -> list[str]:
+    """Prefix for a run on this machine: code dir = cwd, this user, this machine's devices."""
+    settings = ContainerSettings.from_spec(spec.container)
+    ckpt_dir = getattr(spec.checkpoint, "dir", None) if hasattr(spec, "checkpoint") else None
+    ctx = RunContext(
+        code_dir=os.getcwd(),
+        run_dir=os.path.abspath(run_dir),
+        ckpt_dir=os.path.abspath(ckpt_dir) if ckpt_dir else None,
+        env_names=tuple(env_names),
+        gpus=spec.resources.gpus_per_node != 0,
+        infiniband=os.path.isdir("/dev/infiniband"),
+        uid=os.getuid(),
+        gid=os.getgid(),
+    )
+    return container_prefix(settings, ctx, os.environ)
+
+
+def _is_local_image_path(image: str) -> bool:
+    """An apptainer image given as a file (not docker://, oras://, library:// ...)."""
+    return "://" not in image
+
+
+def check_runtime(
+    runtime: str,
+    image: str,
+    *,
+    which: Callable[[str], str | None] = shutil.which,
+    run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
+) -> None:
+    """Raise UserError when the runtime binary or the image is missing (before anything starts)."""
+    binary = {"pyxis": "srun"}.get(runtime, runtime)
+    if runtime not in RUNTIMES:
+        raise UserError(f"container.runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    if which(binary) is None:
+        raise UserError(f"container runtime {runtime!r} needs `{binary}`, which is not on PATH", hint=_INSTALL_HINT[runtime])
+    if runtime == "apptainer":
+        if _is_local_image_path(image) and not os.path.isfile(image):
+            raise UserError(f"apptainer image {image!r} does not exist", hint="build it: make sif (see containers/hpcgpu.def)")
+        return
+    if runtime == "pyxis":
+        # The image lives on the compute nodes' side (registry or shared squashfs): only the plugin is checked.
+        out = _capture(run, ["srun", "--help"])
+        if "--container-image" not in out.stdout:
+            raise UserError("srun has no --container-image: the pyxis plugin is not installed here", hint=_INSTALL_HINT["pyxis"])
+        return
+    probe = ["podman", "image", "exists", image] if runtime == "podman" else ["docker", "image", "inspect", "--format", "{{.Id}}", image]
+    out = _capture(run, probe)
+    if out.returncode == 0:
+        return
+    if runtime == "docker" and "no such image" not in out.stderr.lower():
+        raise UserError(f"docker cannot inspect images: {out.stderr.strip() or out.returncode}", hint="is the docker daemon running and may you use it?")
+    if runtime == "podman" and out.returncode != 1:
+        raise UserError(f"podman image exists failed: {out.stderr.strip() or out.returncode}")
+    raise UserError(f"{runtime} image {image!r} does not exist here", hint=f"{runtime} pull {image}, or build it: make image / make image-test")
+
+
+def _capture(run: Callable[..., subprocess.CompletedProcess], argv: list[str]) -> subprocess.CompletedProcess:
+    """Run a short probe, text output captured; a hung daemon becomes a UserError, not a hang."""
+    try:
+        return run(argv, capture_output=True, text=True, timeout=60, check=False)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"`{render_shell(argv)}` did not answer within 60 s") from None
+
+
+_INSTALL_HINT = {
+    "apptainer": "load it (module load apptainer) or install it: https://apptainer.org/docs/admin/main/installation.html",
+    "docker": "install Docker Engine and the NVIDIA Container Toolkit, or use runtime: podman",
+    "podman": "apt-get install podman (add --runtime/--cgroup-manager via HPCGPU_PODMAN_ARGS if crun fails)",
+    "pyxis": "pyxis is a Slurm plugin (https://github.com/NVIDIA/pyxis); or use runtime: apptainer",
+}

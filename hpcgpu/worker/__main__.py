@@ -1,0 +1,102 @@
+"""`python -m hpcgpu.worker`: one rank, as started by the node agent (torch elastic) or torchrun.
+
+Exit status: 0 done, 75 stopped cleanly after a checkpoint (resumable), 130 a second Ctrl-C,
+anything else a failure (the traceback reaches the agent through torch elastic's error file).
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import socket
+import sys
+import time
+from pathlib import Path
+
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from hpcgpu import console, envnames, exitcodes
+from hpcgpu.worker import api, context, stop
+from hpcgpu.worker.dist import teardown
+from hpcgpu.worker.rank import RankInfo, detect_rank
+from hpcgpu.worker.report import write_exit
+
+
+def redirect_output(run_dir: Path, info: RankInfo) -> Path:
+    """Send fd 1 and 2 (C libraries such as NCCL included) to `<run dir>/logs/rank{R}.log`, appending."""
+    log = run_dir / "logs" / f"rank{info.rank}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    if info.local_rank == 0 and "TORCHELASTIC_RUN_ID" in os.environ:
+        # the node agent copies this rank's log to its console from here on (hpcgpu/console.py)
+        console.announce(run_dir, log, offset=os.fstat(fd).st_size)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout.reconfigure(line_buffering=True)
+    sys.stderr.reconfigure(line_buffering=True)
+    print(f"==== hpcgpu rank {info.rank}/{info.world_size} (local {info.local_rank}, node {info.node_rank}) "
+          f"attempt {context.restart_count(os.environ) + 1} (elastic restart "
+          f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}, slurm restart "
+          f"{os.environ.get('SLURM_RESTART_COUNT', '0')}) pid {os.getpid()} on {socket.gethostname()} "
+          f"at {time.strftime('%Y-%m-%d %H:%M:%S %z')} ====", flush=True)
+    return log
+
+
+def run_entry(ctx: context.WorkerContext) -> tuple[str, object, object]:
+    """Run the spec's entry; return (status, step, checkpoint)."""
+    entry = ctx.spec.entry
+    if entry.kind == "task":
+        from hpcgpu.worker.trainer import run_task
+
+        api.init()
+        outcome = run_task(ctx)
+        return outcome.status, outcome.step, outcome.checkpoint
+    try:
+        if entry.kind == "script":
+            script = str(Path(entry.script).absolute())
+            sys.argv = [entry.script, *entry.args]
+            sys.path.insert(0, os.path.dirname(script))
+            runpy.run_path(script, run_name="__main__")
+        else:
+            sys.argv = [entry.module, *entry.args]
+            runpy.run_module(entry.module, run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if code not in (0, exitcodes.STOPPED_RESUMABLE):
+            raise
+    api.wait_for_checkpoint()
+    last = api.last_checkpoint()
+    stopped = code == exitcodes.STOPPED_RESUMABLE or stop.requested() is not None
+    return ("stopped" if stopped else "done"), last and last[0], last and last[1] and str(last[1])
+
+
+@record
+def main() -> int:
+    """Set up this rank, run its entry, record how it ended, always tear down."""
+    info = detect_rank()
+    if os.environ.get(envnames.RUN_DIR):
+        redirect_output(Path(os.environ[envnames.RUN_DIR]), info)
+    ctx = context.current()
+    stop.install(cooperative=ctx.spec.entry.kind == "task")
+    context.resolve_resume(ctx, os.environ)
+    context.export(ctx, os.environ)
+    try:
+        status, step, ckpt = run_entry(ctx)
+    except KeyboardInterrupt:
+        write_exit(ctx.run_dir, info.rank, "interrupted")
+        return 130
+    except BaseException as e:
+        write_exit(ctx.run_dir, info.rank, "failed", error=f"{type(e).__name__}: {e}"[:2000])
+        raise
+    finally:
+        teardown()
+    write_exit(ctx.run_dir, info.rank, status, step, ckpt, reason=stop.requested())
+    return exitcodes.OK if status == "done" else exitcodes.STOPPED_RESUMABLE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Helpers for hand-written training loops: the same guarantees the built-in Trainer has.
+
+Re-exported as `from hpcgpu import dist`. Works under `hpcgpu run`, plain torchrun, srun, or alone.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from hpcgpu.worker import checkpoint as ckpt
+from hpcgpu.worker import context, stop
+from hpcgpu.worker import dist as _dist
+from hpcgpu.worker.rank import RankInfo
+from hpcgpu.worker.saver import Checkpointer
+from hpcgpu.worker.state import rng_state, set_rng_state, spec_fingerprint
+
+_saver: Optional[Checkpointer] = None
+
+
+def init() -> RankInfo:
+    """Pick this rank's device, start the process group (timeout from the spec), agree on the resume point."""
+    ctx = context.current()
+    if ctx.device is None:
+        ctx.device = _dist.init_distributed(ctx.info, ctx.spec.distributed.backend, ctx.spec.distributed.timeout_s)
+        stop.install(cooperative=False)
+        if not ctx.resolved:
+            context.resolve_resume(ctx, os.environ)
+        context.agree_resume(ctx)
+    return ctx.info
+
+
+def rank_info() -> RankInfo:
+    """rank, local_rank, world_size, local_world_size, node_rank."""
+    return context.current().info
+
+
+def is_main() -> bool:
+    """True on global rank 0."""
+    return context.current().info.is_main
+
+
+def device() -> torch.device:
+    """This rank's device (after init(); the CPU before)."""
+    return context.current().device or torch.device("cpu")
+
+
+def print0(*args: Any, **kwargs: Any) -> None:
+    """print on rank 0 only (flushed, so it shows up in the console at once)."""
+    context.current().print0(*args, **kwargs)
+
+
+def barrier() -> None:
+    """Wait for every rank."""
+    _dist.barrier(context.current().device)
+
+
+def run_dir() -> Path:
+    """This run's directory (logs/, checkpoints/, tb/, exit/)."""
+    return context.current().run_dir
+
+
+def checkpoint_dir() -> Path:
+    """Where checkpoints go."""
+    return context.current().ckpt_dir
+
+
+def should_stop() -> bool:
+    """True on every rank once any rank got a stop signal; call it on all ranks at each step boundary."""
+    return stop.should_stop(_collective_device())
+
+
+def _collective_device() -> torch.device:
+    dev = context.current().device
+    return dev if dev is not None and dev.type == "cuda" else torch.device("cpu")
+
+
+def _checkpointer() -> Checkpointer:
+    global _saver
+    if _saver is None:
+        ctx = context.current()
+        spec = ctx.spec.checkpoint
+        _saver = Checkpointer(ctx.ckpt_dir, spec.keep_last, spec.async_save, ctx.info.is_main,
+                              report=lambda s: print(s, flush=True))
+    return _saver
+
+
+def save_checkpoint(state: dict, step: int) -> Optional[Path]:
+    """Atomically save `state` (tensors and plain values) as checkpoint `step`; rank 0 writes, others return None.
+
+    Safe to call on every rank or on rank 0 only; with checkpoint.async_save it returns after the
+    copy to CPU and the write continues in the background (wait_for_checkpoint() blocks for it).
+    """
+    ctx = context.current()
+    spec_hash, spec_json = spec_fingerprint(ctx.spec.model_dump(mode="json"))
+    payload = {"user": state, "step": step, "rng": rng_state(), "spec": {"hash": spec_hash, "json": spec_json}}
+    return _checkpointer().save(step, payload, {"world_size": ctx.info.world_size, "spec_hash": spec_hash})
+
+
+def load_checkpoint(path: Optional[str] = None, restore_rng: bool = False,
+                    map_location: Any = "cpu") -> Optional[dict]:
+    """The state saved by save_checkpoint (plus its "step"), from `path` or the resume point; None if none.
+
+    restore_rng=True also restores the python/numpy/torch RNG states of the saving rank.
+    """
+    ctx = context.current()
+    if path is None:
+        if not ctx.resolved:
+            context.resolve_resume(ctx, os.environ)
+        path = ctx.resume_from
+    if not path:
+        return None
+    payload = ckpt.load_state(Path(path), map_location)
+    if "user" not in payload:
+        raise ckpt.CheckpointError(f"{path} was not written by dist.save_checkpoint (a Trainer checkpoint?)")
+    if restore_rng:
+        set_rng_state(payload["rng"])
+    state = payload["user"]
+    state.setdefault("step", payload["step"])
+    return state
+
+
+def wait_for_checkpoint() -> None:
+    """Block until an async checkpoint write in flight is durable."""
+    if _saver is not None:
+        _saver.wait()
+
+
+def last_checkpoint() -> Optional[tuple[int, Optional[Path]]]:
+    """(step, path) of the last save_checkpoint call in this process, or None."""
+    if _saver is None or _saver.last_step is None:
+        return None
+    return _saver.last_step, _saver.last

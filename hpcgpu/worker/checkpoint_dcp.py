@@ -1,0 +1,59 @@
+"""FSDP checkpoints: every rank writes its shard with torch.distributed.checkpoint (DCP).
+
+Layout inside the step directory: `shards/` (DCP's `__<rank>_<n>.distcp` files and `.metadata`),
+`state.pt` (rank 0: the replicated trainer state) and `manifest.json`, written by rank 0 last,
+after a barrier, once every rank's shard is on disk. Note that DCP's `.metadata` is itself a
+pickle read by torch, so a sharded checkpoint must come from a trusted source.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch.distributed as tdist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.optim import Optimizer
+
+from hpcgpu.worker import checkpoint as ckpt
+from hpcgpu.worker.saver import Checkpointer
+
+SHARDS = ckpt.SHARDS
+
+
+def save_sharded(saver: Checkpointer, step: int, model: nn.Module, optimizer: Optimizer,
+                 state: dict, meta: dict) -> Path:
+    """Collective: all ranks write their shards; rank 0 adds `state` and commits."""
+    saver.last_step = step
+    t0 = time.perf_counter()
+    rank = tdist.get_rank()
+    tmp = [str(ckpt.begin(saver.dir, step)) if rank == 0 else ""]
+    tdist.broadcast_object_list(tmp, src=0)
+    tmp_dir = Path(tmp[0])
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    writer = dcp.FileSystemWriter(str(tmp_dir / SHARDS), sync_files=True)
+    dcp.save({"model": model_sd, "optimizer": optim_sd}, storage_writer=writer)
+    # Each rank hashes only what it wrote; rank 0 collects the digests for the manifest.
+    mine = {f"{SHARDS}/{p.name}": ckpt.digest_file(p) for p in (tmp_dir / SHARDS).glob(f"__{rank}_*.distcp")}
+    gathered: list = [None] * tdist.get_world_size()
+    tdist.all_gather_object(gathered, mine)
+    final = saver.dir / ckpt.step_dir_name(step)
+    if rank == 0:
+        files = {k: v for part in gathered for k, v in part.items()}
+        files[f"{SHARDS}/.metadata"] = ckpt.digest_file(tmp_dir / SHARDS / ".metadata")
+        files[ckpt.STATE] = ckpt.write_torch(state, tmp_dir / ckpt.STATE)
+        final = ckpt.commit(tmp_dir, step, files, {"kind": "fsdp", **meta})
+        saver.committed(final, step, time.perf_counter() - t0)
+    tdist.barrier()
+    saver.stall_s = time.perf_counter() - t0
+    return final
+
+
+def load_sharded(path: Path, model: nn.Module, optimizer: Optimizer) -> None:
+    """Collective: load model and optimizer shards of checkpoint `path` into the sharded objects."""
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    sd = {"model": model_sd, "optimizer": optim_sd}
+    dcp.load(sd, storage_reader=dcp.FileSystemReader(str(Path(path) / SHARDS)))
+    set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optimizer"])

@@ -1,0 +1,288 @@
+"""The built-in Trainer for `task` entries: DDP/FSDP/DP, AMP, accumulation, exact resume."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.distributed as tdist
+
+from hpcgpu.errors import UserError
+from hpcgpu.worker import checkpoint as ckpt
+from hpcgpu.worker import stop
+from hpcgpu.worker.context import WorkerContext, agree_resume
+from hpcgpu.worker.data import ResumableSampler, batches_per_epoch, make_loader
+from hpcgpu.worker.dist import barrier, is_distributed
+from hpcgpu.worker.metrics import Metrics
+from hpcgpu.worker.progress import Progress, choose_mode
+from hpcgpu.worker.report import print_summary, resume_changes, write_summary
+from hpcgpu.worker.saver import Checkpointer
+from hpcgpu.worker.state import rng_state, seed_everything, set_rng_state, spec_fingerprint
+from hpcgpu.worker.strategy import autocast, check_setup, grad_scaler, grad_sync, scaled_lr, unwrap, wrap
+from hpcgpu.worker.task import Task
+
+STATE_FORMAT = 1
+
+
+@dataclass
+class Outcome:
+    """How a training attempt ended."""
+
+    status: str  # "done" or "stopped"
+    step: int
+    checkpoint: Optional[str]
+    final_loss: Optional[float]
+
+
+def _to(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _deterministic() -> None:
+    """Same seed, same bits: deterministic kernels (free on CPU)."""
+    # torch.use_deterministic_algorithms also imports torch._inductor (1-2 s) just to set a
+    # torch.compile flag; eager training needs only the switch below.
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is not None:
+        setter(True, warn_only=True)
+    else:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _constant(step: int) -> float:
+    return 1.0
+
+
+class Trainer:
+    """Runs a Task under the spec's train section on this rank."""
+
+    def __init__(self, ctx: WorkerContext, task: Task):
+        self.ctx, self.task, self.cfg, self.info = ctx, task, ctx.spec.train, ctx.info
+        self.device: torch.device = ctx.device or torch.device("cpu")
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.start_step = 0
+        self.spec_hash, self.spec_json = spec_fingerprint(ctx.spec.model_dump(mode="json"))
+
+    # ------------------------------------------------------------------ setup
+
+    def _build(self) -> None:
+        cfg, info = self.cfg, self.info
+        check_setup(cfg.strategy, cfg.precision, self.device, info)
+        if self.device.type == "cpu":
+            _deterministic()
+        seed_everything(cfg.seed)
+        model = self.task.model()  # same seed on every rank: identical initial weights
+        seed_everything(cfg.seed + info.rank)  # then per-rank streams, so dropout differs across ranks
+        self.model = wrap(model, cfg.strategy, self.device, self.task.shard_units)
+        self.replicas = torch.cuda.device_count() if cfg.strategy == "dp" and self.device.type == "cuda" else 1
+        self.lr = scaled_lr(cfg.lr, cfg.lr_scaling, info.world_size * self.replicas, cfg.grad_accum)
+        params = self.model.parameters()
+        self.optimizer = self.task.optimizer(params, self.lr) if self.task.optimizer else torch.optim.AdamW(params, lr=self.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.task.lr_schedule or _constant)
+        self.scaler = grad_scaler(cfg.precision, self.device)
+        self._build_data()
+        mode = choose_mode(self.ctx.spec.logging.progress, self.ctx.console_tty) if info.is_main else "off"
+        self.progress = Progress(mode, self.total_steps, cfg.log_every)
+        self.saver = Checkpointer(self.ctx.ckpt_dir, self.ctx.spec.checkpoint.keep_last,
+                                  self.ctx.spec.checkpoint.async_save, info.is_main, self.progress.message)
+
+    def _build_data(self) -> None:
+        cfg = self.cfg
+        self.loader_batch = cfg.batch_size * self.replicas
+        self.sampler = ResumableSampler(self.task.dataset, self.info.world_size, self.info.rank, cfg.seed)
+        self.steps_per_epoch = batches_per_epoch(self.sampler, self.loader_batch) // cfg.grad_accum
+        if self.steps_per_epoch == 0:
+            raise UserError(
+                f"the dataset has {len(self.task.dataset)} samples: fewer than one optimizer step needs "
+                f"({self.info.world_size} ranks x train.batch_size {cfg.batch_size} x train.grad_accum {cfg.grad_accum})")
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        if cfg.max_steps:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        self.global_batch = self.loader_batch * self.info.world_size * cfg.grad_accum
+
+    def _resume(self) -> None:
+        path = agree_resume(self.ctx)
+        if path is None:
+            self.ctx.print0("hpcgpu: no checkpoint to resume from: starting at step 0")
+            return
+        state = ckpt.load_state(path)
+        if (self.cfg.strategy == "fsdp") != ckpt.is_sharded(path):
+            raise ckpt.CheckpointError(f"{path} was saved by another strategy than train.strategy {self.cfg.strategy}")
+        if ckpt.is_sharded(path):
+            from hpcgpu.worker.checkpoint_dcp import load_sharded  # torch.distributed.checkpoint: 1 s to import
+
+            load_sharded(path, self.model, self.optimizer)
+        else:
+            unwrap(self.model).load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self._restore_position(state["progress"])
+        rngs = state["rng"]
+        set_rng_state(rngs[self.info.rank] if len(rngs) == self.info.world_size else rngs[0])
+        for line in resume_changes(state, self.spec_json, self.info.world_size):
+            self.ctx.print0(line)
+        self.ctx.print0(f"hpcgpu: resuming from {path}: step {self.step}, epoch {self.epoch}, "
+                        f"batch {self.batch_in_epoch} of {self.steps_per_epoch * self.cfg.grad_accum} in the epoch")
+
+    def _restore_position(self, p: dict) -> None:
+        self.step, self.epoch, batches = p["step"], p["epoch"], p["batch_in_epoch"]
+        if p["world_size"] != self.info.world_size:  # keep the position in samples, not in batches
+            batches = batches * p["world_size"] // self.info.world_size // self.cfg.grad_accum * self.cfg.grad_accum
+        self.batch_in_epoch = batches
+        self.start_step = self.step
+
+    # ------------------------------------------------------------------ loop
+
+    def fit(self) -> Outcome:
+        """Train until the last step or an agreed stop; checkpoint; return how it ended."""
+        t0 = time.perf_counter()
+        self._build()
+        self._resume()
+        self.progress.start_step = self.start_step
+        self.metrics = Metrics(self.ctx.run_dir, self.ctx.spec.logging.tensorboard and self.info.is_main,
+                               self.device, self.start_step)
+        self._announce()
+        t_loop = time.perf_counter()
+        try:
+            status = self._loop()
+        finally:
+            self.progress.close()
+            self.metrics.close()
+        self.saver.wait()
+        barrier(self.device)  # nobody exits (and gets the others killed) before the checkpoint is durable
+        final = self._mean_over_ranks(self._last_loss) if self.step > self.start_step else None
+        stats = {"status": status, "final_loss": final, "steps": self.step, "epoch": self.epoch,
+                 "epochs": self.epoch + self.batch_in_epoch / (self.steps_per_epoch * self.cfg.grad_accum),
+                 "wall_s": time.perf_counter() - t0, "train_s": time.perf_counter() - t_loop,
+                 "samples": (self.step - self.start_step) * self.global_batch,
+                 "checkpoint": str(self.saver.last) if self.saver.last else None}
+        if self.info.is_main:
+            print_summary(stats, self.ctx.ckpt_dir, self.task.flops_per_sample)
+            write_summary(self.ctx.run_dir, stats, self.info.world_size)
+        return Outcome(status, self.step, stats["checkpoint"], final)
+
+    def _loop(self) -> str:
+        it = None
+        self._loss_sum, self._loss_n, self._t_log, self._step_log = 0.0, 0, time.perf_counter(), self.step
+        while self.step < self.total_steps:
+            if it is None:
+                self.sampler.start_at(self.epoch, self.batch_in_epoch * self.loader_batch)
+                it = iter(make_loader(self.task.dataset, self.sampler, self.loader_batch, self.cfg.num_workers,
+                                      self.cfg.seed, pin_memory=self.device.type == "cuda"))
+            self._last_loss = self._train_step(it)
+            self.step += 1
+            self.batch_in_epoch += self.cfg.grad_accum
+            if self.batch_in_epoch >= self.steps_per_epoch * self.cfg.grad_accum:
+                self.epoch, self.batch_in_epoch, it = self.epoch + 1, 0, None
+            self._log_step()
+            if self.step % self.ctx.spec.checkpoint.every_steps == 0 or self.step == self.total_steps:
+                self._save()
+            if self.step < self.total_steps and stop.should_stop(self._collective_device()):
+                if self.saver.last_step != self.step:
+                    self._save()
+                return "stopped"
+        return "done"
+
+    def _train_step(self, it) -> torch.Tensor:
+        self.model.train()
+        accum, total = self.cfg.grad_accum, torch.zeros((), device=self.device)
+        for micro in range(accum):
+            inputs, target = _to(next(it), self.device)
+            with grad_sync(self.model, self.cfg.strategy, micro == accum - 1):
+                with autocast(self.cfg.precision, self.device):
+                    loss = self.task.loss(self.model(inputs), target) / accum
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
+            total += loss.detach().float()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return total
+
+    def _log_step(self) -> None:
+        self._loss_sum = self._loss_sum + self._last_loss
+        self._loss_n += 1
+        if self.step % self.cfg.log_every and self.step != self.total_steps:
+            self.progress.update(self.step, self.epoch)
+            return
+        loss = self._mean_over_ranks(self._loss_sum) / self._loss_n
+        now = time.perf_counter()
+        rate = (self.step - self._step_log) * self.global_batch / max(now - self._t_log, 1e-9)
+        lr = self.scheduler.get_last_lr()[0]
+        self.progress.update(self.step, self.epoch, loss, lr, rate)
+        self.metrics.log(self.step, {"train/loss": loss, "train/lr": lr, "train/samples_per_s": rate})
+        self._loss_sum, self._loss_n, self._t_log, self._step_log = 0.0, 0, now, self.step
+
+    def _mean_over_ranks(self, value: torch.Tensor) -> float:
+        t = value.detach().float().clone().to(self._collective_device())
+        if is_distributed():
+            tdist.all_reduce(t)
+            t /= self.info.world_size
+        return t.item()
+
+    def _collective_device(self) -> torch.device:
+        return self.device if self.device.type == "cuda" else torch.device("cpu")
+
+    # ------------------------------------------------------------------ saving
+
+    def _save(self) -> None:
+        state = self._state()
+        meta = {"epoch": self.epoch, "world_size": self.info.world_size, "strategy": self.cfg.strategy,
+                "spec_hash": self.spec_hash}
+        if self.cfg.strategy == "fsdp":
+            from hpcgpu.worker.checkpoint_dcp import save_sharded
+
+            save_sharded(self.saver, self.step, self.model, self.optimizer, state, meta)
+        else:
+            self.saver.save(self.step, state, meta)
+
+    def _state(self) -> dict:
+        """Everything an exact resume needs; the RNG states of all ranks are gathered to rank 0."""
+        rngs = [rng_state()]
+        if is_distributed():
+            gathered = [None] * self.info.world_size if self.info.is_main else None
+            tdist.gather_object(rngs[0], gathered, dst=0)
+            rngs = gathered or []
+        sharded = self.cfg.strategy == "fsdp"
+        return {
+            "format": STATE_FORMAT,
+            "model": None if sharded else unwrap(self.model).state_dict(),
+            "optimizer": None if sharded else self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "progress": {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                         "world_size": self.info.world_size, "batch_size": self.cfg.batch_size,
+                         "grad_accum": self.cfg.grad_accum},
+            "sampler": {"seed": self.cfg.seed, "epoch": self.epoch, "skip": self.batch_in_epoch * self.loader_batch},
+            "rng": rngs,
+            "spec": {"hash": self.spec_hash, "train": self.cfg.model_dump(mode="json"), "json": self.spec_json},
+        }
+
+    def _announce(self) -> None:
+        cfg, n = self.cfg, self.info.world_size
+        self.ctx.print0(
+            f"hpcgpu: {cfg.strategy} on {n} rank(s) x {self.device.type}, {cfg.precision}; effective batch "
+            f"{self.loader_batch} x {n} rank(s) x {cfg.grad_accum} accum = {self.global_batch} samples/step; "
+            f"lr {cfg.lr:g} -> {self.lr:g} ({cfg.lr_scaling} scaling); {self.total_steps} steps "
+            f"({self.steps_per_epoch} per epoch)")
+
+
+def run_task(ctx: WorkerContext) -> Outcome:
+    """Load the spec's task and train it."""
+    from hpcgpu.worker.task import load_task
+
+    task = load_task(ctx.spec.entry.task, ctx.spec.entry.task_args)
+    return Trainer(ctx, task).fit()
