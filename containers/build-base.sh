@@ -9,7 +9,7 @@
 # .debs are cached under $HPCGPU_CACHE (default build/cache), so a re-import after `podman rmi`
 # takes seconds. Environment:
 #   HPCGPU_CACHE         cache directory (default: build/cache under the repository)
-#   HPCGPU_PODMAN_ARGS   podman global flags (default: --runtime runc --cgroup-manager=cgroupfs)
+#   HPCGPU_PODMAN_GLOBAL_ARGS  podman global flags (default: --runtime runc --cgroup-manager=cgroupfs)
 #   DEBIAN_MIRROR        Debian mirror (default: http://deb.debian.org/debian)
 #   HPCGPU_BASE_IMAGE    image name (default: localhost/hpcgpu-base:bookworm)
 set -euo pipefail
@@ -19,7 +19,7 @@ cache="$(realpath -m "${HPCGPU_CACHE:-$repo/build/cache}")"
 image="${HPCGPU_BASE_IMAGE:-localhost/hpcgpu-base:bookworm}"
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 # crun fails on these machines (setrlimit/cgroups errors); runc with cgroupfs works (ENVIRONMENT.md).
-read -r -a podman_args <<<"${HPCGPU_PODMAN_ARGS:---runtime runc --cgroup-manager=cgroupfs}"
+read -r -a podman_args <<<"${HPCGPU_PODMAN_GLOBAL_ARGS:---runtime runc --cgroup-manager=cgroupfs}"
 # tini: a real PID 1 so SIGTERM/SIGUSR1 from docker stop / Slurm reach the node agent and its ranks.
 packages="python3,python3-venv,python3-pip,ca-certificates,tini"
 tarball="$cache/hpcgpu-base-bookworm.tar"
@@ -68,5 +68,5 @@ podman "${podman_args[@]}" import \
   --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
   --change 'ENV LANG=C.UTF-8' \
   --change 'CMD ["/bin/bash"]' \
-  "$tarball" "$image" >/dev/null
+  --quiet "$tarball" "$image" >/dev/null
 log "$image built in $((SECONDS - start)) s"

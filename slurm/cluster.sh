@@ -26,6 +26,7 @@ CTLD_PORT=17000
 NODE1_PORT=17001
 NODE2_PORT=17002
 
+elapsed_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
 log() { printf 'cluster.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
@@ -255,7 +256,7 @@ show_failure() {
 # --- subcommands ---------------------------------------------------------------------------------
 
 cmd_up() {
-  local t0=$SECONDS
+  local t0=$EPOCHREALTIME
   check_inputs
   install_packages
   if daemons_running && conf_is_current && nodes_ready; then
@@ -277,7 +278,7 @@ cmd_up() {
   if ! wait_for "node1 and node2 to be idle" "$WAIT_S" nodes_ready; then
     show_failure "node1/node2 not idle after ${WAIT_S}s"
   fi
-  log "up in $((SECONDS - t0))s ($DIR)"
+  log "up in $(elapsed_since "$t0")s ($DIR)"
   node_states >&2
 }
 
@@ -319,17 +320,27 @@ cmd_down() {
   log "down"
 }
 
+missing_daemons() {
+  # Names of our daemons that are not running (sinfo alone lags a dead slurmd by SlurmdTimeout).
+  munge_running || printf 'munged '
+  ctld_running || printf 'slurmctld '
+  slurmd_running node1 || printf 'slurmd-node1 '
+  slurmd_running node2 || printf 'slurmd-node2 '
+}
+
 cmd_status() {
   if ! command -v sinfo >/dev/null; then
     log "sinfo not installed; run: slurm/cluster.sh up"
     return 1
   fi
   sinfo -N -o '%N %P %t %c %m' || true
-  if nodes_ready; then
-    log "up: node1 and node2 are usable"
+  local missing
+  missing="$(missing_daemons)"
+  if [[ -z "$missing" ]] && nodes_ready; then
+    log "up: node1 and node2 are usable ($DIR)"
     return 0
   fi
-  log "down or unhealthy; run: slurm/cluster.sh up"
+  log "down or unhealthy${missing:+ (not running: ${missing% })}; run: slurm/cluster.sh up"
   return 1
 }
 

@@ -12,9 +12,10 @@ import os
 import signal
 import sys
 import threading
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -41,7 +42,10 @@ def _handle(signum: int, frame) -> None:
             _exit_now(name)
     if _requested is None:
         _requested = name
-        _note(f"hpcgpu: {name} received: stopping at the next step boundary with a checkpoint")
+        if _cooperative:
+            _note(f"hpcgpu: {name} received: stopping at the next step boundary with a checkpoint")
+        else:
+            _note(f"hpcgpu: {name} received, but this script never calls dist.should_stop(): it keeps running")
 
 
 def _default_action(signum: int) -> None:
@@ -101,11 +105,12 @@ def reset() -> None:
     _requested, _sigints = None, 0
 
 
-def should_stop(device: Optional[torch.device] = None) -> bool:
+def should_stop(device: Optional["torch.device"] = None) -> bool:
     """True on every rank when any rank was asked to stop: call it on all ranks at the same step.
 
     One all-reduce (MAX) of a single integer, so all ranks stop at the same step.
     """
+    import torch
     import torch.distributed as tdist
 
     global _cooperative
@@ -123,7 +128,8 @@ def should_stop(device: Optional[torch.device] = None) -> bool:
     return agreed
 
 
-def _collective_device() -> torch.device:
+def _collective_device() -> "torch.device":
+    import torch
     import torch.distributed as tdist
 
     if tdist.get_backend() == "nccl":

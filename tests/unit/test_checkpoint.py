@@ -3,7 +3,6 @@
 import json
 import pickle
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -194,7 +193,7 @@ def test_snapshot_copies_only_when_asked():
     shared = snapshot({"a": [t], "b": (t, 1)}, copy=False)
     copied = snapshot({"a": [t]}, copy=True)
     t.add_(1)
-    assert shared["a"][0] is t and shared["b"][1] == 1
+    assert shared["a"][0].data_ptr() == t.data_ptr() and shared["b"][1] == 1
     assert torch.equal(copied["a"][0], torch.ones(2))
 
 
@@ -214,4 +213,3 @@ def test_checkpoint_error_is_an_exception_users_can_catch():
     from hpcgpu import dist
 
     assert dist.CheckpointError is ckpt.CheckpointError
-    assert isinstance(Path(ckpt.STATE), Path)
