@@ -85,10 +85,10 @@ alive() {
 
 stop_pids() {
   # SIGTERM all at once (each daemon takes ~2 s to exit), SIGKILL what is left after 10 s.
-  local pid i left
+  local pid _ left
   (($#)) || return 0
   kill -TERM "$@" 2>/dev/null || true
-  for i in $(seq 1 50); do
+  for _ in $(seq 1 50); do
     left=()
     for pid in "$@"; do alive "$pid" && left+=("$pid"); done
     ((${#left[@]})) || return 0
@@ -103,6 +103,7 @@ stop_pids() {
 munge_running() { pid_from "$DIR/munge/run/munged.pid" munged >/dev/null; }
 
 start_munge() {
+  # Called as `start_munge || show_failure`, where set -e is off: failures must return.
   munge_running && return
   # munged refuses keys and directories that others can write; root-owned parents are fine.
   install -d -m 0755 "$DIR"
@@ -110,10 +111,9 @@ start_munge() {
   install -d -m 0755 -o munge -g munge "$DIR/munge" "$DIR/munge/run"
   install -d -m 0700 -o munge -g munge "$DIR/munge/etc" "$DIR/munge/log" "$DIR/munge/lib"
   if [[ ! -s "$DIR/munge/etc/munge.key" ]]; then
-    dd if=/dev/urandom of="$DIR/munge/etc/munge.key" bs=1024 count=1 status=none
+    dd if=/dev/urandom of="$DIR/munge/etc/munge.key" bs=1024 count=1 status=none || return 1
   fi
-  chown munge:munge "$DIR/munge/etc/munge.key"
-  chmod 0400 "$DIR/munge/etc/munge.key"
+  chown munge:munge "$DIR/munge/etc/munge.key" && chmod 0400 "$DIR/munge/etc/munge.key" || return 1
   runuser -u munge -- munged \
     --key-file="$DIR/munge/etc/munge.key" \
     --socket="$DIR/munge/run/munge.socket.2" \
@@ -171,16 +171,17 @@ slurmd_running() { pid_from "$DIR/run/slurmd-$1.pid" slurmd >/dev/null; }
 
 start_slurm() {
   install -d -m 0755 "$DIR/state" "$DIR/run" "$DIR/log" "$DIR/spool/node1" "$DIR/spool/node2"
+  # Called as `start_slurm || show_failure`, where set -e is off: every step checks itself.
   if ! ctld_running; then
     log "starting slurmctld"
-    slurmctld -f "$CONF"
-    wait_for "slurmctld" 20 ctld_responds
+    slurmctld -f "$CONF" || return 1
+    wait_for "slurmctld" 20 ctld_responds || return 1
   fi
   local node
   for node in "${NODES[@]}"; do
     if ! slurmd_running "$node"; then
       log "starting slurmd -N $node"
-      slurmd -f "$CONF" -N "$node"
+      slurmd -f "$CONF" -N "$node" || return 1
     fi
   done
 }
@@ -257,7 +258,6 @@ show_failure() {
 
 cmd_up() {
   local t0=$EPOCHREALTIME
-  check_inputs
   install_packages
   if daemons_running && conf_is_current && nodes_ready; then
     log "already up ($DIR)"
@@ -314,8 +314,6 @@ stop_all() {
 }
 
 cmd_down() {
-  check_inputs
-  [[ -d "$DIR" ]] || { log "nothing to stop ($DIR does not exist)"; return 0; }
   stop_all
   log "down"
 }
@@ -344,10 +342,25 @@ cmd_status() {
   return 1
 }
 
+lock() {
+  # Two `make slurm-up` at once (parallel CI steps) must not start daemons twice.
+  install -d -m 0755 "$DIR"
+  exec 9>"$DIR/.lock"
+  flock -w 120 9 || die "another cluster.sh holds $DIR/.lock"
+}
+
 main() {
   case "${1:-}" in
-    up) cmd_up ;;
-    down) cmd_down ;;
+    up)
+      check_inputs
+      lock
+      cmd_up
+      ;;
+    down)
+      check_inputs
+      lock
+      cmd_down
+      ;;
     status) cmd_status ;;
     *)
       echo "usage: $0 up|down|status" >&2

@@ -221,13 +221,14 @@ class NodeCommand:
         self.requeues = int(requeues)
         self._proc: subprocess.Popen | None = None
         self._stopping = False
+        self._done = False
         self._previous_handler: Any = None
 
     # --- pickling: the running child never travels with the object ------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(_proc=None, _stopping=False, _previous_handler=None)
+        state.update(_proc=None, _stopping=False, _done=False, _previous_handler=None)
         return state
 
     def __repr__(self) -> str:
@@ -284,17 +285,29 @@ class NodeCommand:
         self._previous_handler = signal.signal(sig, self._on_stop_signal)
         head_outcome = "ended"
         try:
-            return self._outcome(self._run_child(self.rendezvous()))
+            try:
+                returncode = self._run_child(self.rendezvous())
+            except _ChildExited as exited:  # checkpoint() saw the child end during the stop
+                returncode = exited.returncode
+            return self._outcome(returncode)
         except SystemExit:
             # submitit leaves through sys.exit() right after `scontrol requeue`.
             if self._stopping:
                 head_outcome = "requeued"
             raise
         finally:
+            self._done = True
             self._kill_child()
             signal.signal(sig, self._previous_handler)
             if self.is_head():
-                publish_endpoint(self.head_marker_path(), head_outcome)
+                self._publish_head_outcome(head_outcome)
+
+    def _publish_head_outcome(self, outcome: str) -> None:
+        """Tell waiting non-head nodes whether node 0 requeued; never mask the real error."""
+        try:
+            publish_endpoint(self.head_marker_path(), outcome)
+        except OSError as err:
+            _log(f"could not write {self.head_marker_path()}: {err}")
 
     def _run_child(self, endpoint: str) -> int:
         """Start argv with the contract's environment; its exit status once it has ended."""
@@ -303,10 +316,7 @@ class NodeCommand:
         # Its own session: at the end the whole tree (e.g. the agent's ranks) can be killed.
         self._proc = subprocess.Popen(self.argv, env=self.child_env(endpoint), start_new_session=True)
         _log(f"started pid {self._proc.pid}: {' '.join(self.argv)} (restart {self.restart_count()})")
-        try:
-            return self._settle(self._proc.wait())
-        except _ChildExited as exited:
-            return exited.returncode
+        return self._settle(self._proc.wait())
 
     def _settle(self, returncode: int) -> int:
         """Give a stop signal that raced the child's exit a moment to reach its handler."""
@@ -364,7 +374,8 @@ class NodeCommand:
             return
         self._stopping = True
         proc = self._proc
-        if proc is not None and proc.poll() is None and self._should_forward():
+        # peek_exit, not poll(): we may have interrupted proc.wait(), which holds Popen's lock.
+        if proc is not None and peek_exit(proc.pid) is None and self._should_forward():
             _log(f"forwarding {signal.Signals(signum).name} to pid {proc.pid}")
             proc.send_signal(signum)
         if callable(self._previous_handler):
@@ -372,6 +383,8 @@ class NodeCommand:
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """submitit hook (head only): wait for the child to stop, then requeue the next attempt."""
+        if self._done:
+            return None  # the signal came after __call__ returned: nothing left to requeue
         proc = self._proc
         if proc is not None:
             returncode = proc.returncode if proc.returncode is not None else wait_exit(proc.pid, self.grace_s)

@@ -155,3 +155,19 @@ def test_ctrl_c_stops_cleanly_then_resume_continues(tmp_path):
     rest = proc.communicate(timeout=120)[0]
     assert proc.returncode == 75, seen + rest
     assert f"step {stopped_at}" in seen and f"resuming from {run_dir}" in seen
+
+
+def test_documented_user_script_stops_and_resumes(tmp_path):
+    script = str(Path(__file__).resolve().parents[2] / "examples" / "train_script.py")
+    proc = start(["run", "local", "--nproc", "2", "--", script, "--steps", "100000", "--every", "20"], tmp_path, tmp_path / "home")
+    _wait_for_step(proc)
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 75, rest
+    stopped = int(rest.split("stopping at step ")[1].split(":")[0])
+    run_dir = only_run_dir(tmp_path)
+    proc = start(["run", "local", "--resume", run_dir.name], tmp_path, tmp_path / "home")
+    seen = "".join(_wait_for_step(proc, step_prefix="resumed at step"))
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert f"resumed at step {stopped}" in seen

@@ -213,3 +213,16 @@ def test_checkpoint_error_is_an_exception_users_can_catch():
     from hpcgpu import dist
 
     assert dist.CheckpointError is ckpt.CheckpointError
+
+
+def test_resume_with_a_changed_spec_names_the_keys_that_matter():
+    from hpcgpu.worker.report import resume_changes
+
+    _, old = spec_fingerprint({"train": {"lr": 0.001, "log_every": 10}, "logging": {"dir": "a"}})
+    _, new = spec_fingerprint({"train": {"lr": 0.002, "log_every": 5}, "logging": {"dir": "b"}})
+    saved = {"spec": {"json": old}, "progress": {"world_size": 2}}
+    lines = resume_changes(saved, new, world_size=4)
+    assert len(lines) == 2
+    assert "train.lr: 0.001 -> 0.002" in lines[0] and "log_every" not in lines[0] and "logging" not in lines[0]
+    assert "saved with 2 ranks, resuming on 4" in lines[1]
+    assert resume_changes(saved, old, world_size=2) == []
