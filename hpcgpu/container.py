@@ -128,7 +128,8 @@ def env_names(settings: ContainerSettings, ctx: RunContext, *, slurm_names: bool
         names |= set(SLURM_ENV_NAMES)
     for name in names:
         if not name or "=" in name:
-            raise UserError(f"environment name {name!r} is not a bare name", hint="give names; values come from the environment")
+            raise UserError(f"environment name {name!r} is not a bare name",
+                            hint="give names; values come from the environment")
     return sorted(names)
 
 
@@ -211,7 +212,9 @@ def pyxis_srun_args(settings: ContainerSettings, ctx: RunContext) -> list[str]:
     return [*argv, *settings.extra_args]
 
 
-def container_prefix(settings: ContainerSettings, ctx: RunContext, environ: Mapping[str, str] | None = None) -> list[str]:
+def container_prefix(
+    settings: ContainerSettings, ctx: RunContext, environ: Mapping[str, str] | None = None
+) -> list[str]:
     """The argv to put before the node command; empty for pyxis (see pyxis_srun_args)."""
     machine_args = env_extra_args(settings.runtime, environ or {})
     if settings.runtime == "apptainer":
@@ -223,26 +226,25 @@ def container_prefix(settings: ContainerSettings, ctx: RunContext, environ: Mapp
     raise UserError(f"container.runtime {settings.runtime!r} is not one of {', '.join(RUNTIMES)}")
 
 
-def local_prefix(spec, run_dir: str, env_names: Iterable[str] = ()) -> list[str]:
+def local_prefix(spec, run_dir: str, env_names: Iterable[str] = (), gpus: bool | None = None) -> list[str]:
     """Prefix for a run on this machine: code dir = cwd, this user, this machine's devices."""
     settings = ContainerSettings.from_spec(spec.container)
-    ckpt_dir = getattr(spec.checkpoint, "dir", None) if hasattr(spec, "checkpoint") else None
+    ckpt_dir = spec.checkpoint.dir if hasattr(spec, "checkpoint") else None
+    if gpus is None:
+        # Best guess before the plan exists; pass the plan's answer (plan.layout.gpus > 0) instead.
+        want = spec.resources.gpus_per_node
+        gpus = os.path.exists("/dev/nvidiactl") if want == "all" else want > 0
     ctx = RunContext(
         code_dir=os.getcwd(),
         run_dir=os.path.abspath(run_dir),
         ckpt_dir=os.path.abspath(ckpt_dir) if ckpt_dir else None,
         env_names=tuple(env_names),
-        gpus=spec.resources.gpus_per_node != 0,
+        gpus=bool(gpus),
         infiniband=os.path.isdir("/dev/infiniband"),
         uid=os.getuid(),
         gid=os.getgid(),
     )
     return container_prefix(settings, ctx, os.environ)
-
-
-def _is_local_image_path(image: str) -> bool:
-    """An apptainer image given as a file (not docker://, oras://, library:// ...)."""
-    return "://" not in image
 
 
 def check_runtime(
@@ -253,30 +255,48 @@ def check_runtime(
     run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
 ) -> None:
     """Raise UserError when the runtime binary or the image is missing (before anything starts)."""
-    binary = {"pyxis": "srun"}.get(runtime, runtime)
     if runtime not in RUNTIMES:
         raise UserError(f"container.runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    binary = "srun" if runtime == "pyxis" else runtime
     if which(binary) is None:
-        raise UserError(f"container runtime {runtime!r} needs `{binary}`, which is not on PATH", hint=_INSTALL_HINT[runtime])
+        raise UserError(f"container runtime {runtime!r} needs `{binary}`, which is not on PATH",
+                        hint=_INSTALL_HINT[runtime])
     if runtime == "apptainer":
-        if _is_local_image_path(image) and not os.path.isfile(image):
-            raise UserError(f"apptainer image {image!r} does not exist", hint="build it: make sif (see containers/hpcgpu.def)")
-        return
-    if runtime == "pyxis":
-        # The image lives on the compute nodes' side (registry or shared squashfs): only the plugin is checked.
-        out = _capture(run, ["srun", "--help"])
-        if "--container-image" not in out.stdout:
-            raise UserError("srun has no --container-image: the pyxis plugin is not installed here", hint=_INSTALL_HINT["pyxis"])
-        return
-    probe = ["podman", "image", "exists", image] if runtime == "podman" else ["docker", "image", "inspect", "--format", "{{.Id}}", image]
-    out = _capture(run, probe)
+        _check_sif(image)
+    elif runtime == "pyxis":
+        _check_pyxis(run)
+    else:
+        _check_oci_image(runtime, image, run)
+
+
+def _check_sif(image: str) -> None:
+    """A local .sif must exist; docker://, oras:// ... images are fetched by apptainer itself."""
+    if "://" not in image and not os.path.isfile(image):
+        raise UserError(f"apptainer image {image!r} does not exist", hint="build it: make sif (see containers/hpcgpu.def)")
+
+
+def _check_pyxis(run: Callable[..., subprocess.CompletedProcess]) -> None:
+    """srun must know --container-image; the image itself lives on the compute nodes' side."""
+    if "--container-image" not in _capture(run, ["srun", "--help"]).stdout:
+        raise UserError("srun has no --container-image: the pyxis plugin is not installed here",
+                        hint=_INSTALL_HINT["pyxis"])
+
+
+def _check_oci_image(runtime: str, image: str, run: Callable[..., subprocess.CompletedProcess]) -> None:
+    """`podman image exists` / `docker image inspect`, telling a missing image from a broken daemon."""
+    if runtime == "podman":
+        out = _capture(run, ["podman", "image", "exists", image])
+        missing = out.returncode == 1
+    else:
+        out = _capture(run, ["docker", "image", "inspect", "--format", "{{.Id}}", image])
+        missing = "no such image" in out.stderr.lower()
     if out.returncode == 0:
         return
-    if runtime == "docker" and "no such image" not in out.stderr.lower():
-        raise UserError(f"docker cannot inspect images: {out.stderr.strip() or out.returncode}", hint="is the docker daemon running and may you use it?")
-    if runtime == "podman" and out.returncode != 1:
-        raise UserError(f"podman image exists failed: {out.stderr.strip() or out.returncode}")
-    raise UserError(f"{runtime} image {image!r} does not exist here", hint=f"{runtime} pull {image}, or build it: make image / make image-test")
+    if not missing:
+        raise UserError(f"{runtime} cannot inspect images: {out.stderr.strip() or f'exit {out.returncode}'}",
+                        hint="is the docker daemon running, and may you use it?" if runtime == "docker" else "see `podman info`")
+    raise UserError(f"{runtime} image {image!r} does not exist here",
+                    hint=f"{runtime} pull {image}, or build it: make image / make image-test")
 
 
 def _capture(run: Callable[..., subprocess.CompletedProcess], argv: list[str]) -> subprocess.CompletedProcess:
@@ -288,7 +308,7 @@ def _capture(run: Callable[..., subprocess.CompletedProcess], argv: list[str]) -
 
 
 _INSTALL_HINT = {
-    "apptainer": "load it (module load apptainer) or install it: https://apptainer.org/docs/admin/main/installation.html",
+    "apptainer": "module load apptainer, or install it: https://apptainer.org/docs/admin/main/installation.html",
     "docker": "install Docker Engine and the NVIDIA Container Toolkit, or use runtime: podman",
     "podman": "apt-get install podman (add --runtime/--cgroup-manager via HPCGPU_PODMAN_ARGS if crun fails)",
     "pyxis": "pyxis is a Slurm plugin (https://github.com/NVIDIA/pyxis); or use runtime: apptainer",

@@ -36,6 +36,28 @@ def redact(env: Mapping[str, str]) -> dict[str, str]:
     return {k: (REDACTED if is_secret(k) else v) for k, v in env.items()}
 
 
+# Secret values of a spec's `env:`, withheld from spec.yaml and kept in this process only: the node
+# agent of `run local` runs in the process that wrote the spec and takes them back from here;
+# any other node agent must find them in its environment (agent._restore_withheld_env).
+_WITHHELD: dict[str, str] = {}
+
+
+def withhold_secrets(env: Mapping[str, str]) -> dict[str, str]:
+    """Copy of env with secret-looking values replaced by REDACTED; the values stay in this process."""
+    out = {}
+    for name, value in env.items():
+        if is_secret(name) and value != REDACTED:
+            _WITHHELD[name] = value
+            value = REDACTED
+        out[name] = value
+    return out
+
+
+def withheld_env() -> dict[str, str]:
+    """The secret values withheld so far by this process (name -> value)."""
+    return dict(_WITHHELD)
+
+
 def debug_defaults(debug: Debug, run_dir: str) -> list[EnvDefault]:
     """The NCCL / torch.distributed variables the spec's debug section asks for."""
     out: list[EnvDefault] = [

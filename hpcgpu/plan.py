@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
 from hpcgpu import envnames
-from hpcgpu.envvars import REDACTED, MergedEnv, debug_defaults, merge_under, redact
+from hpcgpu.envvars import REDACTED, EnvDefault, MergedEnv, debug_defaults, merge_under, redact
 from hpcgpu.errors import UserError
 from hpcgpu.spec import Spec
 
@@ -101,7 +101,11 @@ def pin_layout(spec: Spec, layout: NodeLayout) -> Spec:
 
 def rank_env(spec: Spec, run_dir: str, user_env: Mapping[str, str]) -> MergedEnv:
     """Variables every rank gets on top of the node's environment (the agent computes the same)."""
-    merged = merge_under(debug_defaults(spec.debug, run_dir), spec.env, user_env)
+    defaults = debug_defaults(spec.debug, run_dir)
+    if spec.resources.nodes == 1:
+        # gloo listens on the address the host name resolves to (often the LAN); one node needs loopback only
+        defaults.append(EnvDefault("GLOO_SOCKET_IFNAME", "lo", "single node: gloo connections stay on loopback"))
+    merged = merge_under(defaults, spec.env, user_env)
     ckpt_dir = spec.checkpoint.dir or f"{run_dir}/checkpoints"
     merged.added.update(
         {

@@ -375,8 +375,13 @@ def load_spec(path: str | Path | None) -> tuple[Spec, str]:
 
 
 def dump_spec(spec: Spec) -> str:
-    """The resolved spec as YAML (what nodes and ranks read)."""
-    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    """The resolved spec as YAML (what nodes and ranks read); values of secret-looking `env:` names
+    are written as <redacted> (they reach the ranks through the environment, never a file)."""
+    from hpcgpu.envvars import withhold_secrets  # envvars imports this module
+
+    data = spec.model_dump(mode="json")
+    data["env"] = withhold_secrets(data["env"])
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 def spec_schema() -> str:

@@ -21,9 +21,17 @@ def train(run_dir, spec_file) -> int:
     """
     if run_dir is None:
         return _train_here(spec_file)
-    from hpcgpu.agent import run_node
+    import os
+    import time
 
-    return run_node(Path(run_dir).absolute())
+    from hpcgpu.agent import run_node
+    from hpcgpu.runs import write_json_atomic
+
+    code = run_node(Path(run_dir).absolute())
+    if os.environ.get("SLURM_NODEID", "0") == "0":
+        # status after the scheduler forgot the job (and for local runs started in a container)
+        write_json_atomic(Path(run_dir).absolute() / "result.json", {"exit_code": code, "ended": time.time()})
+    return code
 
 
 def _train_here(spec_file) -> int:

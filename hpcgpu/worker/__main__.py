@@ -48,6 +48,8 @@ def redirect_output(run_dir: Path, info: RankInfo) -> Path:
 def run_entry(ctx: context.WorkerContext) -> tuple[str, object, object]:
     """Run the spec's entry; return (status, step, checkpoint)."""
     entry = ctx.spec.entry
+    if entry.kind != "task" and ctx.resume_from:
+        ctx.print0(f"hpcgpu: {envnames.RESUME_FROM}={ctx.resume_from} (the newest valid checkpoint)")
     if entry.kind == "task":
         from hpcgpu.worker.trainer import run_task
 

@@ -47,7 +47,7 @@ def save_sharded(saver: Checkpointer, step: int, model: nn.Module, optimizer: Op
         final = ckpt.commit(tmp_dir, step, files, {"kind": "fsdp", **meta})
         saver.committed(final, step, time.perf_counter() - t0)
     tdist.barrier()
-    saver.stall_s = time.perf_counter() - t0
+    saver.last, saver.stall_s = final, time.perf_counter() - t0
     return final
 
 

@@ -80,4 +80,5 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 def spec_changes(old_json: str, new_json: str) -> list[str]:
     """Keys whose value differs between two canonical spec JSONs, as 'key: old -> new'."""
     old, new = _flatten(json.loads(old_json)), _flatten(json.loads(new_json))
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    keys = sorted(old.keys() | new.keys())
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]

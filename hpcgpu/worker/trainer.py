@@ -84,8 +84,8 @@ class Trainer:
         self.model = wrap(model, cfg.strategy, self.device, self.task.shard_units)
         self.replicas = torch.cuda.device_count() if cfg.strategy == "dp" and self.device.type == "cuda" else 1
         self.lr = scaled_lr(cfg.lr, cfg.lr_scaling, info.world_size * self.replicas, cfg.grad_accum)
-        params = self.model.parameters()
-        self.optimizer = self.task.optimizer(params, self.lr) if self.task.optimizer else torch.optim.AdamW(params, lr=self.lr)
+        make_optimizer = self.task.optimizer or (lambda params, lr: torch.optim.AdamW(params, lr=lr))
+        self.optimizer = make_optimizer(self.model.parameters(), self.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.task.lr_schedule or _constant)
         self.scaler = grad_scaler(cfg.precision, self.device)
         self._build_data()
@@ -102,7 +102,8 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise UserError(
                 f"the dataset has {len(self.task.dataset)} samples: fewer than one optimizer step needs "
-                f"({self.info.world_size} ranks x train.batch_size {cfg.batch_size} x train.grad_accum {cfg.grad_accum})")
+                f"({self.info.world_size} ranks x train.batch_size {cfg.batch_size} "
+                f"x train.grad_accum {cfg.grad_accum})")
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if cfg.max_steps:
             self.total_steps = min(self.total_steps, cfg.max_steps)
@@ -115,7 +116,8 @@ class Trainer:
             return
         state = ckpt.load_state(path)
         if (self.cfg.strategy == "fsdp") != ckpt.is_sharded(path):
-            raise ckpt.CheckpointError(f"{path} was saved by another strategy than train.strategy {self.cfg.strategy}")
+            raise ckpt.CheckpointError(f"{path} was saved with another strategy than train.strategy "
+                                       f"{self.cfg.strategy}")
         if ckpt.is_sharded(path):
             from hpcgpu.worker.checkpoint_dcp import load_sharded  # torch.distributed.checkpoint: 1 s to import
 
@@ -127,6 +129,7 @@ class Trainer:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self._restore_position(state["progress"])
+        self.saver.last, self.saver.last_step = path, self.step
         rngs = state["rng"]
         set_rng_state(rngs[self.info.rank] if len(rngs) == self.info.world_size else rngs[0])
         for line in resume_changes(state, self.spec_json, self.info.world_size):

@@ -108,6 +108,7 @@ def test_from_spec_and_local_prefix(tmp_path, monkeypatch):
     assert argv[:2] == ["podman", "run"] and argv[-1] == "localhost/hpcgpu:test"
     assert f"{tmp_path}:{tmp_path}" in argv and "-w" in argv and "HPCGPU_RUN_DIR" in argv
     assert "--device" not in argv
+    assert "nvidia.com/gpu=all" in local_prefix(spec, "runs/x", gpus=True)  # the plan's answer wins
 
 
 class FakeRun:
@@ -136,7 +137,7 @@ def test_check_runtime_missing_binary():
     "runtime, run, message",
     [
         ("podman", FakeRun(1), "does not exist here"),
-        ("podman", FakeRun(125, stderr="storage broken"), "storage broken"),
+        ("podman", FakeRun(125, stderr="storage broken"), "cannot inspect images: storage broken"),
         ("docker", FakeRun(1, stderr="Error: No such image: img"), "does not exist here"),
         ("docker", FakeRun(1, stderr="Cannot connect to the Docker daemon"), "cannot inspect images"),
         ("pyxis", FakeRun(0, stdout="--ntasks"), "pyxis plugin is not installed"),

@@ -1,0 +1,136 @@
+"""Tier 8: Slurm submit-to-RUNNING. Seconds from starting `hpcgpu submit slurm` until squeue shows the job
+RUNNING, vs plain `sbatch` of an equivalent batch script, on the local cluster (`make slurm-up`).
+
+The plain script asks for what hpcgpu's submission asked for: its #SBATCH resource lines are copied from
+the batch script hpcgpu (submitit) wrote in the run directory of an unrecorded first submission.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import yaml
+
+from benchmarks.harness import Bench, Skip, Stat, TierResult, compare, hpcgpu_cmd, interleave, run as run_cmd, wait_for
+
+TITLE = "Slurm: submit -> RUNNING, `hpcgpu submit slurm` vs plain sbatch"
+POLL_S = 0.05
+# Lines of hpcgpu's batch script that say where output goes or what the job is called: set per script.
+_PER_SCRIPT = re.compile(r"#SBATCH\s+--(output|error|job-name|open-mode|chdir)\b")
+FALLBACK_SBATCH = ["#SBATCH --nodes=1", "#SBATCH --ntasks-per-node=1"]
+
+
+def _sh(argv: list[str], timeout: float = 20) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+
+
+def check_available(b: Bench) -> None:
+    """Skip, saying why, when `hpcgpu submit` does not exist yet or the cluster is not reachable."""
+    p = run_cmd([*hpcgpu_cmd(), "submit", "slurm", "--help"], b.env(), b.scratch, timeout=60, check=False)
+    if p.returncode != 0:
+        raise Skip("`hpcgpu submit slurm --help` failed (the command is not there yet?): "
+                   + (p.stderr.strip().splitlines() or ["no output"])[-1][:200])
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        raise Skip("Slurm client commands (sbatch, sinfo) are not installed: run `make slurm-up`")
+    try:
+        s = _sh(["sinfo", "-h", "-o", "%t"])
+    except subprocess.TimeoutExpired:
+        raise Skip("sinfo timed out: the local Slurm cluster is not reachable (make slurm-up)") from None
+    if s.returncode != 0 or not s.stdout.strip():
+        raise Skip(f"sinfo failed: the local Slurm cluster is not up (make slurm-up): {s.stderr.strip()[:200]}")
+
+
+def _state(job_id: str) -> str:
+    p = _sh(["squeue", "-h", "-j", job_id, "-o", "%T"])
+    return p.stdout.strip() if p.returncode == 0 else ""
+
+
+def _job_id_by_name(name: str) -> str:
+    p = _sh(["squeue", "-h", "-o", "%i %j"])
+    ids = [line.split()[0] for line in p.stdout.splitlines() if len(line.split()) == 2 and line.split()[1].startswith(name)]
+    return ids[0] if ids else ""
+
+
+def _wait_idle(timeout: float = 120) -> None:
+    """Wait until no job holds a node, so every repetition starts from the same empty cluster."""
+    wait_for(lambda: set(_sh(["sinfo", "-h", "-o", "%t"]).stdout.split()) <= {"idle"}, timeout,
+             "the Slurm nodes to be idle (other jobs running?)", interval=0.2)
+
+
+def _finish(job_id: str) -> None:
+    _sh(["scancel", job_id])
+    wait_for(lambda: _state(job_id) in ("", "COMPLETED", "CANCELLED", "FAILED"), 120, f"job {job_id} to end",
+             interval=0.1)
+
+
+def _until_running(t0: float, job_id: str) -> float:
+    wait_for(lambda: _state(job_id) == "RUNNING", 120, f"job {job_id} to be RUNNING", interval=POLL_S)
+    return time.perf_counter() - t0
+
+
+def _hpcgpu_submit(b: Bench, cwd: Path, sbatch_lines: list) -> float:
+    name = f"bhp{uuid.uuid4().hex[:8]}"
+    (cwd / "sleep.py").write_text("import time\ntime.sleep(600)\n")
+    spec = {"name": name, "entry": {"script": "sleep.py"},
+            "resources": {"nodes": 1, "gpus_per_node": 0, "procs_per_node": 1}, "logging": {"tensorboard": False}}
+    (cwd / "job.yaml").write_text(yaml.safe_dump(spec))
+    _wait_idle()
+    t0 = time.perf_counter()
+    p = run_cmd([*hpcgpu_cmd(), "submit", "slurm", "-f", "job.yaml"], b.env(), cwd, timeout=120)
+    found = re.search(r"\bjob(?: id)?[ :=]+(\d+)", p.stdout, re.IGNORECASE)
+    job_id = found.group(1) if found else _job_id_by_name(name)
+    if not job_id:
+        raise RuntimeError(f"no job id in the output of hpcgpu submit slurm:\n{p.stdout[-1500:]}")
+    try:
+        seconds = _until_running(t0, job_id)
+    finally:
+        _finish(job_id)
+    if not sbatch_lines:
+        sbatch_lines.extend(_sbatch_lines_of(cwd))
+    return seconds
+
+
+def _sbatch_lines_of(cwd: Path) -> list[str]:
+    """The resource #SBATCH lines of the batch script hpcgpu's submission wrote (newest one under cwd)."""
+    scripts = sorted(cwd.rglob("*.sh"), key=lambda p: p.stat().st_mtime)
+    for script in reversed(scripts):
+        lines = [ln.strip() for ln in script.read_text().splitlines() if ln.startswith("#SBATCH")]
+        if lines:
+            return [ln for ln in lines if not _PER_SCRIPT.match(ln)]
+    return []
+
+
+def _plain_sbatch(cwd: Path, sbatch_lines: list[str]) -> float:
+    name = f"bpl{uuid.uuid4().hex[:8]}"
+    script = cwd / "plain.sh"
+    script.write_text("\n".join(["#!/bin/bash", f"#SBATCH --job-name={name}", f"#SBATCH --output={cwd}/plain-%j.out",
+                                 *(sbatch_lines or FALLBACK_SBATCH), "srun sleep 600", ""]))
+    _wait_idle()
+    t0 = time.perf_counter()
+    p = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, timeout=60, cwd=cwd)
+    if p.returncode != 0:
+        raise RuntimeError(f"sbatch failed: {p.stderr.strip()}")
+    job_id = p.stdout.strip().split(";")[0]
+    try:
+        return _until_running(t0, job_id)
+    finally:
+        _finish(job_id)
+
+
+def run(b: Bench, result: TierResult) -> None:
+    check_available(b)
+    cwd = b.workdir("tier8")
+    sbatch_lines: list[str] = []
+    _hpcgpu_submit(b, cwd, sbatch_lines)  # unrecorded: warms caches and shows which resources hpcgpu asks for
+    samples = interleave(b.reps, {"hpcgpu": lambda: _hpcgpu_submit(b, cwd, sbatch_lines),
+                                  "sbatch": lambda: _plain_sbatch(cwd, sbatch_lines)})
+    result.figures.append(compare(
+        "submit -> RUNNING", Stat("hpcgpu submit slurm", "s", samples["hpcgpu"]), Stat("plain sbatch", "s", samples["sbatch"]),
+        "hpcgpu / sbatch",
+        note=f"squeue polled every {POLL_S} s; each repetition starts with both nodes idle. The plain script "
+             f"asks for the same resources: {'; '.join(sbatch_lines or FALLBACK_SBATCH)}."))

@@ -1,0 +1,81 @@
+"""The shared training workload: one model, one dataset, one loss, for the Trainer and the hand loop.
+
+Both sides of tiers 3, 4 and 9 build exactly these objects, and both record time at the same
+point of every step (the loss call), so the comparison measures the loop around them, nothing else.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from hpcgpu.worker.task import Task
+
+
+def build_model(dim: int, hidden: int, layers: int, classes: int) -> nn.Module:
+    """An MLP big enough that compute, not Python, dominates a step (no dropout: same work every step)."""
+    mods: list[nn.Module] = [nn.Linear(dim, hidden), nn.GELU()]
+    for _ in range(layers - 1):
+        mods += [nn.Linear(hidden, hidden), nn.GELU()]
+    mods.append(nn.Linear(hidden, classes))
+    return nn.Sequential(*mods)
+
+
+def build_dataset(n_samples: int, dim: int, classes: int, seed: int = 1234) -> TensorDataset:
+    """Gaussian inputs with random labels, from a private generator (identical on every rank)."""
+    gen = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.randn(n_samples, dim, generator=gen),
+                         torch.randint(0, classes, (n_samples,), generator=gen))
+
+
+class TimedLoss:
+    """Wraps a loss; records a timestamp at every call and writes them to `<dir>/rank<R>.json` at exit."""
+
+    def __init__(self, loss: Callable, timing_dir: Optional[str], sync_cuda: bool = False):
+        self.loss, self.sync_cuda, self.times = loss, sync_cuda, []
+        self.path = Path(timing_dir) / f"rank{os.environ.get('RANK', '0')}.json" if timing_dir else None
+        if self.path is not None:
+            atexit.register(self.dump)
+
+    def __call__(self, out, target):
+        if self.sync_cuda and torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.times.append(time.perf_counter())
+        return self.loss(out, target)
+
+    def dump(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps({"times": self.times, "threads": torch.get_num_threads()}))
+
+
+def steady_rate(times: list[float], warmup: int) -> float:
+    """Steps per second between the loss call of step `warmup` and the last one."""
+    if len(times) < warmup + 2:
+        raise ValueError(f"only {len(times)} steps recorded; need more than warmup={warmup} + 1")
+    return (len(times) - 1 - warmup) / (times[-1] - times[warmup])
+
+
+def make_task(dim: int = 512, hidden: int = 1024, layers: int = 4, classes: int = 10,
+              n_samples: int = 8192, timing_dir: Optional[str] = None) -> Task:
+    """Task factory for the Trainer side (`entry.task: benchmarks.workload:make_task`)."""
+    return Task(model=lambda: build_model(dim, hidden, layers, classes),
+                dataset=build_dataset(n_samples, dim, classes),
+                loss=TimedLoss(F.cross_entropy, timing_dir))
+
+
+def make_gpt_task(timing_dir: Optional[str] = None, **gpt_args) -> Task:
+    """The bundled GPT task with a timed loss (GPU tier): synchronises CUDA before each timestamp."""
+    from hpcgpu.examples.gpt import make_task as gpt_task
+
+    task = gpt_task(**gpt_args)
+    task.loss = TimedLoss(task.loss, timing_dir, sync_cuda=True)
+    return task

@@ -1,0 +1,146 @@
+"""`hpcgpu submit slurm`: one task per node, each running the node agent, through submitit."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from hpcgpu.cli.common import load_with_overrides, materialize_run, run_location, spec_option
+
+
+@click.group()
+def submit() -> None:
+    """Submit a job to a scheduler."""
+
+
+@submit.command("slurm", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@spec_option
+@click.option("--nodes", type=click.IntRange(min=1), default=None, help="Number of nodes (one node agent each).")
+@click.option("--gpus-per-node", type=click.IntRange(min=0), default=None, help="GPUs per node (one rank each); 0 for CPU ranks.")
+@click.option("--nproc-per-node", type=click.IntRange(min=1), default=None, help="CPU ranks per node (implies --gpus-per-node 0).")
+@click.option("--partition", default=None, help="sbatch --partition.")
+@click.option("--account", default=None, help="sbatch --account.")
+@click.option("--qos", default=None, help="sbatch --qos.")
+@click.option("--time", "time_limit", default=None, metavar="[D-]HH:MM:SS", help="Wall-time limit.")
+@click.option("--constraint", default=None, help="sbatch --constraint (node features).")
+@click.option("--mem", default=None, metavar="SIZE", help="Memory per node, e.g. 64G.")
+@click.option("--cpus-per-task", type=click.IntRange(min=1), default=None, help="CPU cores for each node agent and its ranks.")
+@click.option("--container", default=None, metavar="IMAGE", help="Run the node agent in IMAGE (runtime from the spec, default apptainer).")
+@click.option("--name", default=None, help="Job name.")
+@click.option("--dry-run", is_flag=True, help="Print the sbatch script exactly as it will be submitted, and the rank table.")
+@click.option("--wait", is_flag=True, help="Wait for the job to end; exit with its status.")
+@click.option("--follow", is_flag=True, help="Like --wait, printing rank 0's log as it grows.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- SCRIPT ARGS...]")
+def submit_slurm(spec_file, nodes, gpus_per_node, nproc_per_node, partition, account, qos, time_limit,
+                 constraint, mem, cpus_per_task, container, name, dry_run, wait, follow, command) -> int:
+    """Submit the spec's job to Slurm: one task per node, each starting that node's ranks.
+
+    \b
+    Examples:
+      hpcgpu submit slurm --nodes 2 --gpus-per-node 8 --time 04:00:00 --partition gpu
+      hpcgpu submit slurm --nodes 2 --nproc-per-node 2 --follow     # CPU ranks (gloo)
+      hpcgpu submit slurm --dry-run                                 # print the sbatch script
+
+    Before the time limit or a preemption Slurm sends SIGUSR2 (slurm.signal_before_s); the ranks
+    agree on a step, checkpoint, and the job is requeued from the host side and resumes there.
+    Timeouts requeue at most slurm.max_timeout_requeues times; preemptions always; failures never.
+    """
+    flags = {"name": name, "resources.nodes": nodes, "resources.cpus_per_task": cpus_per_task,
+             "resources.mem": mem, "resources.time": time_limit, "slurm.partition": partition,
+             "slurm.account": account, "slurm.qos": qos, "slurm.constraint": constraint}
+    if nproc_per_node is not None:
+        flags.update({"resources.gpus_per_node": 0, "resources.procs_per_node": nproc_per_node})
+    elif gpus_per_node is not None:
+        flags["resources.gpus_per_node"] = gpus_per_node
+    spec, source = load_with_overrides(spec_file, flags, command)
+    if container:
+        runtime = spec.container.runtime if spec.container else "apptainer"
+        from hpcgpu.spec import apply_overrides
+
+        spec = apply_overrides(spec, {"container": {"runtime": runtime, "image": container}})
+    plan = _plan(spec)
+    if dry_run:
+        from hpcgpu.slurm_plan import describe_slurm
+
+        click.echo(f"spec:     {source}")
+        click.echo(describe_slurm(plan), nl=False)
+        return 0
+    from hpcgpu.backends.slurm import SlurmBackend, check_fits, require_slurm, restore_secret_env
+    from hpcgpu.envvars import withheld_env
+
+    require_slurm()
+    check_fits(spec.resources.nodes, plan.layout.gpus, spec.slurm.partition)
+    if spec.container:
+        from hpcgpu.container import check_runtime
+
+        check_runtime(spec.container.runtime, spec.container.image)
+    materialize_run(plan, nodes=spec.resources.nodes)
+    restore_secret_env(withheld_env())
+    job_id = SlurmBackend().launch(plan)
+    click.echo(f"hpcgpu: submitted {plan.run_id} as Slurm job {job_id} ({spec.resources.nodes} node(s) x {plan.layout.nproc} rank(s))")
+    click.echo(f"  run dir: {plan.run_dir}")
+    click.echo(f"  follow:  hpcgpu logs {plan.run_id} --follow    status: hpcgpu status {plan.run_id}")
+    if wait or follow:
+        return _wait(plan, follow)
+    return 0
+
+
+def _plan(spec):
+    """Build the Slurm plan: the node layout is the request (the compute nodes' GPUs are not visible here)."""
+    from hpcgpu.plan import build_plan
+    from hpcgpu.slurm_plan import render_sbatch, sbatch_parameters, submitit_folder
+
+    run_id, run_dir = run_location(spec)
+    prefix, srun_args = _container(spec, run_dir)
+    python = "python3" if prefix or srun_args else sys.executable
+    plan = build_plan(spec, backend="slurm", run_id=run_id, run_dir=run_dir, visible_gpus=None,
+                      user_env=os.environ, python=python, container_prefix=tuple(prefix))
+    params = sbatch_parameters(plan.spec, tuple(srun_args))
+    plan.extra.update(sbatch_parameters=params, python=sys.executable,
+                      sbatch=render_sbatch(params, submitit_folder(run_dir), sys.executable))
+    return plan
+
+
+def _container(spec, run_dir: str) -> tuple[list[str], list[str]]:
+    """(prefix before the node command, extra srun args) for the spec's container, if any."""
+    if spec.container is None:
+        return [], []
+    from hpcgpu.container import ContainerSettings, RunContext, container_prefix, pyxis_srun_args
+
+    want = spec.resources.gpus_per_node
+    ctx = RunContext(code_dir=os.getcwd(), run_dir=run_dir, ckpt_dir=spec.checkpoint.dir,
+                     gpus=isinstance(want, int) and want > 0, uid=os.getuid(), gid=os.getgid(), slurm=True)
+    settings = ContainerSettings.from_spec(spec.container)
+    if settings.runtime == "pyxis":
+        return [], pyxis_srun_args(settings, ctx)
+    return container_prefix(settings, ctx, os.environ), []
+
+
+def _wait(plan, follow: bool) -> int:
+    """Poll the job until it ends (printing rank 0's log with --follow); exit with its status."""
+    from hpcgpu.backends.slurm import SlurmBackend
+    from hpcgpu.runs import find_run, read_json
+
+    record = find_run(plan.run_dir)
+    backend = SlurmBackend()
+    log = Path(plan.run_dir) / "logs" / "rank0.log"
+    offset = 0
+    final = {"COMPLETED", "DONE", "FAILED", "STOPPED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+    while True:
+        if follow and log.exists():
+            with open(log, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+                offset += len(chunk)
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+        state = backend.status(record)
+        if state in final:
+            result = read_json(Path(plan.run_dir) / "result.json") or {}
+            click.echo(f"hpcgpu: job {record.job_id} ended: {state}")
+            return int(result.get("exit_code", 0 if state in ("COMPLETED", "DONE") else 1))
+        time.sleep(1)
