@@ -78,8 +78,9 @@ def main(argv: list[str]) -> int:
             print(f"  {f.name}: {f.measured.median:.4g} {f.measured.unit}"
                   + (f" vs {f.reference.median:.4g} {f.reference.unit}, ratio {f.ratio:.3f}" if f.ratio is not None else "")
                   + (f", target {f.target}: {'met' if f.met else 'MISSED'}" if f.target else ""), file=sys.stderr)
+    command, invocation = command_line(argv, args.smoke)
     doc = {"started": started, "elapsed_s": time.perf_counter() - t0, "smoke": args.smoke, "reps": reps,
-           "command": command_line(argv), "load_start": load_start, "load_end": list(os.getloadavg()),
+           "command": command, "invocation": invocation, "load_start": load_start, "load_end": list(os.getloadavg()),
            "machine": machine_info(), "tiers": [r.to_json() for r in results]}
     json_path = write_json(doc, args.out / "results")
     md_path = args.out / "RESULTS.md"

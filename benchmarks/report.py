@@ -109,7 +109,8 @@ def render_markdown(doc: dict, json_path: Path) -> str:
         "# hpcgpu benchmark results",
         "",
         f"Recorded {doc['started']} ({doc['elapsed_s']:.0f} s), {how}.",
-        f"Raw data: `{_rel(json_path)}`. Rerun: `{doc['command']}`.",
+        f"Raw data: `{_rel(json_path)}`. Rerun: `{doc['command']}`"
+        + (f" (which runs `{doc['invocation']}`)." if doc["invocation"] != doc["command"] else "."),
         "",
         "## Machine",
         "",
@@ -169,8 +170,9 @@ def _rel(path: Path) -> str:
         return str(path)
 
 
-def command_line(argv: list[str]) -> str:
-    """How to rerun: `make bench` for the default full run, else the exact module invocation."""
-    if not argv:
-        return "make bench"
-    return f"{Path(sys.executable).name} -m benchmarks {' '.join(argv)}"
+def command_line(argv: list[str], smoke: bool) -> tuple[str, str]:
+    """How to rerun: the make target when make started us, and the exact module invocation."""
+    direct = f"{_rel(Path(sys.executable))} -m benchmarks {' '.join(argv)}".strip()
+    if os.environ.get("MAKELEVEL"):
+        return f"make {'bench-smoke' if smoke else 'bench'}", direct
+    return direct, direct

@@ -124,9 +124,14 @@ def _plain_sbatch(cwd: Path, sbatch_lines: list[str]) -> float:
 
 def run(b: Bench, result: TierResult) -> None:
     check_available(b)
+    try:
+        _wait_idle(30 if b.smoke else 300)
+    except RuntimeError as e:
+        raise Skip(f"the cluster is busy with other jobs: {e}") from None
     cwd = b.workdir("tier8")
     sbatch_lines: list[str] = []
-    _hpcgpu_submit(b, cwd, sbatch_lines)  # unrecorded: warms caches and shows which resources hpcgpu asks for
+    if not b.smoke:  # unrecorded: warms caches and shows which resources hpcgpu asks for
+        _hpcgpu_submit(b, cwd, sbatch_lines)
     samples = interleave(b.reps, {"hpcgpu": lambda: _hpcgpu_submit(b, cwd, sbatch_lines),
                                   "sbatch": lambda: _plain_sbatch(cwd, sbatch_lines)})
     result.figures.append(compare(

@@ -33,6 +33,10 @@ from hpcgpu.spec import load_spec
 # before the time limit or preemption (pytorch/pytorch#154849).
 FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1,SIGUSR2"
 RDZV_ENDPOINT = "HPCGPU_RDZV_ENDPOINT"
+#: after a rank failed, how long the others get to exit on SIGTERM before SIGKILL. torch elastic
+#: waits a fixed 30 s here; with a peer gone they cannot checkpoint anyway, and a rank stuck
+#: outside a collective would hold the failure report (and any restart) for all of it.
+FAILURE_GRACE_S = 5
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,10 @@ def describe_failure(failures: dict, timeout_s: Optional[int] = None) -> str:
     if hint:
         lines.append(f"hint: {hint}")
     return "\n".join(lines)
+
+
+def _how(f) -> str:
+    return f"signal {f.signal_name()}" if f.exitcode < 0 else f"exit code {f.exitcode}"
 
 
 def _failure_hint(first, text: str, others: list, timeout_s: Optional[int]) -> str:
@@ -259,6 +267,25 @@ def _has_key(store, key: str) -> bool:
 # ---------------------------------------------------------------- the node agent
 
 
+def _limit_failure_teardown() -> None:
+    """Make torch elastic's teardown after a rank failure wait FAILURE_GRACE_S, not 30 s.
+
+    Only the failure path calls PContext.close without a timeout (SubprocessContext._poll);
+    stop signals go through the agent's shutdown with stop_grace_s, which is left alone.
+    """
+    from torch.distributed.elastic.multiprocessing.api import PContext
+
+    original = PContext.close
+    if getattr(original, "_hpcgpu", False):
+        return
+
+    def close(self, death_sig=None, timeout=FAILURE_GRACE_S):
+        return original(self, death_sig, timeout)
+
+    close._hpcgpu = True
+    PContext.close = close
+
+
 def _launch_config(spec, role: NodeRole, nproc: int, run_dir: Path):
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.launcher.api import LaunchConfig
@@ -320,6 +347,7 @@ def run_node(run_dir: Path, environ: Optional[Mapping[str, str]] = None) -> int:
 
     _quiet_elastic_logs()
     _register_rendezvous()
+    _limit_failure_teardown()
 
     started = time.time()
     follower = ConsoleFollower(run_dir, sys.stdout.buffer).start()

@@ -1,8 +1,11 @@
 """The Slurm side of a plan: sbatch parameters and the exact sbatch script. Pure and torch-free.
 
 The script is rendered by submitit's own renderer (`_make_sbatch_string`, which shlex-quotes every
-#SBATCH value), with the same command submitit's executor uses, so `--dry-run` prints exactly what
-`sbatch` will get. One task per node; each runs the node agent through hpcgpu's NodeCommand.
+#SBATCH value), and the backend submits this very text, so `--dry-run` prints exactly what `sbatch`
+gets. One task per node; each runs the node agent through hpcgpu's NodeCommand.
+
+Quoting alone does not make a value safe: a newline inside a quoted #SBATCH value ends that line, and
+bash runs the next one as a command. Every value that reaches the script is therefore checked here.
 """
 
 from __future__ import annotations
@@ -11,11 +14,41 @@ import math
 import re
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from hpcgpu.errors import UserError
-from hpcgpu.plan import Plan
+from hpcgpu.plan import Plan, build_plan
 from hpcgpu.spec import Spec
+
+#: control characters (newline, carriage return, NUL, ...) can end an #SBATCH line or a shell word
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+#: sbatch options hpcgpu sets itself (or that break its one-task-per-node contract) -> what to use instead
+RESERVED_OPTIONS: dict[str, str] = {
+    "nodes": "resources.nodes / --nodes",
+    "ntasks": "nothing: hpcgpu runs one task per node (the node agent), which starts the ranks",
+    "ntasks-per-node": "resources.gpus_per_node or procs_per_node: one task per node starts the ranks",
+    "gpus-per-node": "resources.gpus_per_node / --gpus-per-node",
+    "cpus-per-task": "resources.cpus_per_task / --cpus-per-task",
+    "mem": "resources.mem / --mem",
+    "time": "resources.time / --time",
+    "partition": "slurm.partition / --partition",
+    "account": "slurm.account / --account",
+    "qos": "slurm.qos / --qos",
+    "constraint": "slurm.constraint / --constraint",
+    "job-name": "name / --name",
+    "signal": "slurm.signal_before_s",
+    "requeue": "nothing: hpcgpu jobs are always requeueable",
+    "no-requeue": "slurm.max_timeout_requeues: 0 (preempted jobs must be requeued to resume)",
+    "output": "nothing: logs go to <run dir>/logs and <run dir>/submitit",
+    "error": "nothing: logs go to <run dir>/logs and <run dir>/submitit",
+    "open-mode": "nothing: logs are appended across requeues",
+    "array": "separate submissions (hpcgpu submits one job per run)",
+    "wrap": "entry.script / entry.module",
+}
+
+#: submitit's stand-in for "no time limit known" in its timeout accounting (minutes, ~19 years)
+UNLIMITED_MIN = 10_000_000
 
 
 def time_to_minutes(text: str) -> int:
@@ -42,56 +75,138 @@ def submitit_folder(run_dir: str) -> str:
     return f"{run_dir}/submitit"
 
 
+def folder_path(run_dir: str) -> Path:
+    return Path(submitit_folder(run_dir))
+
+
+def check_value(key: str, value: Any) -> Any:
+    """Refuse a value with control characters: a newline would end its #SBATCH line (code injection)."""
+    if isinstance(value, str) and _CONTROL.search(value):
+        raise UserError(
+            f"{key}: {value!r} contains a newline or another control character; in the sbatch script "
+            "it would end the #SBATCH line and the rest would run as a shell command",
+            hint=f"give {key} a single-line value",
+        )
+    return value
+
+
+def check_run_dir(run_dir: str) -> str:
+    """The run dir appears in #SBATCH --output and the srun line: one line, and no Slurm % patterns."""
+    check_value("logging.dir (the run directory)", run_dir)
+    if "%" in run_dir:
+        raise UserError(f"logging.dir (the run directory) {run_dir!r} contains '%', which Slurm expands in "
+                        "log file names (%j = job id)", hint="choose a logging.dir without '%'")
+    return run_dir
+
+
+def ranks_per_node(spec: Spec) -> int:
+    """Ranks one node agent starts (the spec's layout is pinned by build_plan)."""
+    gpus = spec.resources.gpus_per_node
+    if not isinstance(gpus, int) or gpus == 0:
+        return spec.resources.procs_per_node
+    return 1 if spec.train.strategy == "dp" else gpus
+
+
+def _extra_options(extra: Mapping[str, Any]) -> dict[str, Any]:
+    """slurm.extra -> sbatch options: reserved names refused, True a bare flag, False left out."""
+    out: dict[str, Any] = {}
+    for key, value in extra.items():
+        option = key.replace("_", "-")
+        if option in RESERVED_OPTIONS:
+            raise UserError(f"slurm.extra.{key}: hpcgpu sets --{option} itself",
+                            hint=f"use {RESERVED_OPTIONS[option]}")
+        if value is False:
+            continue
+        out[option] = check_value(f"slurm.extra.{key}", value)
+    return out
+
+
 def sbatch_parameters(spec: Spec, srun_args: tuple[str, ...] = ()) -> dict[str, Any]:
-    """submitit SlurmExecutor parameters for the spec: one task per node, warning signal, requeue."""
+    """`_make_sbatch_string` keywords for the spec: one task per node, warning signal, requeue.
+
+    Raises UserError naming the key for a value that could break out of its #SBATCH line.
+    """
     res, slurm = spec.resources, spec.slurm
     params: dict[str, Any] = {
         "job_name": spec.name,
         "nodes": res.nodes,
         "ntasks_per_node": 1,  # one node agent per node; it starts the ranks (torchrun's model)
+        # at least a core per rank: with task/affinity or cgroups a task gets only what it asks for
+        "cpus_per_task": res.cpus_per_task or ranks_per_node(spec),
+        # None leaves --time out (the partition's default applies); submitit would write --time=5
+        "time": time_to_minutes(res.time) if res.time else None,
         "signal_delay_s": slurm.signal_before_s,
         "stderr_to_stdout": True,
         # if a node agent fails, end the other nodes' tasks now instead of at their collective timeout
-        "srun_args": ["--kill-on-bad-exit=1", *srun_args],
+        "srun_args": ["--kill-on-bad-exit=1", *(check_value("container (srun argument)", a) for a in srun_args)],
         "additional_parameters": {"requeue": True},
     }
     if isinstance(res.gpus_per_node, int) and res.gpus_per_node > 0:
         params["gpus_per_node"] = res.gpus_per_node
-    if res.cpus_per_task:
-        params["cpus_per_task"] = res.cpus_per_task
-    if res.time:
-        params["time"] = time_to_minutes(res.time)
     if res.mem:
         params["additional_parameters"]["mem"] = res.mem  # submitit's own `mem` expects GB as a float
     for key in ("partition", "account", "qos", "constraint"):
         if getattr(slurm, key):
-            params[key] = getattr(slurm, key)
-    for key, value in slurm.extra.items():
-        params["additional_parameters"][key.replace("_", "-")] = value
+            params[key] = check_value(f"slurm.{key}", getattr(slurm, key))
+    params["additional_parameters"].update(_extra_options(slurm.extra))
     return params
 
 
+def node_grace_s(spec: Spec) -> int:
+    """How long NodeCommand lets the node agent checkpoint after the warning signal before it requeues
+    anyway: distributed.stop_grace_s, capped so the requeue happens before Slurm's kill at the limit."""
+    return max(5, min(spec.distributed.stop_grace_s, spec.slurm.signal_before_s - 15))
+
+
 def submit_command(python: str, folder: str) -> str:
-    """The command submitit's SlurmExecutor puts after srun (see _submitit_command_str)."""
+    """The command after srun: submitit's runner, which unpickles and calls the NodeCommand."""
     return " ".join([shlex.quote(python), "-u -m submitit.core._submit", shlex.quote(folder)])
 
 
 def render_sbatch(params: dict[str, Any], folder: str, python: str) -> str:
-    """The sbatch script exactly as submitit will write it."""
+    """The sbatch script exactly as it will be submitted."""
     from submitit.slurm.slurm import _make_sbatch_string  # torch-free; imported only here
 
+    check_value("python", python)
     return _make_sbatch_string(command=submit_command(python, folder), folder=folder, **params)
+
+
+def build_slurm_plan(spec: Spec, *, run_id: str, run_dir: str, python: str, user_env: Mapping[str, str],
+                     node_python: str = "python3", container_prefix: tuple[str, ...] = (),
+                     srun_args: tuple[str, ...] = ()) -> Plan:
+    """The plan of a Slurm run, with its sbatch parameters and script in plan.extra. Pure.
+
+    `python` runs submitit's runner on the nodes (the submitting interpreter, on a shared file
+    system); `node_python` runs the node agent (python3 inside a container).
+    """
+    check_run_dir(run_dir)
+    plan = build_plan(spec, backend="slurm", run_id=run_id, run_dir=run_dir, visible_gpus=None,
+                      user_env=user_env, python=node_python if container_prefix or srun_args else python,
+                      container_prefix=container_prefix)
+    params = sbatch_parameters(plan.spec, srun_args)
+    plan.extra.update(sbatch_parameters=params, python=python,
+                      sbatch=render_sbatch(params, submitit_folder(run_dir), python))
+    return plan
 
 
 def describe_slurm(plan: Plan) -> str:
     """Dry run for Slurm: the script, then the rank -> node -> device table."""
+    spec = plan.spec
     table = ["rank  node        local  device"]
     table += [f"{r.rank:>4}  node-index {r.node:<2} {r.local_rank:>3}  {r.device}" for r in plan.rank_table]
+    notes = []
+    if node_grace_s(spec) < spec.distributed.stop_grace_s:
+        notes.append(f"note: after the warning signal the node agent gets {node_grace_s(spec)} s to checkpoint "
+                     f"(distributed.stop_grace_s {spec.distributed.stop_grace_s} s, capped at "
+                     f"slurm.signal_before_s {spec.slurm.signal_before_s} s - 15 s so the requeue comes first)")
+    if not spec.resources.time:
+        notes.append("note: no resources.time: the partition's default time limit applies")
     return (
         f"run:      {plan.run_id} (slurm)\nrun dir:  {plan.run_dir}\n"
-        f"nodes:    {plan.spec.resources.nodes} x {plan.layout.nproc} rank(s) on {plan.layout.device} = world size {plan.world_size}\n"
+        f"nodes:    {spec.resources.nodes} x {plan.layout.nproc} rank(s) on {plan.layout.device} = world size {plan.world_size}\n"
         f"each node runs: {shlex.join([*plan.container_prefix, *plan.node_argv])}\n\n"
         f"--- sbatch script ---\n{plan.extra['sbatch']}--- end ---\n\n" + "\n".join(table) + "\n"
+        + "".join(f"{n}\n" for n in notes)
     )
 
 
@@ -127,5 +242,13 @@ def _gpus_in_gres(gres: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def folder_path(run_dir: str) -> Path:
-    return Path(submitit_folder(run_dir))
+def limit_to_minutes(text: str) -> int | None:
+    """A partition's time limit as sinfo prints it (%l, %L) -> minutes; UNLIMITED_MIN for infinite,
+    None when unset ('n/a', 'NONE')."""
+    text = text.strip()
+    if text.lower() in ("infinite", "unlimited"):
+        return UNLIMITED_MIN
+    if not re.fullmatch(r"(\d+-)?\d+(:\d+){0,2}", text):
+        return None
+    return time_to_minutes(text)
+

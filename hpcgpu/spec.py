@@ -404,9 +404,17 @@ ENV_OVERRIDES: dict[str, str] = {
 }
 
 
+class _EnvOverrides(dict):
+    """Overrides read from HPCGPU_* variables: errors name the variables, not "command-line options"."""
+
+    variables: tuple[str, ...] = ()
+
+
 def env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     """The spec overrides given by HPCGPU_* variables (values are coerced by validation)."""
-    return {key: environ[name] for name, key in ENV_OVERRIDES.items() if environ.get(name)}
+    found = _EnvOverrides({key: environ[name] for name, key in ENV_OVERRIDES.items() if environ.get(name)})
+    found.variables = tuple(name for name in ENV_OVERRIDES if environ.get(name))
+    return found
 
 
 def apply_overrides(spec: Spec, overrides: dict[str, Any]) -> Spec:
@@ -425,4 +433,7 @@ def apply_overrides(spec: Spec, overrides: dict[str, Any]) -> Spec:
     try:
         return Spec.model_validate(data)
     except ValidationError as e:
-        raise UserError(_format_errors(e, "command-line options", {})) from None
+        source = "command-line options"
+        if isinstance(overrides, _EnvOverrides):
+            source = f"environment variables ({', '.join(overrides.variables)})"
+        raise UserError(_format_errors(e, source, {})) from None

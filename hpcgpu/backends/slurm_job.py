@@ -63,7 +63,7 @@ RDZV_ENDPOINT = "HPCGPU_RDZV_ENDPOINT"
 
 
 class NodeCommandError(RuntimeError):
-    """The node's command failed (or stopped without being requeued); the job is not requeued."""
+    """The node's command failed; the job is not requeued."""
 
     def __init__(self, message: str, returncode: int | None = None):
         super().__init__(message)
@@ -152,13 +152,11 @@ def wait_file(path: Path, timeout_s: float) -> str | None:
 def peek_exit(pid: int) -> int | None:
     """The child's return code (Popen convention) if it has exited, without reaping it.
 
-    Safe inside a signal handler that interrupted Popen.wait(): that call holds Popen's lock, so a
-    nested wait() could never see the exit; waitid(WNOWAIT) leaves the reaping to it.
+    waitid(WNOWAIT) leaves the zombie in place, so a signal handler can look at the exit status
+    while the main code is about to do the same; Popen.wait() inside a handler could deadlock on
+    Popen's lock or find the child already reaped.
     """
-    try:
-        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
-        return None  # already reaped by Popen; its returncode is the truth
+    info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     if info is None:
         return None
     return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
@@ -220,6 +218,7 @@ class NodeCommand:
         #: requeues done through checkpoint(); the restart count is the max of this and Slurm's
         self.requeues = int(requeues)
         self._proc: subprocess.Popen | None = None
+        self._returncode: int | None = None
         self._stopping = False
         self._done = False
         self._previous_handler: Any = None
@@ -228,7 +227,8 @@ class NodeCommand:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(_proc=None, _stopping=False, _done=False, _previous_handler=None)
+        state.update(_proc=None, _returncode=None, _stopping=False, _done=False,
+                     _previous_handler=None)
         return state
 
     def __repr__(self) -> str:
@@ -316,7 +316,11 @@ class NodeCommand:
         # Its own session: at the end the whole tree (e.g. the agent's ranks) can be killed.
         self._proc = subprocess.Popen(self.argv, env=self.child_env(endpoint), start_new_session=True)
         _log(f"started pid {self._proc.pid}: {' '.join(self.argv)} (restart {self.restart_count()})")
-        return self._settle(self._proc.wait())
+        # Not Popen.wait(): a stop signal landing between its waitpid() and its bookkeeping would
+        # leave checkpoint() unable to learn the exit status. Peek, record, and only then reap.
+        self._returncode = wait_exit(self._proc.pid, float("inf"))
+        self._proc.wait()
+        return self._settle(self._returncode)
 
     def _settle(self, returncode: int) -> int:
         """Give a stop signal that raced the child's exit a moment to reach its handler."""
@@ -327,33 +331,35 @@ class NodeCommand:
         return returncode
 
     def _outcome(self, returncode: int) -> dict[str, Any]:
-        """Return on success; wait for the requeue on a stopped non-head node; raise otherwise."""
+        """Return on success, exit 75 when stopped, raise NodeCommandError on failure."""
         host = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
         if returncode == 0:
             return {"node": int(os.environ.get("SLURM_NODEID") or 0), "host": host,
                     "returncode": 0, "restarts": self.restart_count()}
-        if self._stopping and self._stopped_by_signal(returncode) and not self.is_head():
-            self._await_requeue(returncode)
-        what = "stopped (resumable) but was not requeued" if returncode == STOPPED_RESUMABLE else "failed"
+        if self._stopped_by_signal(returncode):
+            if self._stopping and not self.is_head():
+                self._await_requeue(returncode)
+            else:
+                # Not through submitit's requeue (SIGTERM preemption, scancel, no submitit): no
+                # result file; the exit status and Slurm's job state tell what happened.
+                _log(f"child stopped ({returncode}); not requeued by submitit, exiting {STOPPED_RESUMABLE}")
+            raise SystemExit(STOPPED_RESUMABLE)
         raise NodeCommandError(
-            f"node {os.environ.get('SLURM_NODEID', '0')} ({host}): {self.argv[0]} {what}, "
+            f"node {os.environ.get('SLURM_NODEID', '0')} ({host}): {self.argv[0]} failed, "
             f"exit status {returncode}",
             returncode,
         )
 
     def _await_requeue(self, returncode: int) -> None:
-        """Non-head, child stopped: leave when node 0 requeues the job, fail if it ends instead."""
+        """Non-head, child stopped: wait (bounded) for node 0 to requeue the job or to end it."""
         # Exiting before the head could trip KillOnBadExit and kill it mid-checkpoint; and no
         # result file may be written, since this attempt has no result.
         _log(f"child stopped ({returncode}); waiting for node 0 to requeue the job")
-        signal.signal(signal.SIGTERM, _exit_stopped)  # the requeue's SIGTERM: leave at once
+        # The requeue's SIGTERM (if it has not come already, while the child was stopping) or
+        # node 0's marker, whichever is first, ends the wait.
+        signal.signal(signal.SIGTERM, _exit_stopped)
         outcome = wait_file(self.head_marker_path(), self.grace_s + 60)
-        if outcome == "ended":
-            raise NodeCommandError(
-                f"node {os.environ.get('SLURM_NODEID')}: child stopped ({returncode}) but node 0 "
-                "ended the job instead of requeuing it (see node 0's log)", returncode)
-        time.sleep(30)  # the requeue's SIGTERM normally arrives within a second
-        raise SystemExit(STOPPED_RESUMABLE)
+        _log(f"node 0 {outcome or 'did not say how it ended'}")
 
     def _stopped_by_signal(self, returncode: int) -> bool:
         """75, or killed by the stop signal itself (a child without a handler for it)."""
@@ -374,8 +380,8 @@ class NodeCommand:
             return
         self._stopping = True
         proc = self._proc
-        # peek_exit, not poll(): we may have interrupted proc.wait(), which holds Popen's lock.
-        if proc is not None and peek_exit(proc.pid) is None and self._should_forward():
+        if proc is not None and self._returncode is None and peek_exit(proc.pid) is None \
+                and self._should_forward():
             _log(f"forwarding {signal.Signals(signum).name} to pid {proc.pid}")
             proc.send_signal(signum)
         if callable(self._previous_handler):
@@ -387,7 +393,9 @@ class NodeCommand:
             return None  # the signal came after __call__ returned: nothing left to requeue
         proc = self._proc
         if proc is not None:
-            returncode = proc.returncode if proc.returncode is not None else wait_exit(proc.pid, self.grace_s)
+            returncode = self._returncode
+            if returncode is None:
+                returncode = wait_exit(proc.pid, self.grace_s)
             if returncode is None:
                 _log(f"child did not exit within grace_s={self.grace_s:.0f}s; killing it and requeuing")
                 self._kill_child()
@@ -410,7 +418,7 @@ class NodeCommand:
     def _kill_child(self) -> None:
         """Terminate the child's whole session (SIGTERM, then SIGKILL after 10 s) if it still runs."""
         proc = self._proc
-        if proc is None or proc.returncode is not None or peek_exit(proc.pid) is not None:
+        if proc is None or self._returncode is not None or peek_exit(proc.pid) is not None:
             return
         for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
             try:

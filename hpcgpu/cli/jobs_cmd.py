@@ -12,25 +12,44 @@ import click
 from hpcgpu.errors import UserError
 
 
+def _checkpoint_dir(run_dir: Path) -> Path:
+    """checkpoint.dir of the run's resolved spec, else <run dir>/checkpoints."""
+    from hpcgpu.spec import load_spec
+
+    try:
+        spec, _ = load_spec(run_dir / "spec.yaml")
+    except UserError:
+        return run_dir / "checkpoints"
+    return Path(spec.checkpoint.dir) if spec.checkpoint.dir else run_dir / "checkpoints"
+
+
 def _latest_checkpoint_step(run_dir: Path):
-    steps = [int(m.group(1)) for p in (run_dir / "checkpoints").glob("step_*") if (m := re.fullmatch(r"step_(\d+)", p.name))]
+    """The newest complete checkpoint's step (ones being written are hidden .step_* directories)."""
+    steps = [int(m.group(1)) for p in _checkpoint_dir(run_dir).glob("step_*") if (m := re.fullmatch(r"step_(\d+)", p.name))]
     return max(steps) if steps else None
 
 
 def run_state(record) -> dict:
-    """Facts about a run for `status`: state from its backend, restarts, last checkpoint."""
+    """Facts about a run for `status`: state from its backend, nodes, restarts, last checkpoint."""
     from hpcgpu.backends import get_backend
     from hpcgpu.runs import read_json
 
     run_dir = Path(record.run_dir)
-    try:
-        state = get_backend(record.backend).status(record)
-    except Exception as e:  # an unreachable scheduler must not hide the rest
-        state = f"UNKNOWN ({e})"
     info = read_json(run_dir / "run.json") or {}
+    facts = {"state": "", "nodes": info.get("nodelist") or record.nodes, "restarts": info.get("restarts", 0), "reason": ""}
+    try:
+        backend = get_backend(record.backend)
+        if hasattr(backend, "job_info"):  # Slurm: state, node list, requeues, pending reason
+            job = backend.job_info(record)
+            facts.update(state=job["state"], nodes=job["nodelist"] or record.nodes, restarts=job["restarts"],
+                         reason=job["reason"])
+        else:
+            facts["state"] = backend.status(record)
+    except Exception as e:  # an unreachable scheduler must not hide the rest
+        facts["state"] = f"UNKNOWN ({e})"
     return {
-        "id": record.id, "backend": record.backend, "state": state, "job_id": record.job_id,
-        "nodes": info.get("nodelist") or record.nodes, "restarts": info.get("restarts", 0),
+        "id": record.id, "backend": record.backend, "state": facts["state"], "reason": facts["reason"] or None,
+        "job_id": record.job_id, "nodes": facts["nodes"], "restarts": facts["restarts"],
         "last_checkpoint_step": _latest_checkpoint_step(run_dir), "run_dir": record.run_dir,
     }
 
@@ -50,10 +69,11 @@ def status(run, limit) -> int:
     if not records:
         click.echo("no runs yet: start one with `hpcgpu run local`")
         return 0
-    click.echo(f"{'RUN':<40} {'BACKEND':<8} {'STATE':<10} {'JOB':<8} {'CKPT':>6}")
+    click.echo(f"{'RUN':<40} {'BACKEND':<8} {'STATE':<10} {'JOB':<8} {'NODES':<12} {'RESTARTS':>8} {'CKPT':>6}")
     for r in records:
         s = run_state(r)
-        click.echo(f"{r.id:<40} {r.backend:<8} {s['state']:<10} {r.job_id or '-':<8} {s['last_checkpoint_step'] if s['last_checkpoint_step'] is not None else '-':>6}")
+        ckpt = s["last_checkpoint_step"] if s["last_checkpoint_step"] is not None else "-"
+        click.echo(f"{r.id:<40} {r.backend:<8} {s['state']:<10} {r.job_id or '-':<8} {str(s['nodes']):<12} {s['restarts']:>8} {ckpt:>6}")
     return 0
 
 
@@ -69,7 +89,11 @@ def logs(run, rank, follow) -> int:
     path = Path(record.run_dir) / "logs" / f"rank{rank}.log"
     if not path.exists():
         have = sorted(p.name for p in path.parent.glob("rank*.log"))
-        raise UserError(f"no log for rank {rank} in {path.parent}", hint=f"logs present: {', '.join(have) or 'none yet'}")
+        hint = f"logs present: {', '.join(have) or 'none yet'}"
+        if record.backend == "slurm" and record.job_id:
+            hint += (f"; before the ranks start, each node logs to {record.run_dir}/submitit/"
+                     f"{record.job_id}_<node>_log.out (a pending job has none yet: hpcgpu status {record.id})")
+        raise UserError(f"no log for rank {rank} in {path.parent}", hint=hint)
     with open(path, "rb") as f:
         while True:
             chunk = f.read(1 << 16)

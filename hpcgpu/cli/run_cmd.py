@@ -43,9 +43,8 @@ def run_local(spec_file, gpus, nproc, name, max_restarts, container, dry_run, co
     Exit status: 0 done, 1 a rank failed, 2 bad input (nothing started),
     75 stopped cleanly on a signal after a checkpoint (rerun to resume).
     """
-    from hpcgpu.agent import count_visible_gpus
     from hpcgpu.backends import get_backend
-    from hpcgpu.plan import build_plan, describe_plan
+    from hpcgpu.plan import describe_plan
 
     if resume_run:
         if any(v is not None for v in (spec_file, gpus, nproc, name, max_restarts, container)) or command:
@@ -61,16 +60,12 @@ def run_local(spec_file, gpus, nproc, name, max_restarts, container, dry_run, co
         flags["container"] = {"runtime": "podman", "image": container}
     spec, source = load_with_overrides(spec_file, flags, command)
     run_id, run_dir = run_location(spec)
-    prefix = _container_prefix(spec, run_dir)
-    plan = build_plan(
-        spec, backend="local", run_id=run_id, run_dir=run_dir,
-        visible_gpus=count_visible_gpus(os.environ), user_env=os.environ,
-        python="python3" if prefix else sys.executable, container_prefix=prefix,
-    )
+    plan = _local_plan(spec, run_id, run_dir)
     if dry_run:
         click.echo(f"spec:     {source}")
         click.echo(describe_plan(plan), nl=False)
         return 0
+    _check_container(spec)
     materialize_run(plan, nodes=1)
     _announce(plan, source)
     code = get_backend("local").launch(plan)
@@ -82,9 +77,8 @@ def _resume(ref: str, dry_run: bool) -> int:
     """Relaunch an existing run in its own run dir: the worker resumes from the newest valid checkpoint."""
     from pathlib import Path
 
-    from hpcgpu.agent import count_visible_gpus
     from hpcgpu.backends import get_backend
-    from hpcgpu.plan import build_plan, describe_plan
+    from hpcgpu.plan import describe_plan
     from hpcgpu.runs import find_run, read_json, update_record
     from hpcgpu.spec import load_spec
 
@@ -92,13 +86,11 @@ def _resume(ref: str, dry_run: bool) -> int:
     if record.backend != "local":
         raise UserError(f"run {record.id} ran on {record.backend}", hint="Slurm jobs resume by requeue")
     spec, _ = load_spec(Path(record.run_dir) / "spec.yaml")
-    prefix = _container_prefix(spec, record.run_dir)
-    plan = build_plan(spec, backend="local", run_id=record.id, run_dir=record.run_dir,
-                      visible_gpus=count_visible_gpus(os.environ), user_env=os.environ,
-                      python="python3" if prefix else sys.executable, container_prefix=prefix)
+    plan = _local_plan(spec, record.id, record.run_dir)
     if dry_run:
         click.echo(describe_plan(plan), nl=False)
         return 0
+    _check_container(spec)
     info = read_json(Path(record.run_dir) / "run.json") or {}
     update_record(Path(record.run_dir), pid=os.getpid(), restarts=info.get("restarts", 0) + 1)
     _announce(plan, f"{record.run_dir}/spec.yaml (resumed)")
@@ -107,12 +99,31 @@ def _resume(ref: str, dry_run: bool) -> int:
     return code
 
 
-def _container_prefix(spec, run_dir: str) -> tuple[str, ...]:
-    if spec.container is None:
-        return ()
+def _local_plan(spec, run_id: str, run_dir: str):
+    """The plan for this machine; with a container, the prefix is built once the layout is known."""
+    import dataclasses
+
+    from hpcgpu.agent import count_visible_gpus
+    from hpcgpu.plan import build_plan
+
+    in_container = spec.container is not None
+    plan = build_plan(spec, backend="local", run_id=run_id, run_dir=run_dir,
+                      visible_gpus=count_visible_gpus(os.environ), user_env=os.environ,
+                      python="python3" if in_container else sys.executable)
+    if not in_container:
+        return plan
     from hpcgpu.container import local_prefix  # torch-free
 
-    return tuple(local_prefix(spec, run_dir))
+    prefix = local_prefix(spec, run_dir, env_names=tuple(plan.env), gpus=plan.layout.gpus > 0)
+    return dataclasses.replace(plan, container_prefix=tuple(prefix))
+
+
+def _check_container(spec) -> None:
+    """A missing runtime or image is bad input: say so before anything starts."""
+    if spec.container is not None:
+        from hpcgpu.container import check_runtime
+
+        check_runtime(spec.container.runtime, spec.container.image)
 
 
 def _announce(plan, source: str) -> None:

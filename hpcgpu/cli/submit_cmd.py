@@ -78,12 +78,14 @@ def submit_slurm(spec_file, nodes, gpus_per_node, nproc_per_node, partition, acc
         from hpcgpu.container import check_runtime
 
         check_runtime(spec.container.runtime, spec.container.image)
+    plan = _reserve_run_dir(plan, spec)
     materialize_run(plan, nodes=spec.resources.nodes)
     restore_secret_env(withheld_env())
     job_id = SlurmBackend().launch(plan)
     click.echo(f"hpcgpu: submitted {plan.run_id} as Slurm job {job_id} ({spec.resources.nodes} node(s) x {plan.layout.nproc} rank(s))")
     click.echo(f"  run dir: {plan.run_dir}")
     click.echo(f"  follow:  hpcgpu logs {plan.run_id} --follow    status: hpcgpu status {plan.run_id}")
+    sys.stdout.flush()
     if wait or follow:
         return _wait(plan, follow)
     return 0
@@ -91,28 +93,40 @@ def submit_slurm(spec_file, nodes, gpus_per_node, nproc_per_node, partition, acc
 
 def _plan(spec):
     """Build the Slurm plan: the node layout is the request (the compute nodes' GPUs are not visible here)."""
-    from hpcgpu.plan import build_plan
-    from hpcgpu.slurm_plan import render_sbatch, sbatch_parameters, submitit_folder
+    from hpcgpu.slurm_plan import build_slurm_plan
 
     run_id, run_dir = run_location(spec)
-    prefix, srun_args = _container(spec, run_dir)
-    python = "python3" if prefix or srun_args else sys.executable
-    plan = build_plan(spec, backend="slurm", run_id=run_id, run_dir=run_dir, visible_gpus=None,
-                      user_env=os.environ, python=python, container_prefix=tuple(prefix))
-    params = sbatch_parameters(plan.spec, tuple(srun_args))
-    plan.extra.update(sbatch_parameters=params, python=sys.executable,
-                      sbatch=render_sbatch(params, submitit_folder(run_dir), sys.executable))
-    return plan
+    prefix, srun_args = [], []
+    if spec.container is not None:
+        # the container is given the names of the variables the node agent reads (values stay in the env)
+        bare = build_slurm_plan(spec, run_id=run_id, run_dir=run_dir, python=sys.executable, user_env=os.environ)
+        prefix, srun_args = _container(spec, run_dir, bare.env)
+    return build_slurm_plan(spec, run_id=run_id, run_dir=run_dir, python=sys.executable, user_env=os.environ,
+                            container_prefix=tuple(prefix), srun_args=tuple(srun_args))
 
 
-def _container(spec, run_dir: str) -> tuple[list[str], list[str]]:
-    """(prefix before the node command, extra srun args) for the spec's container, if any."""
-    if spec.container is None:
-        return [], []
+def _reserve_run_dir(plan, spec, tries: int = 5):
+    """Create the run dir exclusively (two submissions in the same second may draw the same id)."""
+    for _ in range(tries):
+        try:
+            Path(plan.run_dir).parent.mkdir(parents=True, exist_ok=True)
+            Path(plan.run_dir).mkdir(mode=0o700)
+            return plan
+        except FileExistsError:
+            plan = _plan(spec)
+    raise RuntimeError(f"could not find a free run directory next to {plan.run_dir}")
+
+
+def _container(spec, run_dir: str, env: dict) -> tuple[list[str], list[str]]:
+    """(prefix before the node command, extra srun args) for the spec's container."""
+    from hpcgpu import envnames
+    from hpcgpu.backends.slurm_job import RDZV_ENDPOINT
     from hpcgpu.container import ContainerSettings, RunContext, container_prefix, pyxis_srun_args
 
     want = spec.resources.gpus_per_node
-    ctx = RunContext(code_dir=os.getcwd(), run_dir=run_dir, ckpt_dir=spec.checkpoint.dir,
+    names = {*env, *spec.env, RDZV_ENDPOINT, envnames.RESTART_COUNT}
+    ctx = RunContext(code_dir=os.getcwd(), run_dir=run_dir, ckpt_dir=os.path.abspath(spec.checkpoint.dir) if spec.checkpoint.dir else None,
+                     env_names=tuple(sorted(names)),
                      gpus=isinstance(want, int) and want > 0, uid=os.getuid(), gid=os.getgid(), slurm=True)
     settings = ContainerSettings.from_spec(spec.container)
     if settings.runtime == "pyxis":
@@ -120,8 +134,14 @@ def _container(spec, run_dir: str) -> tuple[list[str], list[str]]:
     return container_prefix(settings, ctx, os.environ), []
 
 
+#: JobState values (and the run dir's DONE/STOPPED/FAILED) after which the job does not run again
+FINAL_STATES = {"COMPLETED", "DONE", "FAILED", "STOPPED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+                "BOOT_FAIL", "DEADLINE", "PREEMPTED", "SPECIAL_EXIT", "REQUEUE_HOLD"}
+
+
 def _wait(plan, follow: bool) -> int:
-    """Poll the job until it ends (printing rank 0's log with --follow); exit with its status."""
+    """Poll the job until it ends (printing rank 0's log with --follow); exit with its status.
+    Ctrl-C stops waiting, not the job."""
     from hpcgpu.backends.slurm import SlurmBackend
     from hpcgpu.runs import find_run, read_json
 
@@ -129,18 +149,30 @@ def _wait(plan, follow: bool) -> int:
     backend = SlurmBackend()
     log = Path(plan.run_dir) / "logs" / "rank0.log"
     offset = 0
-    final = {"COMPLETED", "DONE", "FAILED", "STOPPED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
-    while True:
-        if follow and log.exists():
-            with open(log, "rb") as f:
-                f.seek(offset)
-                chunk = f.read()
-                offset += len(chunk)
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.flush()
-        state = backend.status(record)
-        if state in final:
-            result = read_json(Path(plan.run_dir) / "result.json") or {}
-            click.echo(f"hpcgpu: job {record.job_id} ended: {state}")
-            return int(result.get("exit_code", 0 if state in ("COMPLETED", "DONE") else 1))
-        time.sleep(1)
+    try:
+        while True:
+            state = backend.status(record)
+            if follow:
+                offset = _print_new(log, offset)  # after the state: a final state never misses the log's tail
+            if state in FINAL_STATES:
+                break
+            time.sleep(1)
+    except KeyboardInterrupt:
+        click.echo(f"\nhpcgpu: stopped waiting; job {record.job_id} goes on (hpcgpu cancel {plan.run_id} ends it)", err=True)
+        return 130
+    result = read_json(Path(plan.run_dir) / "result.json") or {}
+    click.echo(f"hpcgpu: job {record.job_id} ended: {state}")
+    return int(result.get("exit_code", 0 if state in ("COMPLETED", "DONE") else 1))
+
+
+def _print_new(log: Path, offset: int) -> int:
+    """Copy what was appended to log since offset to stdout; the new offset."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(offset)
+            chunk = f.read()
+    except FileNotFoundError:
+        return offset
+    sys.stdout.buffer.write(chunk)
+    sys.stdout.flush()
+    return offset + len(chunk)

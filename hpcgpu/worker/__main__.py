@@ -17,7 +17,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from hpcgpu import console, envnames, exitcodes
 from hpcgpu.worker import api, context, stop
-from hpcgpu.worker.dist import teardown
+from hpcgpu.worker.dist import barrier, teardown
 from hpcgpu.worker.rank import RankInfo, detect_rank
 from hpcgpu.worker.report import write_exit
 
@@ -72,7 +72,12 @@ def run_entry(ctx: context.WorkerContext) -> tuple[str, object, object]:
             raise
     api.wait_for_checkpoint()
     last = api.last_checkpoint()
-    stopped = code == exitcodes.STOPPED_RESUMABLE or stop.requested() is not None
+    # A stop counts only if the script could see it (it calls should_stop); else it simply finished.
+    stopped = code == exitcodes.STOPPED_RESUMABLE or (stop.requested() is not None and stop.cooperative())
+    if stopped:
+        # All ranks agreed to stop; wait for rank 0's save before anyone exits, because the agent
+        # ends the other ranks as soon as one exits non-zero.
+        barrier(ctx.device)
     return ("stopped" if stopped else "done"), last and last[0], last and last[1] and str(last[1])
 
 

@@ -99,6 +99,11 @@ def requested() -> Optional[str]:
     return _requested
 
 
+def cooperative() -> bool:
+    """True when this process stops cooperatively (a task entry, or a script that calls should_stop)."""
+    return _cooperative
+
+
 def reset() -> None:
     """Forget a stop request (tests)."""
     global _requested, _sigints

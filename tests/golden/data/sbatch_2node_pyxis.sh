@@ -1,0 +1,16 @@
+#!/bin/bash
+
+# Parameters
+#SBATCH --cpus-per-task=2
+#SBATCH --job-name=demo
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=1
+#SBATCH --open-mode=append
+#SBATCH --output=/shared/ada/runs/demo-20250101-000000-abcd/submitit/%j_0_log.out
+#SBATCH --requeue
+#SBATCH --signal=USR2@120
+#SBATCH --wckey=submitit
+
+# command
+export SUBMITIT_EXECUTOR=slurm
+srun --unbuffered --output /shared/ada/runs/demo-20250101-000000-abcd/submitit/%j_%t_log.out --kill-on-bad-exit=1 '--container-image=nvcr.io#nvidia/pytorch:25.01-py3' --container-mounts=/shared/ada/code:/shared/ada/code,/shared/ada/runs/demo-20250101-000000-abcd:/shared/ada/runs/demo-20250101-000000-abcd --container-workdir=/shared/ada/code --container-env=HPCGPU_RDZV_ENDPOINT /shared/ada/venv/bin/python -u -m submitit.core._submit /shared/ada/runs/demo-20250101-000000-abcd/submitit

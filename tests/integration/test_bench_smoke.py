@@ -1,0 +1,76 @@
+"""`make bench-smoke`: every benchmark tier runs and writes well-formed results.
+
+Never asserts that a figure meets its target: CI machines are noisy, and benchmarks are not timed tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+TIERS = set(range(1, 10))
+STATUSES = {"ok", "skipped", "error"}
+
+
+def _check_stat(stat: dict, where: str) -> None:
+    assert set(stat) >= {"label", "unit", "samples", "median"}, where
+    assert stat["samples"] and all(isinstance(x, (int, float)) and math.isfinite(x) for x in stat["samples"]), where
+    assert math.isfinite(stat["median"]) and stat["median"] >= 0, where
+
+
+def _check_figure(fig: dict, where: str) -> None:
+    _check_stat(fig["measured"], where)
+    if fig["reference"] is not None:
+        _check_stat(fig["reference"], where)
+        assert fig["ratio"] is not None and math.isfinite(fig["ratio"]), where
+    if fig["target"] is not None:
+        op, bound = fig["target"].split()
+        assert op in ("<=", ">=") and float(bound) > 0, where
+        assert isinstance(fig["met"], bool), where  # evaluated, whatever the verdict
+    else:
+        assert fig["met"] is None, where
+
+
+def test_bench_smoke_writes_well_formed_results(tmp_path):
+    out = tmp_path / "bench"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HPCGPU_", "MAKEFLAGS", "MFLAGS"))}
+    p = subprocess.run(["make", "--no-print-directory", "bench-smoke", f"BENCH_SMOKE_OUT={out}"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
+
+    (json_path,) = (out / "results").glob("*.json")
+    doc = json.loads(json_path.read_text())
+    assert doc["smoke"] is True and doc["reps"] == 1
+    assert doc["command"] == "make bench-smoke"
+    assert {"cpu", "cores", "torch", "python", "commit"} <= set(doc["machine"])
+    assert len(doc["load_start"]) == 3 and len(doc["load_end"]) == 3
+
+    tiers = {t["tier"]: t for t in doc["tiers"]}
+    assert set(tiers) == TIERS
+    for n, tier in tiers.items():
+        assert tier["status"] in STATUSES, n
+        assert tier["status"] != "error", f"tier {n} failed:\n{tier['note']}"
+        if tier["status"] == "skipped":
+            assert tier["note"].strip(), f"tier {n} skipped without saying why"
+            continue
+        assert tier["figures"], f"tier {n} produced no figures"
+        for fig in tier["figures"]:
+            _check_figure(fig, f"tier {n}: {fig['name']}")
+    # Tiers 1-7 need nothing but this machine; 8 needs the Slurm cluster, 9 a GPU.
+    assert all(tiers[n]["status"] == "ok" for n in range(1, 8)), {n: tiers[n]["status"] for n in tiers}
+    targets = {(n, f["name"]) for n, t in tiers.items() for f in t["figures"] if f["target"]}
+    assert {(1, "hpcgpu --help vs python -c pass"), (2, "time to first step"),
+            (3, "Trainer steps/s vs hand-written DDP loop")} <= targets
+
+    md = (out / "RESULTS.md").read_text()
+    assert "make bench-smoke" in md and "| tier | figure |" in md and "Load average" in md
+    for n in TIERS:
+        assert f"Tier {n}:" in md

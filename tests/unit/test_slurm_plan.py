@@ -1,0 +1,171 @@
+"""slurm_plan is pure: sbatch parameters, values that could break out of the script, fit checks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpcgpu.errors import UserError
+from hpcgpu.slurm_plan import (RESERVED_OPTIONS, UNLIMITED_MIN, build_slurm_plan, check_run_dir, limit_to_minutes,
+                               node_grace_s, partition_fit_problem, ranks_per_node, render_sbatch,
+                               sbatch_parameters, submitit_folder, time_to_minutes, valid_job_id)
+from hpcgpu.spec import apply_overrides, parse_spec
+
+RUN_DIR = "/shared/runs/t-1"
+
+
+def spec(text: str = "", **over):
+    return apply_overrides(parse_spec(text), over)
+
+
+def script(s) -> str:
+    return render_sbatch(sbatch_parameters(s), submitit_folder(RUN_DIR), "/venv/bin/python")
+
+
+@pytest.mark.parametrize("text, minutes", [("30", 30), ("30:01", 31), ("04:00:00", 240), ("1-00", 1440),
+                                           ("1-02:30", 1590), ("2-00:00:01", 2881)])
+def test_time_to_minutes(text, minutes):
+    assert time_to_minutes(text) == minutes
+
+
+@pytest.mark.parametrize("text, minutes", [("infinite", UNLIMITED_MIN), ("UNLIMITED", UNLIMITED_MIN),
+                                           ("n/a", None), ("NONE", None), ("1-00:00:00", 1440), ("30:00", 30)])
+def test_partition_limits(text, minutes):
+    assert limit_to_minutes(text) == minutes
+
+
+def test_one_task_per_node_and_a_core_per_rank():
+    params = sbatch_parameters(spec(**{"resources.nodes": 2, "resources.gpus_per_node": 4}))
+    assert params["ntasks_per_node"] == 1 and params["nodes"] == 2 and params["gpus_per_node"] == 4
+    assert params["cpus_per_task"] == 4
+    assert sbatch_parameters(spec(**{"resources.gpus_per_node": 0, "resources.procs_per_node": 3}))["cpus_per_task"] == 3
+    assert sbatch_parameters(spec(**{"resources.gpus_per_node": 8, "resources.cpus_per_task": 96}))["cpus_per_task"] == 96
+    assert ranks_per_node(spec(**{"resources.gpus_per_node": 4, "train.strategy": "dp"})) == 1
+
+
+def test_no_time_leaves_the_partition_default_instead_of_submitits_five_minutes():
+    text = script(spec(**{"resources.gpus_per_node": 0}))
+    assert "--time" not in text
+    assert "#SBATCH --time=90\n" in script(spec(**{"resources.gpus_per_node": 0, "resources.time": "01:30:00"}))
+
+
+def test_signal_and_requeue():
+    text = script(spec(**{"resources.gpus_per_node": 0, "slurm.signal_before_s": 200}))
+    assert "#SBATCH --signal=USR2@200\n" in text and "#SBATCH --requeue\n" in text
+    assert "#SBATCH --open-mode=append\n" in text  # logs append across requeues
+
+
+@pytest.mark.parametrize("key, flag", [("slurm.partition", "--partition"), ("slurm.account", "--account"),
+                                       ("slurm.qos", "--qos"), ("slurm.constraint", "--constraint")])
+def test_newline_in_a_value_is_refused_naming_the_key(key, flag):
+    s = spec(**{"resources.gpus_per_node": 0, key: "debug\ntouch /tmp/pwned #"})
+    with pytest.raises(UserError) as info:
+        sbatch_parameters(s)
+    assert key in str(info.value) and "newline" in str(info.value)
+
+
+def test_newline_in_an_extra_option_is_refused_naming_the_key():
+    s = spec("slurm: {extra: {comment: \"ok\\ntouch /tmp/pwned\"}}\n", **{"resources.gpus_per_node": 0})
+    with pytest.raises(UserError, match=r"slurm\.extra\.comment"):
+        sbatch_parameters(s)
+    s = spec("slurm: {extra: {comment: \"tab\\there\"}}\n", **{"resources.gpus_per_node": 0})
+    with pytest.raises(UserError, match="control character"):
+        sbatch_parameters(s)
+
+
+def test_shell_metacharacters_are_quoted_into_one_value():
+    evil = "a b'c; $(touch /tmp/pwned) `id` \"q\" && rm -rf ~"
+    text = script(spec(**{"resources.gpus_per_node": 0, "slurm.account": evil, "slurm.extra": {"comment": evil}}))
+    lines = [ln for ln in text.splitlines() if ln.startswith(("#SBATCH --account=", "#SBATCH --comment="))]
+    assert len(lines) == 2
+    for line in lines:
+        # bash sees a comment; sbatch reads the value with shell quoting: the original, as one word
+        value = line.split("=", 1)[1]
+        out = subprocess.run(["bash", "-c", f"printf %s {value}"], capture_output=True, text=True, check=True)
+        assert out.stdout == evil
+
+
+def test_env_values_never_reach_the_script():
+    s = spec("env: {X: \"$(touch /tmp/pwned)\\nid\"}\n", **{"resources.gpus_per_node": 0})
+    plan = build_slurm_plan(s, run_id="t-1", run_dir=RUN_DIR, python="/venv/bin/python", user_env={})
+    assert "pwned" not in plan.extra["sbatch"]
+
+
+def test_the_script_is_valid_bash():
+    text = script(spec("slurm: {extra: {comment: \"$(x) 'y'\"}}\n", **{"resources.gpus_per_node": 0}))
+    assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
+
+
+def test_a_name_with_metacharacters_is_refused_by_the_spec():
+    with pytest.raises(UserError, match="name"):
+        spec(name="x;touch /tmp/pwned")
+    with pytest.raises(UserError, match="name"):
+        spec(name="x\ny")
+
+
+@pytest.mark.parametrize("key", sorted(RESERVED_OPTIONS))
+def test_options_hpcgpu_sets_are_refused_in_extra(key):
+    s = spec(**{"resources.gpus_per_node": 0, "slurm.extra": {key: "1"}})
+    with pytest.raises(UserError, match=f"slurm.extra.{key}"):
+        sbatch_parameters(s)
+
+
+def test_extra_true_is_a_flag_false_is_left_out_and_underscores_become_dashes():
+    text = script(spec(**{"resources.gpus_per_node": 0, "slurm.extra": {"exclusive": True, "requeue_hold": False,
+                                                                        "mail_type": "END"}}))
+    assert "#SBATCH --exclusive\n" in text and "#SBATCH --mail-type=END\n" in text and "hold" not in text
+
+
+@pytest.mark.parametrize("run_dir", ["/runs/a\nb", "/runs/%j"])
+def test_run_dirs_that_would_break_the_script_are_refused(run_dir):
+    with pytest.raises(UserError, match="logging.dir"):
+        check_run_dir(run_dir)
+
+
+def test_grace_is_capped_below_the_warning():
+    assert node_grace_s(spec(**{"slurm.signal_before_s": 120, "distributed.stop_grace_s": 120})) == 105
+    assert node_grace_s(spec(**{"slurm.signal_before_s": 300, "distributed.stop_grace_s": 60})) == 60
+
+
+ROWS = ["debug*|2|(null)", "gpu|4|gpu:h100:8(S:0-1)", "gpu|2|gpu:h100:8(S:0-1)"]
+
+
+@pytest.mark.parametrize("nodes, gpus, partition, problem", [
+    (2, 0, "debug", ""),
+    (3, 0, "debug", "asked for 3 nodes, partition 'debug' has 2"),
+    (1, 1, "debug", "asked for 1 GPUs per node, nodes of partition 'debug' have at most 0"),
+    (6, 8, "gpu", ""),
+    (1, 0, "nope", "partition 'nope' does not exist (partitions: debug, gpu)"),
+])
+def test_partition_fit(nodes, gpus, partition, problem):
+    assert partition_fit_problem(nodes, gpus, partition, ROWS) == problem
+
+
+@pytest.mark.parametrize("job_id, ok", [("123", True), ("123_4", True), ("123;rm", False), ("", False), ("-1", False)])
+def test_job_ids(job_id, ok):
+    if ok:
+        assert valid_job_id(job_id) == job_id
+    else:
+        with pytest.raises(UserError):
+            valid_job_id(job_id)
+
+
+def cli(*args, cwd: Path, env: dict | None = None):
+    return subprocess.run([sys.executable, "-m", "hpcgpu", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "HPCGPU_HOME": str(cwd / "home"), **(env or {})}, timeout=60)
+
+
+@pytest.mark.parametrize("args, key", [
+    (["--partition", "debug\ntouch pwned"], "slurm.partition"),
+    (["--account", "a\rb"], "slurm.account"),
+    (["--name", "x$(touch pwned)"], "name"),
+])
+def test_cli_refuses_injection_before_anything(tmp_path, args, key):
+    out = cli("submit", "slurm", "--nodes", "1", "--nproc-per-node", "1", *args, "--dry-run", cwd=tmp_path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert key in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "pwned").exists()
