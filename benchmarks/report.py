@@ -77,14 +77,15 @@ def write_json(doc: dict, results_dir: Path) -> Path:
 
 
 def _num(x: Optional[float], unit: str = "") -> str:
+    """Three significant digits (thousands separated), then the unit."""
     if x is None:
         return "—"
-    if unit == "GB/s" or abs(x) >= 100:
-        s = f"{x:,.1f}" if abs(x) < 1000 else f"{x:,.0f}"
-    elif abs(x) >= 1:
-        s = f"{x:.3f}"
+    if abs(x) >= 1000:
+        s = f"{x:,.0f}"
+    elif x == 0 or abs(x) >= 0.001:
+        s = f"{x:.4g}" if abs(x) >= 1 else f"{x:.3g}"
     else:
-        s = f"{x:.4f}" if abs(x) >= 0.001 else f"{x:.2e}"
+        s = f"{x:.2e}"
     return f"{s} {unit}".strip()
 
 
