@@ -8,10 +8,14 @@ slurmdbd there is no sacct, so state comes from `scontrol show job` while Slurm 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 from hpcgpu import exitcodes
@@ -107,12 +111,15 @@ class SlurmBackend:
         command = NodeCommand(list(plan.container_prefix) + list(plan.node_argv), env=env,
                               rdzv_dir=Path(plan.run_dir) / "rdzv", grace_s=node_grace_s(plan.spec),
                               rdzv_timeout_s=plan.spec.distributed.rdzv_timeout_s)
+        said = io.StringIO()  # submitit prints sbatch's stderr on failure: say it once, in our error
         try:
-            job = _executor(plan).submit(command)
+            with contextlib.redirect_stderr(said):
+                job = _executor(plan).submit(command)
         except Exception as e:  # sbatch refused (bad account, unknown feature, ...): nothing half-submitted
             shutil.rmtree(plan.run_dir, ignore_errors=True)
             raise UserError(f"sbatch refused the job: {_sbatch_error(e)}",
                             hint="nothing was submitted; fix the request (see `sinfo`, `scontrol show partition`)") from None
+        sys.stderr.write(said.getvalue())
         update_record(Path(plan.run_dir), job_id=str(job.job_id))
         return str(job.job_id)
 
@@ -137,6 +144,8 @@ class SlurmBackend:
                 _remember(run_dir, nodelist=info["nodelist"], restarts=info["restarts"])
         if info["state"] in ("", "COMPLETED"):  # forgotten, or ended: how it ended is in result.json
             info["state"] = _state_from_result(record) or info["state"] or "UNKNOWN"
+        elif info["state"] == "FAILED" and _state_from_result(record, since=_epoch(fields.get("StartTime"))) == "STOPPED":
+            info["state"] = "STOPPED"  # checkpointed and stopped, but not requeued (e.g. timeouts used up)
         return info
 
     def cancel(self, record: RunRecord) -> None:
@@ -176,11 +185,20 @@ def _remember(run_dir: Path, **facts) -> None:
         pass  # someone else's run dir, read-only: status still works
 
 
-def _state_from_result(record: RunRecord) -> str:
+def _state_from_result(record: RunRecord, since: float = 0.0) -> str:
+    """DONE / STOPPED / FAILED from node 0's result.json ('' if absent, or older than since)."""
     result = read_json(Path(record.run_dir) / "result.json")
-    if result is None:
+    if result is None or float(result.get("ended") or 0) < since:
         return ""
     return {exitcodes.OK: "DONE", exitcodes.STOPPED_RESUMABLE: "STOPPED"}.get(result.get("exit_code"), "FAILED")
+
+
+def _epoch(slurm_time: str | None) -> float:
+    """scontrol's local-time timestamp (2026-11-21T13:02:28) as seconds since the epoch; 0 if none."""
+    try:
+        return time.mktime(time.strptime(slurm_time or "", "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return 0.0
 
 
 def _sbatch_error(error: Exception) -> str:

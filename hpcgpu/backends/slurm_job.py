@@ -1,52 +1,51 @@
 """What submitit runs on each Slurm node: one command per node, with rendezvous and requeue.
 
-``NodeCommand`` is a torch-free, picklable callable. The Slurm backend submits it with submitit
-(``nodes=N, tasks_per_node=1``), so each node runs it once; it starts ``argv`` (normally
-``hpcgpu train ...``, the node agent) as a child process and turns the child's outcome into the
-job's outcome::
+``NodeCommand`` is a torch-free, picklable callable. Submit it with submitit, one task per node
+(``nodes=N, tasks_per_node=1``); on each node it runs ``argv`` (the node agent, ``hpcgpu train``,
+maybe behind a container prefix) as a child process and turns the child's exit into the task's::
 
-    from hpcgpu.backends.slurm_job import NodeCommand
-    ex = submitit.AutoExecutor(folder=run_dir / "submitit")
-    ex.update_parameters(nodes=2, tasks_per_node=1, timeout_min=60, slurm_signal_delay_s=120,
-                         slurm_additional_parameters={"requeue": True})
-    job = ex.submit(NodeCommand(["hpcgpu", "train", ...], env={"HPCGPU_RUN_DIR": str(run_dir)},
+    ex = submitit.SlurmExecutor(folder=run_dir / "submitit", max_num_timeout=3)
+    ex.update_parameters(nodes=2, ntasks_per_node=1, time=60, signal_delay_s=120,
+                         srun_args=["--kill-on-bad-exit=1"], additional_parameters={"requeue": True})
+    job = ex.submit(NodeCommand(["hpcgpu", "train"], env={"HPCGPU_RUN_DIR": str(run_dir)},
                                 rdzv_dir=run_dir / "rdzv", grace_s=90))
 
-Constructor: ``argv`` (list of str, run without a shell), ``env`` (added to the task's environment),
-``rdzv_dir`` (a directory every node can read: the head publishes its endpoint there),
-``grace_s`` (how long the child may take to checkpoint and exit after the stop signal; keep it
-below submitit's ``signal_delay_s`` minus ~15 s), ``rdzv_timeout_s`` (how long other nodes wait
-for the endpoint), ``forward_signal`` (None = automatic, see below).
+Constructor: ``argv`` list of str, run without a shell; ``env`` added to the task's environment;
+``rdzv_dir`` a directory every node sees, unique to the run; ``grace_s`` how long the child may
+take to checkpoint and exit after the stop signal (keep it below ``signal_delay_s`` - 15 s);
+``rdzv_timeout_s`` how long other nodes wait for node 0's endpoint; ``forward_signal`` None =
+forward the stop signal only outside a Slurm job step (inside one, Slurm already signals every
+process of the step, the child included); ``requeues`` the restart counter (set by requeues).
 
-What the child sees, on top of the task's environment (SLURM_*, SUBMITIT_*) and ``env``:
-``HPCGPU_RDZV_ENDPOINT`` = ``host:port``, a free TCP port on the head node (the first host of
-``scontrol show hostnames $SLURM_JOB_NODELIST``), the same on every node; ``HPCGPU_RESTART_COUNT``
-= how many times the job was requeued (max of our own counter and SLURM_RESTART_COUNT).
+The child sees the task's environment (SLURM_*, SUBMITIT_*), then ``env``, then
+``HPCGPU_RDZV_ENDPOINT=host:port``: a port that was free on node 0, whose host is the first of
+``scontrol show hostnames $SLURM_JOB_NODELIST`` (the same value on every node), and
+``HPCGPU_RESTART_COUNT``: max(requeues done through checkpoint(), SLURM_RESTART_COUNT).
+Files in rdzv_dir, one set per attempt: ``<jobid>-<restart>.endpoint`` (host:port, written by
+node 0 with tmp + rename) and ``<jobid>-<restart>.head`` ("requeued" or "ended", node 0's exit).
 
-Outcome: child exit 0 -> the task returns a dict (node, host, returncode, restarts). Exit 75
-(``exitcodes.STOPPED_RESUMABLE``) after the stop signal -> on the head, ``checkpoint()`` returns a
-``DelayedSubmission`` of the next attempt and submitit requeues the job (``scontrol requeue``) from
-this process; a non-head node waits to be killed by that requeue. Any other exit -> the task raises
-``NodeCommandError`` and the job is not requeued.
+Outcome on each node: child exit 0 -> returns {node, host, returncode, restarts}. Exit 75
+(exitcodes.STOPPED_RESUMABLE) or death by the stop signal, after the stop signal -> node 0's
+``checkpoint()`` (called by submitit's handler) returns a DelayedSubmission of the next attempt and
+submitit runs ``scontrol requeue`` and exits; other nodes wait for that (bounded) and exit 75,
+writing no result. The same exit without submitit's requeue (SIGTERM preemption, scancel, no
+submitit) -> exit 75, no result. Any other exit -> NodeCommandError: the job fails, no requeue.
+So the job's outcome is task 0's result; other tasks may have none.
 
-How submitit decides (1.5.x, ``core/job_environment.py``): its USR2 handler (``SUBMITIT_PREEMPT_SIGNAL``)
-calls ``checkpoint()`` on global rank 0 only. It counts the signal as a *timeout* when the task has
-run for at least ``min(0.8 * T, T - 10 min)`` of its time limit T (``timeout_min``), so with
-T <= 10 min every signal is a timeout; timeouts decrement a countdown that starts at
-``max_num_timeout`` (default 3) and the job is not requeued once it is negative. Preemptions are
-not counted. A requeued job restarts after ``cred_expire`` (AuthInfo, 120 s by default).
-
-Signals: Slurm delivers ``scancel --signal`` and ``--signal=USR2@N`` to every process of the job
-step, the child included, so inside a step (SLURM_STEP_ID set) the signal is not forwarded again
-(``forward_signal=None``); elsewhere (e.g. ``kill -USR2`` of this process) it is forwarded once.
-The child must treat the stop signal as idempotent either way.
+submitit 1.5.x (core/job_environment.py), as measured on the dev cluster: its handler for USR2
+(SUBMITIT_PREEMPT_SIGNAL) runs on every task, but only global rank 0 calls checkpoint() and
+requeues. It calls the signal a *timeout* when the task has run min(0.8 T, T - 10 min) of its
+limit T (``time``/``timeout_min``), so with T <= 10 min every signal is a timeout; timeouts use
+up ``max_num_timeout`` (then the job fails "timed-out too many times"), preemptions do not.
+SIGTERM is only logged ("Bypassing signal SIGTERM"). ``scontrol requeue`` needs --requeue (or
+JobRequeue=1). A requeued job may start again after AuthInfo cred_expire (120 s default, 10 s on
+the dev cluster); forcing StartTime=now in the same second fails it ("Job credential revoked").
 """
 
 from __future__ import annotations
 
 import copy
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -172,22 +171,6 @@ def wait_exit(pid: int, timeout_s: float) -> int | None:
         time.sleep(0.05)
 
 
-def show_job(job_id: str) -> dict[str, str] | None:
-    """`scontrol show job -o JOBID` as a dict; None once slurmctld has forgotten the job.
-
-    Without slurmdbd (the dev cluster, some small sites) sacct fails and submitit's Job.state is
-    always UNKNOWN; this is the state that works: JobState, Reason, Restarts, ExitCode, ... for
-    pending and running jobs and for MinJobAge seconds (default 300) after the end.
-    """
-    out = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True,
-                         text=True, timeout=60)
-    if out.returncode != 0 or "=" not in out.stdout:
-        return None
-    # Split only on spaces that start a new Key=, so values with spaces (Command, Reason) survive.
-    fields = re.split(r" (?=[A-Za-z][\w:/]*=)", out.stdout.strip().splitlines()[0])
-    return dict(field.split("=", 1) for field in fields if "=" in field)
-
-
 def slurm_restart_count() -> int:
     """SLURM_RESTART_COUNT (unset on the first run), as an int."""
     return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
@@ -288,7 +271,7 @@ class NodeCommand:
             try:
                 returncode = self._run_child(self.rendezvous())
             except _ChildExited as exited:  # checkpoint() saw the child end during the stop
-                returncode = exited.returncode
+                returncode = self._returncode = exited.returncode
             return self._outcome(returncode)
         except SystemExit:
             # submitit leaves through sys.exit() right after `scontrol requeue`.

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from hpcgpu.cli.common import load_with_overrides, materialize_run, run_location, spec_option
+from hpcgpu.errors import UserError
 
 
 @click.group()
@@ -52,6 +53,9 @@ def submit_slurm(spec_file, nodes, gpus_per_node, nproc_per_node, partition, acc
     flags = {"name": name, "resources.nodes": nodes, "resources.cpus_per_task": cpus_per_task,
              "resources.mem": mem, "resources.time": time_limit, "slurm.partition": partition,
              "slurm.account": account, "slurm.qos": qos, "slurm.constraint": constraint}
+    if nproc_per_node is not None and gpus_per_node:
+        raise UserError("--nproc-per-node runs CPU ranks; it cannot be combined with --gpus-per-node "
+                        f"{gpus_per_node}", hint="GPU jobs start one rank per GPU: give --gpus-per-node only")
     if nproc_per_node is not None:
         flags.update({"resources.gpus_per_node": 0, "resources.procs_per_node": nproc_per_node})
     elif gpus_per_node is not None:
@@ -122,15 +126,16 @@ def _container(spec, run_dir: str, env: dict) -> tuple[list[str], list[str]]:
     from hpcgpu import envnames
     from hpcgpu.backends.slurm_job import RDZV_ENDPOINT
     from hpcgpu.container import ContainerSettings, RunContext, container_prefix, pyxis_srun_args
+    from hpcgpu.slurm_plan import pyxis_node_prefix
 
     want = spec.resources.gpus_per_node
     names = {*env, *spec.env, RDZV_ENDPOINT, envnames.RESTART_COUNT}
-    ctx = RunContext(code_dir=os.getcwd(), run_dir=run_dir, ckpt_dir=os.path.abspath(spec.checkpoint.dir) if spec.checkpoint.dir else None,
-                     env_names=tuple(sorted(names)),
+    ckpt_dir = os.path.abspath(spec.checkpoint.dir) if spec.checkpoint.dir else None
+    ctx = RunContext(code_dir=os.getcwd(), run_dir=run_dir, ckpt_dir=ckpt_dir, env_names=tuple(sorted(names)),
                      gpus=isinstance(want, int) and want > 0, uid=os.getuid(), gid=os.getgid(), slurm=True)
     settings = ContainerSettings.from_spec(spec.container)
-    if settings.runtime == "pyxis":
-        return [], pyxis_srun_args(settings, ctx)
+    if settings.runtime == "pyxis":  # a nested step per node, so the requeue stays on the host
+        return list(pyxis_node_prefix(tuple(pyxis_srun_args(settings, ctx)))), []
     return container_prefix(settings, ctx, os.environ), []
 
 

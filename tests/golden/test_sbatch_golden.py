@@ -11,7 +11,8 @@ import shlex
 from golden import assert_golden
 
 from hpcgpu.container import ContainerSettings, RunContext, pyxis_srun_args
-from hpcgpu.slurm_plan import build_slurm_plan, describe_slurm, render_sbatch, sbatch_parameters, submitit_folder
+from hpcgpu.slurm_plan import (build_slurm_plan, describe_slurm, pyxis_node_prefix, render_sbatch, sbatch_parameters,
+                               submitit_folder)
 from hpcgpu.spec import parse_spec
 
 RUN_DIR = "/shared/ada/runs/demo-20250101-000000-abcd"
@@ -37,8 +38,8 @@ train: {batch_size: 16, seed: 3}
 """
 
 
-def script(text: str, srun_args: tuple[str, ...] = ()) -> str:
-    return render_sbatch(sbatch_parameters(parse_spec(text), srun_args), submitit_folder(RUN_DIR), PYTHON)
+def script(text: str) -> str:
+    return render_sbatch(sbatch_parameters(parse_spec(text)), submitit_folder(RUN_DIR), PYTHON)
 
 
 def sbatch_lines(text: str) -> dict[str, str]:
@@ -69,10 +70,17 @@ def test_two_node_cpu_script():
     assert parsed["cpus-per-task"] == "2"  # a core per rank
 
 
-def test_two_node_pyxis_script():
+def test_two_node_pyxis_dry_run():
+    # pyxis options go to a nested step per node (see pyxis_node_prefix), not to the outer srun
     settings = ContainerSettings(runtime="pyxis", image="nvcr.io#nvidia/pytorch:25.01-py3")
     ctx = RunContext(code_dir="/shared/ada/code", run_dir=RUN_DIR, env_names=("HPCGPU_RDZV_ENDPOINT",), slurm=True)
-    assert_golden("sbatch_2node_pyxis.sh", script(TWO_NODES, tuple(pyxis_srun_args(settings, ctx))))
+    prefix = pyxis_node_prefix(tuple(pyxis_srun_args(settings, ctx)))
+    plan = build_slurm_plan(parse_spec(TWO_NODES), run_id="demo-20250101-000000-abcd", run_dir=RUN_DIR,
+                            python=PYTHON, user_env={}, container_prefix=prefix)
+    text = describe_slurm(plan)
+    assert_golden("sbatch_2node_pyxis_dryrun.txt", text)
+    assert plan.node_argv[0] == "python3"  # the image's interpreter; submitit's runner stays on the host
+    assert plan.extra["sbatch"] == script(TWO_NODES)
 
 
 def test_two_node_dry_run():

@@ -18,7 +18,7 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
-from hpcgpu.backends.slurm_job import NodeCommand, NodeCommandError, show_job
+from hpcgpu.backends.slurm_job import NodeCommand, NodeCommandError
 
 #: A child that records its environment, counts the stop signals it gets and, on the first one,
 #: "checkpoints" and exits with MODE (75 = stopped, resumable). On a restart it finishes at once.
@@ -181,7 +181,7 @@ def test_two_nodes_share_one_endpoint_from_the_head(slurm, cancel_jobs, child, t
     assert (tmp_path / "rdzv" / f"{job.job_id}-0.endpoint").read_text().strip() == endpoint
     assert elapsed < 30, f"submit to result took {elapsed:.1f}s"
     # The sacct-free state the backend can use (submitit's own Job.state is UNKNOWN here).
-    assert show_job(job.job_id)["JobState"] == "COMPLETED"
+    assert slurm.show_job(job.job_id).state == "COMPLETED"
     assert job.state == "UNKNOWN"
 
 
@@ -233,11 +233,6 @@ def test_timeouts_beyond_max_num_timeout_are_not_requeued(slurm, cancel_jobs, ch
     assert info.restarts == 0 and info.state != "COMPLETED", logs(job)
     with pytest.raises(Exception, match="timed-out too many times"):
         job.task(0).result()
-
-
-@pytest.mark.slurm
-def test_show_job_is_none_for_an_unknown_job(slurm_cluster):
-    assert show_job("999999999") is None
 
 
 @pytest.mark.slurm

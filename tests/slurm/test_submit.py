@@ -17,6 +17,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from submitit.core.utils import DelayedSubmission
+
+from hpcgpu.slurm_plan import UNLIMITED_MIN, build_slurm_plan, pyxis_node_prefix
+from hpcgpu.spec import apply_overrides, parse_spec
 
 pytestmark = pytest.mark.slurm
 
@@ -182,7 +186,7 @@ def test_dry_run_is_the_script_submitted_and_values_cannot_run_code(slurm, cance
     comment = "a b'c; $(touch pwned4) `touch pwned5` \"q\""
     spec = write_spec(tmp_path, {"name": "dry", "entry": {"script": "show_env.py"}, "env": {"EVIL": evil},
                                  "slurm": {"extra": {"comment": comment}}, "logging": {"tensorboard": False}})
-    args = ["-f", str(spec), "--nodes", "1", "--nproc-per-node", "1", "--time", "5"]
+    args = ["-f", str(spec), "--nodes", "1", "--nproc-per-node", "1"]  # no --time: the partition's limit
     dry = hpcgpu(["submit", "slurm", *args, "--dry-run"], tmp_path, tmp_path / "home")
     assert dry.returncode == 0, dry.stderr
     assert not (tmp_path / "runs").exists()  # a dry run creates nothing
@@ -195,8 +199,52 @@ def test_dry_run_is_the_script_submitted_and_values_cannot_run_code(slurm, cance
     planned = re.search(r"--- sbatch script ---\n(.*)--- end ---", dry.stdout, re.DOTALL).group(1)
     submitted = (run_dir / "submitit" / f"{job_id}_submission.sh").read_text()
     assert planned.replace(dry_dir, str(run_dir)) == submitted
+    # no --time in the script (not submitit's default 5 minutes); submitit's timeout accounting gets
+    # the partition's limit instead: infinite here, so a warning signal would count as a preemption
+    assert "--time" not in submitted
+    submission = DelayedSubmission.load(run_dir / "submitit" / f"{job_id}_submitted.pkl")
+    assert submission._timeout_min == UNLIMITED_MIN
     # the values arrived unchanged, and nothing ran
     assert (run_dir / "evil.txt").read_text() == evil
     out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=30)
     assert f"Comment={comment}" in out.stdout
     assert not list(tmp_path.rglob("pwned*")) and not list(Path.cwd().glob("pwned*"))
+
+
+def test_timeouts_beyond_the_cap_stop_after_a_checkpoint_without_a_requeue(slurm, cancel_jobs, tmp_path):
+    spec = write_spec(tmp_path, {**TRAIN, "slurm": {**TRAIN["slurm"], "max_timeout_requeues": 0}})
+    # with a 5-minute limit submitit counts every warning as a timeout (ran >= min(0.8 T, T - 10 min))
+    run_id, job_id, run_dir = submit(["-f", str(spec), "--nodes", "1", "--nproc-per-node", "2", "--time", "5"],
+                                     tmp_path, tmp_path / "home", cancel_jobs)
+    wait_for_text(run_dir / "logs" / "rank0.log", r"^step 2/32 ", 90)
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
+    info = slurm.wait_job_final(job_id, timeout_s=60)
+    assert info.restarts == 0 and info.state == "FAILED", node_logs(run_dir)
+    assert "timed-out too many times" in (run_dir / "submitit" / f"{job_id}_0_log.out").read_text()
+    step = int(re.search(r"^hpcgpu: stopped at step (\d+) ", (run_dir / "logs" / "rank0.log").read_text(), re.MULTILINE).group(1))
+    fields = status_fields(hpcgpu(["status", run_id], tmp_path, tmp_path / "home").stdout)
+    # Slurm says FAILED; hpcgpu knows the ranks checkpointed and stopped: resumable
+    assert (fields["state"], fields["restarts"], fields["last_checkpoint_step"]) == ("STOPPED", "0", str(step))
+
+
+def test_a_nested_step_per_node_as_pyxis_uses_trains_to_the_same_loss(slurm, cancel_jobs, baseline, tmp_path, monkeypatch):
+    # pyxis_node_prefix without container options: the same nested `srun --overlap` step per node that
+    # carries pyxis's options on a cluster that has it (NodeCommand and the requeue stay outside)
+    from hpcgpu.backends.slurm import SlurmBackend
+    from hpcgpu.cli.common import materialize_run
+
+    monkeypatch.setenv("HPCGPU_HOME", str(tmp_path / "home"))
+    spec = apply_overrides(parse_spec(yaml.safe_dump(TRAIN)), {
+        "resources.nodes": 2, "resources.gpus_per_node": 0, "resources.procs_per_node": 1, "resources.time": "30"})
+    run_dir = tmp_path / "runs" / "nested-1"
+    plan = build_slurm_plan(spec, run_id="nested-1", run_dir=str(run_dir), python=sys.executable,
+                            node_python=sys.executable, user_env=os.environ, container_prefix=pyxis_node_prefix(()))
+    materialize_run(plan, nodes=2)
+    job_id = SlurmBackend().launch(plan)
+    cancel_jobs.append(job_id)
+    info = slurm.wait_job_final(job_id, timeout_s=120)
+    assert info.state == "COMPLETED", node_logs(run_dir)
+    assert final_loss(run_dir) == baseline
+    # the outer SLURM_NODEID reached the agent (the inner step alone would call both nodes 0)
+    assert "rank 1/2 (local 0, node 1)" in (run_dir / "logs" / "rank1.log").read_text()
+    assert "srun --overlap" in (run_dir / "submitit" / f"{job_id}_1_log.out").read_text()
