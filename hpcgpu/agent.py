@@ -233,6 +233,17 @@ def _create_rdzv_handler(params):
     if loopback:
         # the store the ranks share (MASTER_ADDR:MASTER_PORT) is made by the handler: keep it on loopback too
         handler._create_tcp_store_server = lambda addr, port: _tcp_store("127.0.0.1", port, True, True, 300)
+    join = handler.next_rendezvous
+
+    def next_rendezvous():
+        # torch keeps the ranks' store across restarts, but the ranks assume a fresh one per attempt
+        # (torch/distributed/rendezvous.py: "We create a new TCPStore for every retry"): with the old
+        # one, restarted gloo ranks read the dead attempt's addresses and fail with "Connection refused".
+        handler._shared_tcp_store_server = None
+        handler._bootstrap_store_info = None
+        return join()
+
+    handler.next_rendezvous = next_rendezvous
     return handler
 
 

@@ -13,10 +13,13 @@ the launcher puts the values in the environment of the process it starts:
   `--cleanenv`/`--containall` are refused: they would drop every variable hpcgpu set).
 - pyxis: the job environment is passed too, but variables the image sets win over it (NGC images
   set NCCL_*), so the names go in `--container-env` (pyxis >= 0.15), which makes the host win.
+Besides hpcgpu's own names, the host's NCCL_*, TORCH_*, GLOO_*, CUDA_VISIBLE_DEVICES ... (see
+FORWARD_PREFIXES) are passed when set, so a value the user exported applies inside as it does outside.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import shutil
@@ -38,6 +41,16 @@ SLURM_ENV_NAMES = (
     "SLURM_NTASKS_PER_NODE", "SLURM_PROCID", "SLURM_RESTART_COUNT", "SLURM_STEP_ID",
     "SLURM_STEP_NODELIST", "SLURM_TASKS_PER_NODE",
 )
+
+#: Host variables that tune NCCL, torch, gloo, CUDA and the fabric: passed by name (when set) into
+#: docker/podman, which start from the image's environment. Without this a value the user exported
+#: (NCCL_SOCKET_IFNAME, NCCL_DEBUG, CUDA_VISIBLE_DEVICES, ...) would silently not apply inside, and
+#: the node agent would put hpcgpu's default back where the user had overridden it.
+FORWARD_PREFIXES = ("NCCL_", "TORCH_", "PYTORCH_", "GLOO_", "UCX_", "FI_")
+FORWARD_NAMES = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "CUDA_LAUNCH_BLOCKING",
+                 "CUDA_DEVICE_MAX_CONNECTIONS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+#: Host paths of caches, usually under a $HOME that is not mounted: the image's defaults are better.
+_NOT_FORWARDED = ("TORCH_HOME", "TORCH_EXTENSIONS_DIR", "PYTORCH_KERNEL_CACHE_PATH")
 
 #: Apptainer flags that start the container with an empty environment.
 _CLEANENV_FLAGS = ("--cleanenv", "-e", "--containall", "-C")
@@ -133,6 +146,14 @@ def env_names(settings: ContainerSettings, ctx: RunContext, *, slurm_names: bool
     return sorted(names)
 
 
+def forwarded_env_names(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """Names in environ that FORWARD_PREFIXES / FORWARD_NAMES select (sorted; values stay there)."""
+    return tuple(sorted(
+        name for name in environ
+        if (name in FORWARD_NAMES or name.startswith(FORWARD_PREFIXES)) and name not in _NOT_FORWARDED
+    ))
+
+
 def env_extra_args(runtime: str, environ: Mapping[str, str]) -> list[str]:
     """Machine-level flags from HPCGPU_<RUNTIME>_ARGS (e.g. HPCGPU_PODMAN_ARGS), shell-split."""
     return shlex.split(environ.get(f"HPCGPU_{runtime.upper()}_ARGS", ""))
@@ -160,13 +181,18 @@ def apptainer_prefix(settings: ContainerSettings, ctx: RunContext, machine_args:
 
 
 def oci_prefix(settings: ContainerSettings, ctx: RunContext, machine_args: Sequence[str] = ()) -> list[str]:
-    """`docker|podman run --rm --init ... IMAGE` with the same paths inside as outside."""
+    """`docker|podman run --rm --pid=host ... IMAGE` with the same paths inside as outside."""
     runtime = settings.runtime
     # --entrypoint= : the node command is a full argv (python3 -m hpcgpu train ...), so the image's
-    # entrypoint (tini -- hpcgpu) must not be prepended; --init supplies PID 1 instead.
+    # entrypoint (tini -- hpcgpu) must not be prepended.
+    # --pid=host, as Apptainer and enroot/pyxis do: the node agent is not PID 1, so signals need no
+    # init (podman refuses --init here; conmon / containerd-shim reap orphans as subreapers). Torch's
+    # rendezvous names a node (hostname, pid): in private PID namespaces every agent has the same
+    # pid, so two "nodes" on one host (--network host: one hostname) collide and never rendezvous.
+    # Host tools (py-spy, nvidia-smi's process list) also see the ranks.
     # --ipc=host: NCCL's shared-memory transport and DataLoader workers outgrow docker's 64 MB /dev/shm.
     # --network host: ranks on other nodes reach the rendezvous at this node's address and port.
-    argv = [runtime, "run", "--rm", "--init", "--entrypoint=", "--ipc=host", "--network", "host"]
+    argv = [runtime, "run", "--rm", "--entrypoint=", "--pid=host", "--ipc=host", "--network", "host"]
     if ctx.gpus:
         # docker: the NVIDIA container toolkit; podman: CDI (nvidia-ctk cdi generate).
         argv += ["--gpus", "all"] if runtime == "docker" else ["--device", "nvidia.com/gpu=all"]
@@ -197,8 +223,14 @@ def _oci_user(runtime: str, ctx: RunContext) -> list[str]:
     return user if ctx.uid == 0 else [*user, "-e", "HOME=/tmp"]
 
 
-def pyxis_srun_args(settings: ContainerSettings, ctx: RunContext) -> list[str]:
-    """The srun options for pyxis (`--container-image` ...): they go on srun, not before the command."""
+def pyxis_srun_args(
+    settings: ContainerSettings, ctx: RunContext, environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """The srun options for pyxis (`--container-image` ...): they go on srun, not before the command.
+
+    environ: the submitting environment; its NCCL_*/TORCH_*/... names join --container-env, so
+    the user's values win over the ones an NGC image sets."""
+    ctx = _with_forwarded(ctx, environ or {})
     mounts = [f"{_require_plain(d, 'pyxis', ',:')}:{d}" for d in mount_dirs(ctx)]
     mounts += [_require_plain(b, "pyxis", ",") for b in settings.binds]
     argv = [
@@ -215,8 +247,12 @@ def pyxis_srun_args(settings: ContainerSettings, ctx: RunContext) -> list[str]:
 def container_prefix(
     settings: ContainerSettings, ctx: RunContext, environ: Mapping[str, str] | None = None
 ) -> list[str]:
-    """The argv to put before the node command; empty for pyxis (see pyxis_srun_args)."""
-    machine_args = env_extra_args(settings.runtime, environ or {})
+    """The argv to put before the node command; empty for pyxis (see pyxis_srun_args).
+
+    environ: the launching environment (HPCGPU_<RUNTIME>_ARGS, and the names to forward)."""
+    environ = environ or {}
+    machine_args = env_extra_args(settings.runtime, environ)
+    ctx = _with_forwarded(ctx, environ)
     if settings.runtime == "apptainer":
         return apptainer_prefix(settings, ctx, machine_args)
     if settings.runtime in ("docker", "podman"):
@@ -224,6 +260,12 @@ def container_prefix(
     if settings.runtime == "pyxis":
         return []
     raise UserError(f"container.runtime {settings.runtime!r} is not one of {', '.join(RUNTIMES)}")
+
+
+def _with_forwarded(ctx: RunContext, environ: Mapping[str, str]) -> RunContext:
+    """ctx with the forwarded host names added to env_names."""
+    extra = forwarded_env_names(environ)
+    return dataclasses.replace(ctx, env_names=(*ctx.env_names, *extra)) if extra else ctx
 
 
 def local_prefix(spec, run_dir: str, env_names: Iterable[str] = (), gpus: bool | None = None) -> list[str]:
@@ -238,7 +280,9 @@ def local_prefix(spec, run_dir: str, env_names: Iterable[str] = (), gpus: bool |
         code_dir=os.getcwd(),
         run_dir=os.path.abspath(run_dir),
         ckpt_dir=os.path.abspath(ckpt_dir) if ckpt_dir else None,
-        env_names=tuple(env_names),
+        # the spec's env: too: a name the user's environment overrides is not in the plan's env
+        # (hpcgpu never overrides the user), yet the container must still get the user's value
+        env_names=(*env_names, *getattr(spec, "env", {})),
         gpus=bool(gpus),
         infiniband=os.path.isdir("/dev/infiniband"),
         uid=os.getuid(),

@@ -2,18 +2,23 @@
 
 Layout inside the step directory: `shards/` (DCP's `__<rank>_<n>.distcp` files and `.metadata`),
 `state.pt` (rank 0: the replicated trainer state) and `manifest.json`, written by rank 0 last,
-after a barrier, once every rank's shard is on disk. Note that DCP's `.metadata` is itself a
-pickle read by torch, so a sharded checkpoint must come from a trusted source.
+after a barrier, once every rank's shard is on disk. DCP's `.metadata` is a pickle: torch's
+reader would unpickle anything in it, so ours allows only the classes DCP metadata is made of.
 """
 
 from __future__ import annotations
 
+import io
+import pickle
 import time
 from pathlib import Path
+
+import torch
 
 import torch.distributed as tdist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.optim import Optimizer
 
@@ -21,6 +26,41 @@ from hpcgpu.worker import checkpoint as ckpt
 from hpcgpu.worker.saver import Checkpointer
 
 SHARDS = ckpt.SHARDS
+
+_METADATA_MODULES = {"torch.distributed.checkpoint.metadata"}
+_METADATA_CLASSES = {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+    ("pathlib", "PosixPath"),
+    ("collections", "OrderedDict"),
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles DCP metadata and nothing else: a crafted .metadata cannot run code."""
+
+    def find_class(self, module: str, name: str):
+        if module in _METADATA_MODULES or (module, name) in _METADATA_CLASSES:
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        raise ckpt.CheckpointError(f"refusing {module}.{name} in a sharded checkpoint's .metadata "
+                                   "(only DCP metadata classes may be unpickled)")
+
+
+class SafeReader(dcp.FileSystemReader):
+    """torch's FileSystemReader with read_metadata through _MetadataUnpickler (torch uses pickle.load)."""
+
+    def read_metadata(self, *args, **kwargs) -> Metadata:
+        path = Path(self.path) / ".metadata"
+        metadata = _MetadataUnpickler(io.BytesIO(path.read_bytes())).load()
+        if not isinstance(metadata, Metadata):
+            raise ckpt.CheckpointError(f"{path} does not hold DCP metadata")
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
 
 
 def save_sharded(saver: Checkpointer, step: int, model: nn.Module, optimizer: Optimizer,
@@ -53,7 +93,9 @@ def save_sharded(saver: Checkpointer, step: int, model: nn.Module, optimizer: Op
 
 def load_sharded(path: Path, model: nn.Module, optimizer: Optimizer) -> None:
     """Collective: load model and optimizer shards of checkpoint `path` into the sharded objects."""
+    reader = SafeReader(str(Path(path) / SHARDS))
+    reader.read_metadata()  # refuse a crafted .metadata here, with our error, before DCP wraps it
     model_sd, optim_sd = get_state_dict(model, optimizer)
     sd = {"model": model_sd, "optimizer": optim_sd}
-    dcp.load(sd, storage_reader=dcp.FileSystemReader(str(Path(path) / SHARDS)))
+    dcp.load(sd, storage_reader=reader)
     set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optimizer"])

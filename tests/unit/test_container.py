@@ -172,3 +172,37 @@ def test_check_runtime_timeout_is_a_user_error():
 
     with pytest.raises(UserError, match="did not answer"):
         check_runtime("docker", "img", which=found, run=hang)
+
+
+def test_host_tuning_variables_are_forwarded_by_name():
+    # A value the user exported (NCCL_SOCKET_IFNAME, CUDA_VISIBLE_DEVICES, an override of one of
+    # hpcgpu's defaults) must apply inside too; host cache paths and unrelated variables stay out.
+    environ = {"NCCL_SOCKET_IFNAME": "ib0", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "3", "CUDA_VISIBLE_DEVICES": "2,3",
+               "OMP_NUM_THREADS": "4", "FI_PROVIDER": "efa", "TORCH_HOME": "/home/ada/.cache/torch",
+               "TORCHELASTIC_RUN_ID": "x", "HOME": "/home/ada", "PATH": "/usr/bin"}
+    ctx = RunContext(code_dir="/c", run_dir="/r")
+    argv = container_prefix(settings("podman"), ctx, environ)
+    passed = {argv[i + 1] for i, a in enumerate(argv) if a == "-e"}
+    assert passed == {"NCCL_SOCKET_IFNAME", "TORCH_NCCL_ASYNC_ERROR_HANDLING", "CUDA_VISIBLE_DEVICES",
+                      "OMP_NUM_THREADS", "FI_PROVIDER"}
+    assert not any(v in argv for v in ("ib0", "2,3", "efa"))  # names only
+    pyxis = pyxis_srun_args(settings("pyxis"), ctx, environ)
+    assert "--container-env=CUDA_VISIBLE_DEVICES,FI_PROVIDER,NCCL_SOCKET_IFNAME,OMP_NUM_THREADS,TORCH_NCCL_ASYNC_ERROR_HANDLING" in pyxis
+    assert "NCCL" not in " ".join(container_prefix(settings("apptainer"), ctx, environ))  # inherited anyway
+
+
+def test_local_prefix_passes_the_spec_env_names(tmp_path, monkeypatch):
+    # The user's environment overrides the spec's MY_FLAG, so the plan's env lacks it; the
+    # container must still get it (from the environment), or the rank sees no value at all.
+    spec = parse_spec("container: {runtime: docker, image: img}\nenv: {MY_FLAG: '1'}\n")
+    monkeypatch.chdir(tmp_path)
+    argv = local_prefix(spec, "runs/x", env_names=["HPCGPU_RUN_DIR"], gpus=False)
+    assert argv[argv.index("MY_FLAG") - 1] == "-e"
+
+
+def test_oci_shares_the_host_pid_namespace():
+    # Two node agents on one host (--network host: one hostname) must not get the same pid, or
+    # torch's rendezvous takes them for one node; podman refuses --init with --pid=host.
+    for runtime in ("docker", "podman"):
+        argv = container_prefix(settings(runtime), RunContext(code_dir="/c", run_dir="/r"))
+        assert "--pid=host" in argv and "--init" not in argv
