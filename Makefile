@@ -43,3 +43,6 @@ clean:
 
 docs: venv
 	$(PY) -c "from hpcgpu.specdoc import reference_markdown; open('docs/spec.md','w').write(reference_markdown())"
+
+test-gpu: venv
+	$(PY) -m pytest -q -m gpu tests/gpu $(PYTEST_ARGS)
