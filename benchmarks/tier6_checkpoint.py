@@ -94,4 +94,4 @@ def run(b: Bench, result: TierResult) -> None:
         "async stall / sync save",
         note=f"async stall = time save() blocks the loop (CPU snapshot copy); the background write then took "
              f"{sorted(async_total)[len(async_total) // 2]:.2f} s end to end (median). Stall throughput "
-             f"{nbytes / sorted(times['async'])[len(times['async']) // 2] / 1e9:.1f} GB/s."))
+             f"{nbytes / sorted(times['async'])[len(times['async']) // 2] / 1e9:.3g} GB/s."))

@@ -151,7 +151,8 @@ def _failure_hint(first, text: str, others: list, timeout_s: Optional[int]) -> s
     if first.exitcode == -signal.SIGKILL:
         return ("SIGKILL comes from outside the run: the kernel's out-of-memory killer (see `dmesg`), "
                 "a scheduler, or kill -9")
-    if re.search(r"timed out|timeout", text, re.IGNORECASE):
+    # gloo: "Timed out waiting 5000ms for recv"; NCCL: "Watchdog caught collective operation timeout"
+    if re.search(r"Timed out waiting \d+ ?ms|collective operation timeout", text):
         stuck = ", ".join(f"rank {r}" for r in others) or "another rank"
         return (f"a collective waited longer than distributed.timeout_s ({timeout_s} s) for {stuck}: that "
                 "rank is stuck (a collective only some ranks call, a deadlock, a slow data loader) or dead; "
@@ -173,7 +174,7 @@ def _quiet_elastic_logs() -> None:
 # ---------------------------------------------------------------- rendezvous
 
 RDZV_BACKEND = "hpcgpu"
-#: the store of the rendezvous this process joined, and the nodes it expects (for the timeout message)
+#: the store and run id of the rendezvous this process joined (for the message when it fails)
 _rdzv: dict = {}
 
 
@@ -205,6 +206,8 @@ def _arrival_key(run_id: str, node_rank: int) -> str:
 
 def _create_rdzv_handler(params):
     """torch elastic's c10d rendezvous, on a store made by _tcp_store, recording which nodes arrived."""
+    from datetime import timedelta
+
     from torch.distributed.elastic.rendezvous.api import RendezvousConnectionError
     from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import C10dRendezvousBackend
     from torch.distributed.elastic.rendezvous.dynamic_rendezvous import create_handler
@@ -221,11 +224,10 @@ def _create_rdzv_handler(params):
     except (RuntimeError, ValueError, TimeoutError) as e:
         what = "could not listen on" if is_host else "could not reach the head node (node 0) at"
         raise RendezvousConnectionError(f"{what} {params.endpoint} within {join_s} s: {e}") from None
-    from datetime import timedelta
-
-    store.set_timeout(timedelta(seconds=max(60, join_s)))  # ... store operations get their usual 60 s
+    store.set_timeout(timedelta(seconds=params.get_as_int("read_timeout", 60)))  # ... operations: torch's 60 s
     store.set(_arrival_key(params.run_id, node_rank), socket.gethostname())
-    _rdzv.update(store=store, run_id=params.run_id, nnodes=params.max_nodes, endpoint=params.endpoint)
+    _rdzv.update(store=store, run_id=params.run_id)
+
     class Backend(C10dRendezvousBackend):  # torch checks the handler is named as registered
         name = RDZV_BACKEND
 

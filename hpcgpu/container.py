@@ -101,6 +101,8 @@ class RunContext:
     gid: int | None = None
     slurm: bool = False
     """the node runs inside a Slurm job step (pass SLURM_ENV_NAMES to docker/podman)"""
+    name: str | None = None
+    """docker/podman container name (local runs: one per run, so a second copy cannot start)"""
 
 
 def render_shell(argv: Sequence[str]) -> str:
@@ -199,6 +201,8 @@ def oci_prefix(settings: ContainerSettings, ctx: RunContext, machine_args: Seque
     if ctx.infiniband:
         # RDMA registers (pins) memory: it needs the devices, IPC_LOCK and no memlock limit.
         argv += ["--device", "/dev/infiniband", "--cap-add", "IPC_LOCK", "--ulimit", "memlock=-1:-1"]
+    if ctx.name:
+        argv += ["--name", ctx.name]
     argv += _oci_user(runtime, ctx)
     for d in mount_dirs(ctx):
         argv += ["-v", f"{_require_plain(d, runtime, ':')}:{d}"]
@@ -287,8 +291,15 @@ def local_prefix(spec, run_dir: str, env_names: Iterable[str] = (), gpus: bool |
         infiniband=os.path.isdir("/dev/infiniband"),
         uid=os.getuid(),
         gid=os.getgid(),
+        name=local_container_name(run_dir),
     )
     return container_prefix(settings, ctx, os.environ)
+
+
+def local_container_name(run_dir: str) -> str:
+    """`hpcgpu-<run id>`: a stopped run resumed while its old container still runs is refused,
+    and a container left behind by a killed `hpcgpu run local` can be found (podman ps)."""
+    return f"hpcgpu-{os.path.basename(os.path.normpath(run_dir))}"
 
 
 def check_runtime(
@@ -297,8 +308,10 @@ def check_runtime(
     *,
     which: Callable[[str], str | None] = shutil.which,
     run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
+    container_name: str | None = None,
 ) -> None:
-    """Raise UserError when the runtime binary or the image is missing (before anything starts)."""
+    """Raise UserError when the runtime binary or the image is missing (before anything starts),
+    or when a docker/podman container named container_name already exists (the run still runs)."""
     if runtime not in RUNTIMES:
         raise UserError(f"container.runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
     binary = "srun" if runtime == "pyxis" else runtime
@@ -311,6 +324,17 @@ def check_runtime(
         _check_pyxis(run)
     else:
         _check_oci_image(runtime, image, run)
+        if container_name:
+            _check_name_free(runtime, container_name, run)
+
+
+def _check_name_free(runtime: str, name: str, run: Callable[..., subprocess.CompletedProcess]) -> None:
+    """A container of this run still exists: starting another would train twice in one run dir."""
+    if _capture(run, [runtime, "container", "inspect", "--format", "{{.State.Status}}", name]).returncode == 0:
+        raise UserError(
+            f"container {name} of this run still exists: the run is still going (or its container was left behind)",
+            hint=f"wait for it, or stop it: {runtime} stop -t 120 {name} (it checkpoints first), then resume again",
+        )
 
 
 def _check_sif(image: str) -> None:

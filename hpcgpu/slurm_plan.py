@@ -236,8 +236,10 @@ def valid_job_id(job_id: str) -> str:
     return str(job_id)
 
 
-def partition_fit_problem(nodes: int, gpus_per_node: int, partition: str, sinfo_rows: list[str]) -> str:
-    """Why the request cannot fit the partition ('' if it can). Rows: `sinfo -h -o '%P|%D|%G'`."""
+def partition_fit_problem(nodes: int, gpus_per_node: int, partition: str, sinfo_rows: list[str],
+                          cpus_per_task: int = 0, mem: str | None = None) -> str:
+    """Why the request cannot fit the partition ('' if it can). Rows: `sinfo -h -o '%P|%D|%G|%c|%m'`
+    (the CPU and memory columns may be missing)."""
     rows = [r.split("|") for r in sinfo_rows if r.strip()]
     mine = [r for r in rows if r[0].rstrip("*") == partition]
     if not mine:
@@ -249,7 +251,29 @@ def partition_fit_problem(nodes: int, gpus_per_node: int, partition: str, sinfo_
     max_gpus = max((_gpus_in_gres(r[2]) for r in mine), default=0)
     if gpus_per_node > max_gpus:
         return f"asked for {gpus_per_node} GPUs per node, nodes of partition {partition!r} have at most {max_gpus}"
+    max_cpus = _largest(mine, 3)
+    if max_cpus and cpus_per_task > max_cpus:
+        return (f"asked for {cpus_per_task} CPUs per node (resources.cpus_per_task; one per rank by default), "
+                f"nodes of partition {partition!r} have at most {max_cpus}")
+    max_mem = _largest(mine, 4)
+    if max_mem and mem and _mem_mb(mem) > max_mem:
+        return f"asked for {mem} of memory per node, nodes of partition {partition!r} have at most {max_mem}M"
     return ""
+
+
+def _largest(rows: list[list[str]], column: int) -> int | None:
+    """The largest per-node count in a sinfo column; None when a row lacks it or says '4+' (nodes
+    of several sizes: the largest is unknown), so the check is left to sbatch."""
+    values = [r[column].strip() if len(r) > column else "" for r in rows]
+    if not values or not all(v.isdigit() for v in values):
+        return None
+    return max(int(v) for v in values)
+
+
+def _mem_mb(mem: str) -> int:
+    """resources.mem (64G, 512M, 8000) -> MB, as Slurm counts it (1G = 1024M)."""
+    units = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 ** 2}
+    return math.ceil(int(mem.rstrip("KMGT")) * units.get(mem[-1], 1))
 
 
 def _gpus_in_gres(gres: str) -> int:

@@ -26,6 +26,13 @@ from hpcgpu.slurm_plan import (UNLIMITED_MIN, folder_path, limit_to_minutes, nod
                                partition_fit_problem, submitit_folder, valid_job_id)
 
 
+#: states after which the job does not run again (Slurm's, and DONE/STOPPED/FAILED from result.json)
+ENDED = frozenset({"COMPLETED", "DONE", "FAILED", "STOPPED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+                   "BOOT_FAIL", "DEADLINE", "PREEMPTED"})
+#: held after a requeue: nothing happens until someone releases (scontrol release) or cancels it
+HELD = frozenset({"REQUEUE_HOLD", "SPECIAL_EXIT"})
+
+
 def _run(argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
 
@@ -51,15 +58,18 @@ def _partition_rows(fields: str) -> tuple[list[str], str | None]:
     return rows, default
 
 
-def check_fits(nodes: int, gpus_per_node: int, partition: str | None) -> None:
+def check_fits(plan: Plan) -> None:
     """Refuse, before submitting, a request the partition can never run."""
-    rows, default = _partition_rows("%P|%D|%G")
-    partition = partition or default
+    rows, default = _partition_rows("%P|%D|%G|%c|%m")
+    params = plan.extra["sbatch_parameters"]
+    partition = params.get("partition") or default
     if partition is None:
         return  # no default partition: sbatch will say what it wants
-    problem = partition_fit_problem(nodes, gpus_per_node, partition, rows)
+    problem = partition_fit_problem(plan.spec.resources.nodes, plan.layout.gpus, partition, rows,
+                                    cpus_per_task=params.get("cpus_per_task") or 0, mem=plan.spec.resources.mem)
     if problem:
-        raise UserError(f"the job cannot run: {problem}", hint="see `sinfo -o '%P %D %G'`; change --nodes/--gpus-per-node/--partition")
+        raise UserError(f"the job cannot run: {problem}",
+                        hint="see `sinfo -o '%P %D %G %c %m'`; change --nodes/--gpus-per-node/--cpus-per-task/--mem/--partition")
 
 
 def time_limit_minutes(plan: Plan) -> int:
@@ -111,11 +121,14 @@ class SlurmBackend:
         command = NodeCommand(list(plan.container_prefix) + list(plan.node_argv), env=env,
                               rdzv_dir=Path(plan.run_dir) / "rdzv", grace_s=node_grace_s(plan.spec),
                               rdzv_timeout_s=plan.spec.distributed.rdzv_timeout_s)
+        from submitit.core.utils import FailedJobError
+
+        executor = _executor(plan)
         said = io.StringIO()  # submitit prints sbatch's stderr on failure: say it once, in our error
         try:
             with contextlib.redirect_stderr(said):
-                job = _executor(plan).submit(command)
-        except Exception as e:  # sbatch refused (bad account, unknown feature, ...): nothing half-submitted
+                job = executor.submit(command)
+        except FailedJobError as e:  # sbatch refused (bad account, unknown feature, ...): nothing half-submitted
             shutil.rmtree(plan.run_dir, ignore_errors=True)
             raise UserError(f"sbatch refused the job: {_sbatch_error(e)}",
                             hint="nothing was submitted; fix the request (see `sinfo`, `scontrol show partition`)") from None
@@ -152,6 +165,9 @@ class SlurmBackend:
         """scancel: the ranks get SIGTERM, checkpoint within KillWait, and the job ends (not requeued)."""
         if not record.job_id:
             raise UserError(f"run {record.id} has no Slurm job id yet")
+        state = self.job_info(record)["state"]
+        if state in ENDED:
+            raise UserError(f"run {record.id} (job {record.job_id}) has already ended: {state}")
         out = _run(["scancel", valid_job_id(record.job_id)])
         if out.returncode != 0:
             raise UserError(f"scancel {record.job_id} failed: {out.stderr.strip()}")

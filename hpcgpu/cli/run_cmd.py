@@ -65,8 +65,9 @@ def run_local(spec_file, gpus, nproc, name, max_restarts, container, dry_run, co
         click.echo(f"spec:     {source}")
         click.echo(describe_plan(plan), nl=False)
         return 0
-    _check_container(spec)
+    _check_container(spec, run_dir)
     materialize_run(plan, nodes=1)
+    _remember_cwd(plan.run_dir)
     _announce(plan, source)
     code = get_backend("local").launch(plan)
     _farewell(plan, code)
@@ -86,17 +87,40 @@ def _resume(ref: str, dry_run: bool) -> int:
     if record.backend != "local":
         raise UserError(f"run {record.id} ran on {record.backend}", hint="Slurm jobs resume by requeue")
     spec, _ = load_spec(Path(record.run_dir) / "spec.yaml")
+    _return_to_launch_dir(record.run_dir)
     plan = _local_plan(spec, record.id, record.run_dir)
     if dry_run:
         click.echo(describe_plan(plan), nl=False)
         return 0
-    _check_container(spec)
+    _check_container(spec, record.run_dir)
     info = read_json(Path(record.run_dir) / "run.json") or {}
     update_record(Path(record.run_dir), pid=os.getpid(), restarts=info.get("restarts", 0) + 1)
     _announce(plan, f"{record.run_dir}/spec.yaml (resumed)")
     code = get_backend("local").launch(plan)
     _farewell(plan, code)
     return code
+
+
+def _remember_cwd(run_dir: str) -> None:
+    """Record where the run was started: a resume runs there again (relative script and data
+    paths, and the code directory a container mounts, mean the same thing then)."""
+    from pathlib import Path
+
+    from hpcgpu.runs import update_record
+
+    update_record(Path(run_dir), cwd=os.getcwd())
+
+
+def _return_to_launch_dir(run_dir: str) -> None:
+    """chdir to the directory the run was started from, when it is recorded and still there."""
+    from pathlib import Path
+
+    from hpcgpu.runs import read_json
+
+    cwd = (read_json(Path(run_dir) / "run.json") or {}).get("cwd")
+    if cwd and cwd != os.getcwd() and os.path.isdir(cwd):
+        click.echo(f"hpcgpu: resuming in {cwd}, where the run was started")
+        os.chdir(cwd)
 
 
 def _local_plan(spec, run_id: str, run_dir: str):
@@ -118,12 +142,12 @@ def _local_plan(spec, run_id: str, run_dir: str):
     return dataclasses.replace(plan, container_prefix=tuple(prefix))
 
 
-def _check_container(spec) -> None:
-    """A missing runtime or image is bad input: say so before anything starts."""
+def _check_container(spec, run_dir: str) -> None:
+    """A missing runtime or image, or this run's container still running: say so before anything starts."""
     if spec.container is not None:
-        from hpcgpu.container import check_runtime
+        from hpcgpu.container import check_runtime, local_container_name
 
-        check_runtime(spec.container.runtime, spec.container.image)
+        check_runtime(spec.container.runtime, spec.container.image, container_name=local_container_name(run_dir))
 
 
 def _announce(plan, source: str) -> None:

@@ -77,7 +77,7 @@ def submit_slurm(spec_file, nodes, gpus_per_node, nproc_per_node, partition, acc
     from hpcgpu.envvars import withheld_env
 
     require_slurm()
-    check_fits(spec.resources.nodes, plan.layout.gpus, spec.slurm.partition)
+    check_fits(plan)
     if spec.container:
         from hpcgpu.container import check_runtime
 
@@ -139,15 +139,10 @@ def _container(spec, run_dir: str, env: dict) -> tuple[list[str], list[str]]:
     return container_prefix(settings, ctx, os.environ), []
 
 
-#: JobState values (and the run dir's DONE/STOPPED/FAILED) after which the job does not run again
-FINAL_STATES = {"COMPLETED", "DONE", "FAILED", "STOPPED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
-                "BOOT_FAIL", "DEADLINE", "PREEMPTED", "SPECIAL_EXIT", "REQUEUE_HOLD"}
-
-
 def _wait(plan, follow: bool) -> int:
     """Poll the job until it ends (printing rank 0's log with --follow); exit with its status.
     Ctrl-C stops waiting, not the job."""
-    from hpcgpu.backends.slurm import SlurmBackend
+    from hpcgpu.backends.slurm import ENDED, HELD, SlurmBackend
     from hpcgpu.runs import find_run, read_json
 
     record = find_run(plan.run_dir)
@@ -159,7 +154,7 @@ def _wait(plan, follow: bool) -> int:
             state = backend.status(record)
             if follow:
                 offset = _print_new(log, offset)  # after the state: a final state never misses the log's tail
-            if state in FINAL_STATES:
+            if state in ENDED or state in HELD:
                 break
             time.sleep(1)
     except KeyboardInterrupt:

@@ -12,12 +12,12 @@ import json
 import os
 import pickle
 import stat
-import time
 from pathlib import Path
 
 import pytest
 
-from relkit import REPO, alive, base_env, hpcgpu, process_tree, small_spec, start, wait_until, write_spec
+from relkit import (REPO, alive, base_env, hpcgpu, kill_session, process_tree, small_spec, start, wait_until,
+                    write_spec)
 
 PACKAGE = REPO / "hpcgpu"
 
@@ -105,6 +105,7 @@ def hostile_values(marks: Path) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_metacharacters_in_args_env_and_paths_never_execute(tmp_path):
     marks = tmp_path / "marks"
     marks.mkdir()
@@ -286,13 +287,12 @@ def live_run(tmp_path_factory):
         (run_dir / "go").touch()
         done = run.wait(90)
     except BaseException:
-        from relkit import kill_session
-
         kill_session(run.proc)
         raise
     yield {"tmp": tmp, "dry": dry, "done": done, "run_dir": run_dir, "listeners": listeners, "tree": tree}
 
 
+@pytest.mark.slow
 def test_secrets_never_reach_the_dry_run_the_run_dir_the_index_or_the_console(live_run):
     tmp, done, run_dir = live_run["tmp"], live_run["done"], live_run["run_dir"]
     assert live_run["dry"].returncode == 0 and done.rc == 0, live_run["dry"].stderr + done.text
@@ -315,6 +315,7 @@ def test_secrets_never_reach_the_dry_run_the_run_dir_the_index_or_the_console(li
     assert not leaks, "secret values written out:\n" + "\n".join(leaks)
 
 
+@pytest.mark.slow
 def test_run_checkpoint_and_state_directories_are_private(live_run):
     tmp, run_dir = live_run["tmp"], live_run["run_dir"]
     dirs = [run_dir, run_dir / "logs", run_dir / "checkpoints", run_dir / "exit", tmp / "private" / "ckpts",
@@ -325,6 +326,7 @@ def test_run_checkpoint_and_state_directories_are_private(live_run):
         assert stat.S_IMODE(log.stat().st_mode) == 0o600, log
 
 
+@pytest.mark.slow
 def test_a_single_node_run_listens_on_loopback_only(live_run):
     listeners = live_run["listeners"]
     flat = [(pid, addr) for pid, addrs in listeners.items() for addr in addrs]
@@ -346,3 +348,13 @@ def test_a_withheld_secret_must_come_from_the_environment(tmp_path):
     env = {"NEVER_SEEN_TOKEN": "from-the-shell"}
     _restore_withheld_env({"NEVER_SEEN_TOKEN": REDACTED}, env)
     assert env["NEVER_SEEN_TOKEN"] == "from-the-shell"
+
+
+def test_docs_security_names_only_tests_that_exist():
+    import re
+
+    text = (REPO / "docs" / "security.md").read_text()
+    named = set(re.findall(r"`(test_\w+)`", text))
+    defined = {m for p in Path(__file__).parent.glob("test_*.py")
+               for m in re.findall(r"^def (test_\w+)", p.read_text(), re.M)}
+    assert named and not named - defined, f"docs/security.md names missing tests: {sorted(named - defined)}"

@@ -7,9 +7,11 @@ tmp_path, which both "nodes" see (they are one machine). The demo task is slowed
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +25,8 @@ from hpcgpu.slurm_plan import UNLIMITED_MIN, build_slurm_plan, pyxis_node_prefix
 from hpcgpu.spec import apply_overrides, parse_spec
 
 pytestmark = pytest.mark.slurm
+
+REPO = Path(__file__).resolve().parents[2]
 
 #: 32 optimizer steps of 2 x 16 samples; ~0.15 s a step; only the final and the stop checkpoints
 TRAIN = {
@@ -180,11 +184,15 @@ def test_status_logs_and_cancel_from_another_directory(slurm, cancel_jobs, tmp_p
 
 def test_dry_run_is_the_script_submitted_and_values_cannot_run_code(slurm, cancel_jobs, tmp_path):
     evil = "it's $(touch pwned-$USER) `touch pwned2`; \"x\" && touch pwned3\nsecond line $HOME"
+    secret = "s3cret-value-never-written"
     (tmp_path / "show_env.py").write_text(
-        "import os, pathlib\n"
-        "pathlib.Path(os.environ['HPCGPU_RUN_DIR'], 'evil.txt').write_text(os.environ['EVIL'])\n")
+        "import hashlib, os, pathlib\n"
+        "run = pathlib.Path(os.environ['HPCGPU_RUN_DIR'])\n"
+        "(run / 'evil.txt').write_text(os.environ['EVIL'])\n"
+        "(run / 'token.txt').write_text(hashlib.sha256(os.environ['API_TOKEN'].encode()).hexdigest())\n")
     comment = "a b'c; $(touch pwned4) `touch pwned5` \"q\""
-    spec = write_spec(tmp_path, {"name": "dry", "entry": {"script": "show_env.py"}, "env": {"EVIL": evil},
+    spec = write_spec(tmp_path, {"name": "dry", "entry": {"script": "show_env.py"},
+                                 "env": {"EVIL": evil, "API_TOKEN": secret},
                                  "slurm": {"extra": {"comment": comment}}, "logging": {"tensorboard": False}})
     args = ["-f", str(spec), "--nodes", "1", "--nproc-per-node", "1"]  # no --time: the partition's limit
     dry = hpcgpu(["submit", "slurm", *args, "--dry-run"], tmp_path, tmp_path / "home")
@@ -206,6 +214,9 @@ def test_dry_run_is_the_script_submitted_and_values_cannot_run_code(slurm, cance
     assert submission._timeout_min == UNLIMITED_MIN
     # the values arrived unchanged, and nothing ran
     assert (run_dir / "evil.txt").read_text() == evil
+    # a secret-looking env value reaches the ranks through the job's environment, never a file
+    assert (run_dir / "token.txt").read_text() == hashlib.sha256(secret.encode()).hexdigest()
+    assert not [p for p in run_dir.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=30)
     assert f"Comment={comment}" in out.stdout
     assert not list(tmp_path.rglob("pwned*")) and not list(Path.cwd().glob("pwned*"))
@@ -248,3 +259,27 @@ def test_a_nested_step_per_node_as_pyxis_uses_trains_to_the_same_loss(slurm, can
     # the outer SLURM_NODEID reached the agent (the inner step alone would call both nodes 0)
     assert "rank 1/2 (local 0, node 1)" in (run_dir / "logs" / "rank1.log").read_text()
     assert "srun --overlap" in (run_dir / "submitit" / f"{job_id}_1_log.out").read_text()
+
+
+@pytest.mark.container
+def test_two_nodes_in_podman_containers_train_to_the_same_loss(slurm, cancel_jobs, baseline, tmp_path):
+    # The node agent runs in the image on each node; NodeCommand (and a requeue) stay on the host.
+    image = os.environ.get("HPCGPU_TEST_IMAGE", "localhost/hpcgpu:test")
+    if shutil.which("podman") is None or subprocess.run(["podman", "image", "exists", image]).returncode != 0:
+        if os.environ.get("HPCGPU_REQUIRE_CONTAINER") == "1":
+            pytest.fail(f"HPCGPU_REQUIRE_CONTAINER=1 but podman or {image} is missing (make image-test)")
+        pytest.skip(f"podman or {image} is missing (make image-test)")
+    podman_args = os.environ.get("HPCGPU_PODMAN_ARGS")
+    if podman_args is None:
+        podman_args = subprocess.run([str(REPO / "containers" / "podman-args.sh")], capture_output=True, text=True,
+                                     check=True).stdout.strip()
+    spec = write_spec(tmp_path, {**TRAIN, "container": {"runtime": "podman", "image": image}})
+    out = hpcgpu(["submit", "slurm", "-f", str(spec), *TWO_NODES, "--wait"], tmp_path, tmp_path / "home",
+                 env={"HPCGPU_PODMAN_ARGS": podman_args}, timeout=240)
+    assert out.returncode == 0, out.stdout + out.stderr
+    run_id = re.search(r"submitted (\S+) as Slurm job", out.stdout).group(1)
+    run_dir = tmp_path / "runs" / run_id
+    # both agents ran in containers and still met: HPCGPU_RDZV_ENDPOINT was passed into each
+    assert all("started pid" in log and f"{image} python3 -m hpcgpu train" in log
+               for log in (p.read_text() for p in (run_dir / "submitit").glob("*_log.out"))), node_logs(run_dir)
+    assert final_loss(run_dir) == baseline

@@ -43,10 +43,12 @@ def jobs_named(name: str) -> list[str]:
     (["--partition", "nope"], {}, "partition 'nope' does not exist (partitions: debug)"),
     (["--gpus-per-node", "1"], {}, "asked for 1 GPUs per node, nodes of partition 'debug' have at most 0"),
     (["--nodes", "3"], {}, "asked for 3 nodes, partition 'debug' has 2"),
+    (["--nproc-per-node", "8"], {}, "asked for 8 CPUs per node (resources.cpus_per_task; one per rank by default), "
+                                    "nodes of partition 'debug' have at most 4"),
     # only sbatch itself knows: the run dir made for it is removed again
     (["--constraint", "h100"], {}, "sbatch refused the job: sbatch: error: Batch job submission failed: "
                                    "Invalid feature specification"),
-], ids=["no-sbatch", "no-partition", "gpus", "nodes", "sbatch-refuses"])
+], ids=["no-sbatch", "no-partition", "gpus", "nodes", "cpus", "sbatch-refuses"])
 def test_requests_that_cannot_run_are_refused_before_submitting(slurm_cluster, tmp_path, args, env, message):
     name = f"refused-{os.getpid()}-{len(args)}{len(env)}"
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump({**TINY, "name": name}))

@@ -206,3 +206,18 @@ def test_oci_shares_the_host_pid_namespace():
     for runtime in ("docker", "podman"):
         argv = container_prefix(settings(runtime), RunContext(code_dir="/c", run_dir="/r"))
         assert "--pid=host" in argv and "--init" not in argv
+
+
+def test_local_runs_name_their_container_and_a_live_one_blocks_a_second_start(tmp_path, monkeypatch):
+    spec = parse_spec("container: {runtime: podman, image: img}\n")
+    monkeypatch.chdir(tmp_path)
+    argv = local_prefix(spec, str(tmp_path / "runs" / "demo-1"), gpus=False)
+    assert argv[argv.index("--name") + 1] == "hpcgpu-demo-1"
+    with pytest.raises(UserError, match="container hpcgpu-demo-1 of this run still exists") as info:
+        check_runtime("podman", "img", which=found, run=FakeRun(0), container_name="hpcgpu-demo-1")
+    assert "podman stop" in info.value.hint
+
+    def answer(argv, **kwargs):  # the image exists, no container has the name
+        return subprocess.CompletedProcess(argv, 1 if "container" in argv else 0, "", "")
+
+    check_runtime("podman", "img", which=found, run=answer, container_name="hpcgpu-demo-1")

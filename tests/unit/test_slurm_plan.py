@@ -131,18 +131,26 @@ def test_grace_is_capped_below_the_warning():
     assert node_grace_s(spec(**{"slurm.signal_before_s": 300, "distributed.stop_grace_s": 60})) == 60
 
 
-ROWS = ["debug*|2|(null)", "gpu|4|gpu:h100:8(S:0-1)", "gpu|2|gpu:h100:8(S:0-1)"]
+ROWS = ["debug*|2|(null)|4|8000", "gpu|4|gpu:h100:8(S:0-1)|96+|512000", "gpu|2|gpu:h100:8(S:0-1)|96|512000"]
 
 
-@pytest.mark.parametrize("nodes, gpus, partition, problem", [
-    (2, 0, "debug", ""),
-    (3, 0, "debug", "asked for 3 nodes, partition 'debug' has 2"),
-    (1, 1, "debug", "asked for 1 GPUs per node, nodes of partition 'debug' have at most 0"),
-    (6, 8, "gpu", ""),
-    (1, 0, "nope", "partition 'nope' does not exist (partitions: debug, gpu)"),
+@pytest.mark.parametrize("nodes, gpus, partition, cpus, mem, problem", [
+    (2, 0, "debug", 4, "8000M", ""),
+    (3, 0, "debug", 1, None, "asked for 3 nodes, partition 'debug' has 2"),
+    (1, 1, "debug", 1, None, "asked for 1 GPUs per node, nodes of partition 'debug' have at most 0"),
+    (6, 8, "gpu", 96, "500G", ""),
+    (1, 8, "gpu", 200, None, ""),  # '96+': nodes of several sizes, left to sbatch
+    (1, 0, "nope", 1, None, "partition 'nope' does not exist (partitions: debug, gpu)"),
+    (1, 0, "debug", 8, None, "asked for 8 CPUs per node (resources.cpus_per_task; one per rank by default), "
+                             "nodes of partition 'debug' have at most 4"),
+    (1, 0, "debug", 1, "9G", "asked for 9G of memory per node, nodes of partition 'debug' have at most 8000M"),
 ])
-def test_partition_fit(nodes, gpus, partition, problem):
-    assert partition_fit_problem(nodes, gpus, partition, ROWS) == problem
+def test_partition_fit(nodes, gpus, partition, cpus, mem, problem):
+    assert partition_fit_problem(nodes, gpus, partition, ROWS, cpus_per_task=cpus, mem=mem) == problem
+
+
+def test_partition_fit_without_cpu_and_memory_columns():
+    assert partition_fit_problem(2, 0, "debug", ["debug*|2|(null)"], cpus_per_task=64, mem="1T") == ""
 
 
 @pytest.mark.parametrize("job_id, ok", [("123", True), ("123_4", True), ("123;rm", False), ("", False), ("-1", False)])
