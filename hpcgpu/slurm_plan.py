@@ -158,20 +158,17 @@ def node_grace_s(spec: Spec) -> int:
     return max(5, min(spec.distributed.stop_grace_s, spec.slurm.signal_before_s - 15))
 
 
-def pyxis_node_prefix(pyxis_args: tuple[str, ...]) -> tuple[str, ...]:
+def pyxis_node_prefix(pyxis_args: tuple[str, ...], python: str = "python3") -> tuple[str, ...]:
     """The argv prefix that runs the node agent in a pyxis container: a nested job step on this node.
 
     Given to the outer srun, --container-image would put NodeCommand inside the image too, where
     scontrol (for the requeue) and the submitting interpreter are usually missing. So NodeCommand
     stays on the host and starts `srun --overlap` (sharing the task's CPUs, memory and GPUs) with
-    the pyxis options on this node only. The inner step renumbers SLURM_NODEID to 0: the outer value
-    is passed through `env`, which every image has.
+    the pyxis options on this node only, through hpcgpu.backends.node_step (no shell).
     """
     for arg in pyxis_args:
         check_value("container (pyxis srun argument)", arg)
-    script = ('exec srun --overlap --nodes=1 --ntasks=1 --nodelist="$SLURMD_NODENAME" --kill-on-bad-exit=1 '
-              f'{shlex.join(pyxis_args)} env SLURM_NODEID="$SLURM_NODEID" "$@"')
-    return ("bash", "-c", script, "hpcgpu-node")
+    return (python, "-m", "hpcgpu.backends.node_step", *pyxis_args, "--")
 
 
 def submit_command(python: str, folder: str) -> str:

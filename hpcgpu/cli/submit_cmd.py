@@ -135,7 +135,7 @@ def _container(spec, run_dir: str, env: dict) -> tuple[list[str], list[str]]:
                      gpus=isinstance(want, int) and want > 0, uid=os.getuid(), gid=os.getgid(), slurm=True)
     settings = ContainerSettings.from_spec(spec.container)
     if settings.runtime == "pyxis":  # a nested step per node, so the requeue stays on the host
-        return list(pyxis_node_prefix(tuple(pyxis_srun_args(settings, ctx)))), []
+        return list(pyxis_node_prefix(tuple(pyxis_srun_args(settings, ctx)), sys.executable)), []
     return container_prefix(settings, ctx, os.environ), []
 
 

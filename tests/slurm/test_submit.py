@@ -249,7 +249,7 @@ def test_a_nested_step_per_node_as_pyxis_uses_trains_to_the_same_loss(slurm, can
         "resources.nodes": 2, "resources.gpus_per_node": 0, "resources.procs_per_node": 1, "resources.time": "30"})
     run_dir = tmp_path / "runs" / "nested-1"
     plan = build_slurm_plan(spec, run_id="nested-1", run_dir=str(run_dir), python=sys.executable,
-                            node_python=sys.executable, user_env=os.environ, container_prefix=pyxis_node_prefix(()))
+                            node_python=sys.executable, user_env=os.environ, container_prefix=pyxis_node_prefix((), sys.executable))
     materialize_run(plan, nodes=2)
     job_id = SlurmBackend().launch(plan)
     cancel_jobs.append(job_id)
