@@ -275,6 +275,10 @@ def _with_forwarded(ctx: RunContext, environ: Mapping[str, str]) -> RunContext:
 def local_prefix(spec, run_dir: str, env_names: Iterable[str] = (), gpus: bool | None = None) -> list[str]:
     """Prefix for a run on this machine: code dir = cwd, this user, this machine's devices."""
     settings = ContainerSettings.from_spec(spec.container)
+    if settings.runtime == "pyxis":
+        # pyxis only exists as srun options: without this the run would silently start on the host
+        raise UserError("container.runtime pyxis runs only under Slurm (it is an srun plugin)",
+                        hint="hpcgpu submit slurm; for a local run use runtime: podman, docker or apptainer")
     ckpt_dir = spec.checkpoint.dir if hasattr(spec, "checkpoint") else None
     if gpus is None:
         # Best guess before the plan exists; pass the plan's answer (plan.layout.gpus > 0) instead.

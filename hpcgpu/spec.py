@@ -19,6 +19,14 @@ DEFAULT_SPEC_FILE = "hpcgpu.yaml"
 DEMO_TASK = "hpcgpu.examples.mlp:make_task"
 
 
+def _single_line(value: Any) -> Any:
+    """Refuse control characters: in an sbatch script a newline would end the #SBATCH line and
+    the rest would run as a shell command."""
+    if isinstance(value, str) and re.search(r"[\x00-\x1f\x7f]", value):
+        raise ValueError(f"{value!r} contains a newline or another control character; give a single-line value")
+    return value
+
+
 class _Model(BaseModel):
     # Unknown keys are typos until proven otherwise: reject them.
     model_config = ConfigDict(extra="forbid", validate_default=True, use_attribute_docstrings=True)
@@ -164,6 +172,11 @@ class Logging(_Model):
 
     dir: str = "runs"
     """Base directory of run directories (relative to the current directory)."""
+
+    @field_validator("dir")
+    @classmethod
+    def _one_line(cls, v: str) -> str:
+        return _single_line(v)
     tensorboard: bool = True
     """Write TensorBoard events on rank 0 to `<run dir>/tb`."""
     progress: Literal["auto", "bar", "lines", "off"] = "auto"
@@ -194,8 +207,9 @@ class Slurm(_Model):
     """Quality of service (sbatch --qos)."""
     constraint: Optional[str] = None
     """Node features required (sbatch --constraint), e.g. `h100`."""
-    signal_before_s: int = Field(120, ge=10)
-    """Ask Slurm for SIGUSR2 this many seconds before the time limit or preemption."""
+    signal_before_s: int = Field(180, ge=10)
+    """Ask Slurm for SIGUSR2 this many seconds before the time limit; leave distributed.stop_grace_s
+    plus ~15 s so the checkpoint and the requeue both happen before Slurm's kill."""
     max_timeout_requeues: int = Field(3, ge=0)
     """Requeues after hitting the time limit; preemptions are not capped."""
     extra: dict[str, Union[str, int, bool]] = Field(default_factory=dict)
@@ -204,10 +218,16 @@ class Slurm(_Model):
     @field_validator("extra")
     @classmethod
     def _option_names(cls, v: dict) -> dict:
-        for key in v:
+        for key, value in v.items():
             if not re.fullmatch(r"[a-z][a-z0-9_-]*", key):
                 raise ValueError(f"sbatch option name {key!r} must be lowercase letters, digits, - or _")
+            _single_line(value)
         return v
+
+    @field_validator("partition", "account", "qos", "constraint")
+    @classmethod
+    def _one_line(cls, v: Optional[str]) -> Optional[str]:
+        return _single_line(v)
 
 
 class Container(_Model):

@@ -7,7 +7,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import click
 
@@ -84,6 +84,20 @@ def run_location(spec: Spec) -> tuple[str, str]:
     """A fresh run id and the absolute run dir it will get (nothing is created yet)."""
     run_id = new_run_id(spec.name)
     return run_id, str(Path(spec.logging.dir).absolute() / run_id)
+
+
+def reserve_run_dir(make_plan: Callable[[], Plan], tries: int = 5) -> Plan:
+    """A plan whose run dir this process created exclusively: two runs started in the same second
+    may draw the same id, and must not share a directory. make_plan draws a fresh id each call."""
+    for _ in range(tries):
+        plan = make_plan()
+        try:
+            Path(plan.run_dir).parent.mkdir(parents=True, exist_ok=True)
+            Path(plan.run_dir).mkdir(mode=0o700)
+            return plan
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not find a free run directory next to {plan.run_dir}")
 
 
 def materialize_run(plan: Plan, nodes: int) -> Path:

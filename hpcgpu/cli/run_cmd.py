@@ -9,7 +9,7 @@ import click
 
 from hpcgpu.errors import UserError
 
-from hpcgpu.cli.common import load_with_overrides, materialize_run, parse_gpus, run_location, spec_option
+from hpcgpu.cli.common import load_with_overrides, materialize_run, parse_gpus, reserve_run_dir, run_location, spec_option
 
 
 @click.group()
@@ -56,9 +56,14 @@ def run_local(spec_file, gpus, nproc, name, max_restarts, container, dry_run, co
         flags.update({"resources.gpus_per_node": 0, "resources.procs_per_node": nproc})
     elif gpus is not None:
         flags["resources.gpus_per_node"] = parse_gpus(gpus)
-    if container:
-        flags["container"] = {"runtime": "podman", "image": container}
     spec, source = load_with_overrides(spec_file, flags, command)
+    if container:
+        from hpcgpu.spec import apply_overrides
+
+        # dotted keys: the spec's runtime, binds and extra_args stay; without a container section
+        # the runtime is podman (apptainer, the spec's default, is the Slurm-side choice)
+        spec = apply_overrides(spec, {"container.image": container,
+                                      "container.runtime": None if spec.container else "podman"})
     run_id, run_dir = run_location(spec)
     plan = _local_plan(spec, run_id, run_dir)
     if dry_run:

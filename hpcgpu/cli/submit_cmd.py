@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from hpcgpu.cli.common import load_with_overrides, materialize_run, run_location, spec_option
+from hpcgpu.cli.common import load_with_overrides, materialize_run, reserve_run_dir, run_location, spec_option
 from hpcgpu.errors import UserError
 
 
@@ -82,7 +82,7 @@ def submit_slurm(spec_file, nodes, gpus_per_node, nproc_per_node, partition, acc
         from hpcgpu.container import check_runtime
 
         check_runtime(spec.container.runtime, spec.container.image)
-    plan = _reserve_run_dir(plan, spec)
+    plan = reserve_run_dir(lambda: _plan(spec))
     materialize_run(plan, nodes=spec.resources.nodes)
     restore_secret_env(withheld_env())
     job_id = SlurmBackend().launch(plan)
@@ -107,18 +107,6 @@ def _plan(spec):
         prefix, srun_args = _container(spec, run_dir, bare.env)
     return build_slurm_plan(spec, run_id=run_id, run_dir=run_dir, python=sys.executable, user_env=os.environ,
                             container_prefix=tuple(prefix), srun_args=tuple(srun_args))
-
-
-def _reserve_run_dir(plan, spec, tries: int = 5):
-    """Create the run dir exclusively (two submissions in the same second may draw the same id)."""
-    for _ in range(tries):
-        try:
-            Path(plan.run_dir).parent.mkdir(parents=True, exist_ok=True)
-            Path(plan.run_dir).mkdir(mode=0o700)
-            return plan
-        except FileExistsError:
-            plan = _plan(spec)
-    raise RuntimeError(f"could not find a free run directory next to {plan.run_dir}")
 
 
 def _container(spec, run_dir: str, env: dict) -> tuple[list[str], list[str]]:

@@ -221,3 +221,32 @@ def test_local_runs_name_their_container_and_a_live_one_blocks_a_second_start(tm
         return subprocess.CompletedProcess(argv, 1 if "container" in argv else 0, "", "")
 
     check_runtime("podman", "img", which=found, run=answer, container_name="hpcgpu-demo-1")
+
+
+def test_local_prefix_refuses_pyxis(tmp_path, monkeypatch):
+    # pyxis is only srun options: a local run would otherwise start on the host without a word
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="pyxis runs only under Slurm"):
+        local_prefix(parse_spec("container: {runtime: pyxis, image: img}\n"), "runs/x", gpus=False)
+
+
+def test_container_flag_keeps_the_spec_runtime_binds_and_args(tmp_path):
+    # `run local --container IMAGE` replaces the image only; with no container section: podman
+    import os
+    import sys
+
+    (tmp_path / "job.yaml").write_text("container: {runtime: docker, image: old, binds: ['/data:/data:ro'],"
+                                       " extra_args: ['--shm-size=8g']}\n")
+    env = {**os.environ, "HPCGPU_HOME": str(tmp_path / "home")}
+    env.pop("HPCGPU_DOCKER_ARGS", None)
+
+    def node_command(*args):
+        out = subprocess.run([sys.executable, "-m", "hpcgpu", "run", "local", "--nproc", "1", "--dry-run", *args],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split("node command:\n", 1)[1].splitlines()[0].split()
+
+    argv = node_command("-f", "job.yaml", "--container", "new:1")
+    assert argv[:2] == ["docker", "run"] and "/data:/data:ro" in argv and "--shm-size=8g" in argv
+    assert argv[argv.index("python3") - 1] == "new:1"
+    assert node_command("--container", "new:1")[:2] == ["podman", "run"]

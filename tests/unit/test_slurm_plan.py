@@ -62,18 +62,16 @@ def test_signal_and_requeue():
 @pytest.mark.parametrize("key, flag", [("slurm.partition", "--partition"), ("slurm.account", "--account"),
                                        ("slurm.qos", "--qos"), ("slurm.constraint", "--constraint")])
 def test_newline_in_a_value_is_refused_naming_the_key(key, flag):
-    s = spec(**{"resources.gpus_per_node": 0, key: "debug\ntouch /tmp/pwned #"})
-    with pytest.raises(UserError) as info:
-        sbatch_parameters(s)
+    with pytest.raises(UserError) as info:  # refused when the spec loads, before any script exists
+        sbatch_parameters(spec(**{"resources.gpus_per_node": 0, key: "debug\ntouch /tmp/pwned #"}))
     assert key in str(info.value) and "newline" in str(info.value)
 
 
 def test_newline_in_an_extra_option_is_refused_naming_the_key():
-    s = spec("slurm: {extra: {comment: \"ok\\ntouch /tmp/pwned\"}}\n", **{"resources.gpus_per_node": 0})
-    with pytest.raises(UserError, match=r"slurm\.extra\.comment"):
-        sbatch_parameters(s)
-    s = spec("slurm: {extra: {comment: \"tab\\there\"}}\n", **{"resources.gpus_per_node": 0})
+    with pytest.raises(UserError, match=r"slurm\.extra"):
+        sbatch_parameters(spec("slurm: {extra: {comment: \"ok\\ntouch /tmp/pwned\"}}\n", **{"resources.gpus_per_node": 0}))
     with pytest.raises(UserError, match="control character"):
+        s = spec("slurm: {extra: {comment: \"tab\\there\"}}\n", **{"resources.gpus_per_node": 0})
         sbatch_parameters(s)
 
 

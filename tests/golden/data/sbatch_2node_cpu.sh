@@ -8,7 +8,7 @@
 #SBATCH --open-mode=append
 #SBATCH --output=/shared/ada/runs/demo-20250101-000000-abcd/submitit/%j_0_log.out
 #SBATCH --requeue
-#SBATCH --signal=USR2@120
+#SBATCH --signal=USR2@180
 #SBATCH --wckey=submitit
 
 # command
