@@ -66,6 +66,28 @@ def test_rank_killed_with_sigkill_is_named_and_the_rest_torn_down(tmp_path):
     assert_all_ranks_gone(done.run_dir())
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "needs: hpcgpu/worker/__main__.py, first thing in main(): ask the kernel to SIGKILL this rank when its "
+    "parent dies (ctypes.CDLL(None).prctl(1, signal.SIGKILL), i.e. PR_SET_PDEATHSIG) and exit at once if "
+    "os.getppid() is no longer the agent that started it (HPCGPU_AGENT_PID, or compare with the parent at "
+    "import time). torch elastic starts every rank in its own session, so when the node agent is killed "
+    "(kill -9, the OOM killer) its ranks are orphaned and keep their memory and GPUs forever"))
+def test_ranks_die_when_the_node_agent_is_killed(tmp_path):
+    spec = small_spec(entry=faulty("pause", rank=1, step=3), distributed={"timeout_s": 600})
+    run = start(["run", "local", "--nproc", 2, "-f", write_spec(tmp_path / "job.yaml", spec)], tmp_path)
+    wait_until(lambda: list((tmp_path / "runs").glob("*/fault-rank1.json")), 90, "rank 1 to pause")
+    (run_dir,) = list((tmp_path / "runs").iterdir())
+    ranks = [pid for pids in rank_pids(run_dir).values() for pid in pids]
+    os.kill(run.proc.pid, signal.SIGKILL)  # the launcher, which is the node agent of `run local`
+    run.proc.wait()
+    try:
+        wait_until(lambda: not any(alive(pid) for pid in ranks), TEARDOWN_S, "the orphaned ranks to exit")
+    finally:
+        for pid in ranks:  # never leave them behind, whatever the outcome
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_max_restarts_restarts_and_resumes_from_the_last_checkpoint(tmp_path):
     # checkpoints every 5 steps; rank 1 crashes during step 8 of the first attempt only
     spec = small_spec(entry=faulty("exit", rank=1, step=8, attempt=0),
