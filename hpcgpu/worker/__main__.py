@@ -6,8 +6,10 @@ anything else a failure (the traceback reaches the agent through torch elastic's
 
 from __future__ import annotations
 
+import ctypes
 import os
 import runpy
+import signal
 import socket
 import sys
 import time
@@ -81,9 +83,26 @@ def run_entry(ctx: context.WorkerContext) -> tuple[str, object, object]:
     return ("stopped" if stopped else "done"), last and last[0], last and last[1] and str(last[1])
 
 
+def die_with_the_agent() -> None:
+    """Ask the kernel to SIGKILL this rank when the process that started it dies.
+
+    torch elastic starts every rank in its own session, so a node agent killed with SIGKILL (or by
+    the OOM killer) would leave its ranks running, holding memory and GPUs. PR_SET_PDEATHSIG fires
+    when the parent *thread* exits; the agent starts ranks from its main thread.
+    """
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return  # not Linux: nothing to do
+    if os.getppid() != parent:  # the agent died before prctl took effect
+        os._exit(exitcodes.FAILED)
+
+
 @record
 def main() -> int:
     """Set up this rank, run its entry, record how it ended, always tear down."""
+    die_with_the_agent()
     info = detect_rank()
     if os.environ.get(envnames.RUN_DIR):
         redirect_output(Path(os.environ[envnames.RUN_DIR]), info)

@@ -119,8 +119,13 @@ def commit(tmp: Path, step: int, files: dict[str, dict], meta: dict) -> Path:
 def save_state(ckpt_dir: Path, step: int, state: dict, meta: Optional[dict] = None) -> Path:
     """Atomically save one state dict as checkpoint `step` (the DDP and user-script format)."""
     tmp = begin(ckpt_dir, step)
-    files = {STATE: write_torch(state, tmp / STATE)}
-    return commit(tmp, step, files, {"kind": "state", **(meta or {})})
+    try:
+        files = {STATE: write_torch(state, tmp / STATE)}
+        return commit(tmp, step, files, {"kind": "state", **(meta or {})})
+    except BaseException:
+        # a half-written checkpoint is never loaded, but it keeps the space a retry needs (disk full)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def read_manifest(path: Path) -> dict:

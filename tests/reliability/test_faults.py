@@ -66,12 +66,6 @@ def test_rank_killed_with_sigkill_is_named_and_the_rest_torn_down(tmp_path):
     assert_all_ranks_gone(done.run_dir())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "needs: hpcgpu/worker/__main__.py, first thing in main(): ask the kernel to SIGKILL this rank when its "
-    "parent dies (ctypes.CDLL(None).prctl(1, signal.SIGKILL), i.e. PR_SET_PDEATHSIG) and exit at once if "
-    "os.getppid() is no longer the agent that started it (HPCGPU_AGENT_PID, or compare with the parent at "
-    "import time). torch elastic starts every rank in its own session, so when the node agent is killed "
-    "(kill -9, the OOM killer) its ranks are orphaned and keep their memory and GPUs forever"))
 def test_ranks_die_when_the_node_agent_is_killed(tmp_path):
     spec = small_spec(entry=faulty("pause", rank=1, step=3), distributed={"timeout_s": 600})
     run = start(["run", "local", "--nproc", 2, "-f", write_spec(tmp_path / "job.yaml", spec)], tmp_path)
@@ -153,10 +147,6 @@ def test_disk_full_during_a_checkpoint_is_clear_and_the_previous_one_survives(di
     assert intact is True, intact
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "needs: hpcgpu/worker/checkpoint.py save_state (and checkpoint_dcp's writer) remove the temporary "
-    "`.step_N.tmp-PID` directory when a write fails (try: ... except BaseException: shutil.rmtree(tmp, "
-    "ignore_errors=True); raise), so a failed save does not keep eating the space a retry or restart needs"))
 def test_a_failed_checkpoint_write_leaves_no_partial_directory(disk_full_run):
     _, entries, _ = disk_full_run
     assert not [e for e in entries if ".tmp-" in e], entries
