@@ -14,10 +14,8 @@ import logging
 import os
 import re
 import signal
-import socket
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -25,65 +23,19 @@ from hpcgpu import envnames, exitcodes
 from hpcgpu.console import ConsoleFollower
 from hpcgpu.errors import UserError
 from hpcgpu.envvars import REDACTED, withheld_env
+from hpcgpu.gpus import count_visible_gpus
 from hpcgpu.plan import node_layout, rank_env
+from hpcgpu.rendezvous import RDZV_BACKEND, NodeRole, describe_rdzv_failure, node_role, register_rendezvous
 from hpcgpu.runs import make_private_dir
 from hpcgpu.spec import load_spec
 
 # torch elastic only handles TERM/INT/HUP/QUIT by default; Slurm warns with USR1/USR2
 # before the time limit or preemption (pytorch/pytorch#154849).
 FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1,SIGUSR2"
-RDZV_ENDPOINT = "HPCGPU_RDZV_ENDPOINT"
 #: after a rank failed, how long the others get to exit on SIGTERM before SIGKILL. torch elastic
 #: waits a fixed 30 s here; with a peer gone they cannot checkpoint anyway, and a rank stuck
 #: outside a collective would hold the failure report (and any restart) for all of it.
 FAILURE_GRACE_S = 5
-
-
-@dataclass(frozen=True)
-class NodeRole:
-    """Where this node agent sits: how many nodes, its index, and where to rendezvous."""
-
-    nnodes: int
-    node_rank: int
-    endpoint: str  # host:port; port 0 on a single node lets the store pick a free port
-    is_host: bool
-    run_id: str
-
-
-def node_role(nnodes: int, run_id: str, environ: Mapping[str, str]) -> NodeRole:
-    """Single node: rendezvous on loopback, free port picked by the OS (never collides).
-    Several nodes: the endpoint the head node published (HPCGPU_RDZV_ENDPOINT)."""
-    if nnodes == 1:
-        return NodeRole(1, 0, "127.0.0.1:0", True, run_id)
-    endpoint = environ.get(RDZV_ENDPOINT)
-    if not endpoint:
-        raise UserError(
-            f"the spec asks for {nnodes} nodes but {RDZV_ENDPOINT} is not set",
-            hint="multi-node runs are started by `hpcgpu submit slurm`, which sets it on every node",
-        )
-    node_rank = int(environ.get("SLURM_NODEID", environ.get("HPCGPU_NODE_RANK", "0")))
-    job = environ.get("SLURM_JOB_ID", run_id)
-    return NodeRole(nnodes, node_rank, endpoint, node_rank == 0, f"{job}-{environ.get('SLURM_RESTART_COUNT', '0')}")
-
-
-def count_visible_gpus(environ: Mapping[str, str]) -> int:
-    """GPUs this process may use: CUDA_VISIBLE_DEVICES when set, else NVML's count, else 0."""
-    cvd = environ.get("CUDA_VISIBLE_DEVICES")
-    if cvd is not None:
-        ids = [x for x in cvd.split(",") if x.strip() and x.strip() != "-1"]
-        if not ids or cvd.strip().startswith("-1"):
-            return 0
-    try:
-        import pynvml  # from nvidia-ml-py; cheap, and no CUDA context is created
-
-        pynvml.nvmlInit()
-        try:
-            count = pynvml.nvmlDeviceGetCount()
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:
-        return 0
-    return min(count, len(ids)) if cvd is not None else count
 
 
 def _stopped_markers(run_dir: Path, since: float) -> list[dict]:
@@ -171,112 +123,6 @@ def _quiet_elastic_logs() -> None:
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-# ---------------------------------------------------------------- rendezvous
-
-RDZV_BACKEND = "hpcgpu"
-#: the store and run id of the rendezvous this process joined (for the message when it fails)
-_rdzv: dict = {}
-
-
-def _tcp_store(host: str, port: int, is_master: bool, loopback: bool, timeout_s: float):
-    """A TCPStore; on a single node its server listens on 127.0.0.1 only.
-
-    TCPStore's server binds every interface (`::`) whatever host it is given (torch 2.13, libuv and
-    legacy backends alike), so a single-node run would accept connections from the network. Given
-    a socket already bound to loopback (master_listen_fd), it listens there instead.
-    """
-    from datetime import timedelta
-
-    from torch.distributed import TCPStore
-
-    fd = None
-    if is_master and loopback:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", port))
-        sock.listen(1024)
-        port = sock.getsockname()[1]
-        fd = sock.detach()  # the store owns the descriptor now and closes it
-    return TCPStore(host, port, is_master=is_master, multi_tenant=True, master_listen_fd=fd,
-                    timeout=timedelta(seconds=timeout_s))
-
-
-def _arrival_key(run_id: str, node_rank: int) -> str:
-    return f"hpcgpu/{run_id}/arrived/{node_rank}"
-
-
-def _create_rdzv_handler(params):
-    """torch elastic's c10d rendezvous, on a store made by _tcp_store, recording which nodes arrived."""
-    from datetime import timedelta
-
-    from torch.distributed.elastic.rendezvous.api import RendezvousConnectionError
-    from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import C10dRendezvousBackend
-    from torch.distributed.elastic.rendezvous.dynamic_rendezvous import create_handler
-    from torch.distributed.elastic.rendezvous.utils import parse_rendezvous_endpoint
-
-    host, port = parse_rendezvous_endpoint(params.endpoint, default_port=29400)
-    is_host = bool(params.get_as_bool("is_host", False))
-    loopback = bool(params.get_as_bool("loopback", False))
-    node_rank = params.get_as_int("node_rank", 0)
-    join_s = params.get_as_int("join_timeout", 600)
-    try:
-        # the connect waits up to the join timeout (the head may start later than this node) ...
-        store = _tcp_store(host, port, is_host, loopback, join_s)
-    except (RuntimeError, ValueError, TimeoutError) as e:
-        what = "could not listen on" if is_host else "could not reach the head node (node 0) at"
-        raise RendezvousConnectionError(f"{what} {params.endpoint} within {join_s} s: {e}") from None
-    store.set_timeout(timedelta(seconds=params.get_as_int("read_timeout", 60)))  # ... operations: torch's 60 s
-    store.set(_arrival_key(params.run_id, node_rank), socket.gethostname())
-    _rdzv.update(store=store, run_id=params.run_id)
-
-    class Backend(C10dRendezvousBackend):  # torch checks the handler is named as registered
-        name = RDZV_BACKEND
-
-    handler = create_handler(store, Backend(store, params.run_id), params)
-    if loopback:
-        # the store the ranks share (MASTER_ADDR:MASTER_PORT) is made by the handler: keep it on loopback too
-        handler._create_tcp_store_server = lambda addr, port: _tcp_store("127.0.0.1", port, True, True, 300)
-    join = handler.next_rendezvous
-
-    def next_rendezvous():
-        # torch keeps the ranks' store across restarts, but the ranks assume a fresh one per attempt
-        # (torch/distributed/rendezvous.py: "We create a new TCPStore for every retry"): with the old
-        # one, restarted gloo ranks read the dead attempt's addresses and fail with "Connection refused".
-        handler._shared_tcp_store_server = None
-        handler._bootstrap_store_info = None
-        return join()
-
-    handler.next_rendezvous = next_rendezvous
-    return handler
-
-
-def _register_rendezvous() -> None:
-    from torch.distributed.elastic.rendezvous import rendezvous_handler_registry
-
-    rendezvous_handler_registry.register(RDZV_BACKEND, _create_rdzv_handler)  # idempotent for one creator
-
-
-def describe_rdzv_failure(error: Exception, role: NodeRole, timeout_s: int) -> str:
-    """Which nodes arrived and which did not, as far as the rendezvous store knows."""
-    store = _rdzv.get("store")
-    lines = [f"hpcgpu: rendezvous failed on node {role.node_rank}: {type(error).__name__}: {error}".rstrip(": ")]
-    if store is not None:
-        arrived = [i for i in range(role.nnodes) if _has_key(store, _arrival_key(_rdzv["run_id"], i))]
-        missing = [i for i in range(role.nnodes) if i not in arrived]
-        lines.append(f"  {len(arrived)} of {role.nnodes} node(s) arrived at {role.endpoint} within "
-                     f"distributed.rdzv_timeout_s ({timeout_s} s); missing: "
-                     + (", ".join(f"node {i}" for i in missing) or "none (they left again)"))
-    lines.append("  hint: check that every node started (Slurm: the job's output of the missing node) and can "
-                 f"reach {role.endpoint}; raise distributed.rdzv_timeout_s if nodes start far apart")
-    return "\n".join(lines)
-
-
-def _has_key(store, key: str) -> bool:
-    try:
-        return bool(store.check([key]))
-    except Exception:  # the head went away: nothing to ask
-        return False
-
-
 # ---------------------------------------------------------------- the node agent
 
 
@@ -359,7 +205,7 @@ def run_node(run_dir: Path, environ: Optional[Mapping[str, str]] = None) -> int:
     from torch.distributed.launcher.api import elastic_launch
 
     _quiet_elastic_logs()
-    _register_rendezvous()
+    register_rendezvous()
     _limit_failure_teardown()
 
     started = time.time()

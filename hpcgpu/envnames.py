@@ -17,3 +17,5 @@ RESTART_COUNT = "HPCGPU_RESTART_COUNT"
 CONSOLE_TTY = "HPCGPU_CONSOLE_TTY"
 #: base directory for the run index (default ~/.local/state/hpcgpu)
 HOME = "HPCGPU_HOME"
+#: host:port where the node agents of a multi-node run meet (published by the head node)
+RDZV_ENDPOINT = "HPCGPU_RDZV_ENDPOINT"

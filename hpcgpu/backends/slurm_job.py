@@ -54,11 +54,9 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from hpcgpu.envnames import RESTART_COUNT
+from hpcgpu.envnames import RDZV_ENDPOINT, RESTART_COUNT
 from hpcgpu.exitcodes import STOPPED_RESUMABLE
 
-#: host:port of the rendezvous endpoint the head node picked (TODO(lead): move to envnames)
-RDZV_ENDPOINT = "HPCGPU_RDZV_ENDPOINT"
 
 
 class NodeCommandError(RuntimeError):

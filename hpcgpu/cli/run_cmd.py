@@ -71,6 +71,7 @@ def run_local(spec_file, gpus, nproc, name, max_restarts, container, dry_run, co
         click.echo(describe_plan(plan), nl=False)
         return 0
     _check_container(spec, run_dir)
+    plan = reserve_run_dir(lambda: _local_plan(spec, *run_location(spec)))
     materialize_run(plan, nodes=1)
     _remember_cwd(plan.run_dir)
     _announce(plan, source)
@@ -132,7 +133,7 @@ def _local_plan(spec, run_id: str, run_dir: str):
     """The plan for this machine; with a container, the prefix is built once the layout is known."""
     import dataclasses
 
-    from hpcgpu.agent import count_visible_gpus
+    from hpcgpu.gpus import count_visible_gpus
     from hpcgpu.plan import build_plan
 
     in_container = spec.container is not None

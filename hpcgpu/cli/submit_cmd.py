@@ -112,12 +112,11 @@ def _plan(spec):
 def _container(spec, run_dir: str, env: dict) -> tuple[list[str], list[str]]:
     """(prefix before the node command, extra srun args) for the spec's container."""
     from hpcgpu import envnames
-    from hpcgpu.backends.slurm_job import RDZV_ENDPOINT
     from hpcgpu.container import ContainerSettings, RunContext, container_prefix, pyxis_srun_args
     from hpcgpu.slurm_plan import pyxis_node_prefix
 
     want = spec.resources.gpus_per_node
-    names = {*env, *spec.env, RDZV_ENDPOINT, envnames.RESTART_COUNT}
+    names = {*env, *spec.env, envnames.RDZV_ENDPOINT, envnames.RESTART_COUNT}
     ckpt_dir = os.path.abspath(spec.checkpoint.dir) if spec.checkpoint.dir else None
     ctx = RunContext(code_dir=os.getcwd(), run_dir=run_dir, ckpt_dir=ckpt_dir, env_names=tuple(sorted(names)),
                      gpus=isinstance(want, int) and want > 0, uid=os.getuid(), gid=os.getgid(), slurm=True)
