@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from hpcgpu.envnames import RDZV_ENDPOINT, RESTART_COUNT
+from hpcgpu.ports import free_port, publish_endpoint, wait_file
 from hpcgpu.exitcodes import STOPPED_RESUMABLE
 
 
@@ -110,40 +111,6 @@ def head_hostname() -> str:
     if out.returncode != 0 or not hosts:
         raise NodeCommandError(f"`scontrol show hostnames {nodelist}` failed: {out.stderr.strip()}")
     return hosts[0]
-
-
-def free_port(host: str) -> int:
-    """A TCP port that is free on host now (bind port 0; the OS picks)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, 0))
-        except OSError:
-            # Node names that resolve to an address this host does not own: any interface will do.
-            sock.bind(("", 0))
-        return sock.getsockname()[1]
-
-
-def publish_endpoint(path: Path, endpoint: str) -> None:
-    """Write endpoint to path atomically (tmp + rename), so readers never see half a line."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
-    tmp.write_text(endpoint + "\n")
-    os.replace(tmp, path)
-
-
-def wait_file(path: Path, timeout_s: float) -> str | None:
-    """The stripped text of path once it exists and is not empty; None after timeout_s."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            text = path.read_text().strip()
-        except FileNotFoundError:
-            text = ""
-        if text:
-            return text
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(0.2)
 
 
 def peek_exit(pid: int) -> int | None:
