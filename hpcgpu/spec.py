@@ -241,6 +241,16 @@ class Container(_Model):
     """Extra mounts, `SRC[:DST[:ro]]`."""
     extra_args: list[str] = Field(default_factory=list)
     """Extra arguments for the runtime, placed before the image."""
+    env_passthrough: list[str] = Field(default_factory=list)
+    """Names of more host variables to pass into the container (values never reach the command line)."""
+
+    @field_validator("env_passthrough")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"environment variable name {name!r} is not valid")
+        return v
 
 
 class Spec(_Model):

@@ -9,7 +9,8 @@ import click
 
 from hpcgpu.errors import UserError
 
-from hpcgpu.cli.common import load_with_overrides, materialize_run, parse_gpus, reserve_run_dir, run_location, spec_option
+from hpcgpu.cli.common import (exit_after_agent, load_with_overrides, materialize_run, parse_gpus, reserve_run_dir,
+                               run_location, spec_option)
 
 
 @click.group()
@@ -77,7 +78,7 @@ def run_local(spec_file, gpus, nproc, name, max_restarts, container, dry_run, co
     _announce(plan, source)
     code = get_backend("local").launch(plan)
     _farewell(plan, code)
-    return code
+    exit_after_agent(code)
 
 
 def _resume(ref: str, dry_run: bool) -> int:
@@ -104,7 +105,7 @@ def _resume(ref: str, dry_run: bool) -> int:
     _announce(plan, f"{record.run_dir}/spec.yaml (resumed)")
     code = get_backend("local").launch(plan)
     _farewell(plan, code)
-    return code
+    exit_after_agent(code)
 
 
 def _remember_cwd(run_dir: str) -> None:

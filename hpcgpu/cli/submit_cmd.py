@@ -62,10 +62,11 @@ def submit_slurm(spec_file, nodes, gpus_per_node, nproc_per_node, partition, acc
         flags["resources.gpus_per_node"] = gpus_per_node
     spec, source = load_with_overrides(spec_file, flags, command)
     if container:
-        runtime = spec.container.runtime if spec.container else "apptainer"
         from hpcgpu.spec import apply_overrides
 
-        spec = apply_overrides(spec, {"container": {"runtime": runtime, "image": container}})
+        # only the image changes: the spec's runtime, binds and extra_args stay (apptainer by default)
+        spec = apply_overrides(spec, {"container.image": container,
+                                      "container.runtime": None if spec.container else "apptainer"})
     plan = _plan(spec)
     if dry_run:
         from hpcgpu.slurm_plan import describe_slurm
@@ -118,11 +119,13 @@ def _container(spec, run_dir: str, env: dict) -> tuple[list[str], list[str]]:
     want = spec.resources.gpus_per_node
     names = {*env, *spec.env, envnames.RDZV_ENDPOINT, envnames.RESTART_COUNT}
     ckpt_dir = os.path.abspath(spec.checkpoint.dir) if spec.checkpoint.dir else None
+    # InfiniBand devices are looked for here: login and compute nodes of a cluster usually match
     ctx = RunContext(code_dir=os.getcwd(), run_dir=run_dir, ckpt_dir=ckpt_dir, env_names=tuple(sorted(names)),
-                     gpus=isinstance(want, int) and want > 0, uid=os.getuid(), gid=os.getgid(), slurm=True)
+                     gpus=isinstance(want, int) and want > 0, uid=os.getuid(), gid=os.getgid(), slurm=True,
+                     infiniband=os.path.isdir("/dev/infiniband"))
     settings = ContainerSettings.from_spec(spec.container)
     if settings.runtime == "pyxis":  # a nested step per node, so the requeue stays on the host
-        return list(pyxis_node_prefix(tuple(pyxis_srun_args(settings, ctx)), sys.executable)), []
+        return list(pyxis_node_prefix(tuple(pyxis_srun_args(settings, ctx, os.environ)), sys.executable)), []
     return container_prefix(settings, ctx, os.environ), []
 
 

@@ -31,7 +31,9 @@ def train(run_dir, spec_file) -> int:
     if os.environ.get("SLURM_NODEID", "0") == "0":
         # status after the scheduler forgot the job (and for local runs started in a container)
         write_json_atomic(Path(run_dir).absolute() / "result.json", {"exit_code": code, "ended": time.time()})
-    return code
+    from hpcgpu.cli.common import exit_after_agent
+
+    exit_after_agent(code)
 
 
 def _train_here(spec_file) -> int:
