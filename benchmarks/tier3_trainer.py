@@ -38,7 +38,8 @@ def run_trainer(b: Bench, name: str, cfg: dict, nproc: int, info: list) -> float
     timing = cwd / "timing"
     task_args = {k: cfg[k] for k in ("dim", "hidden", "layers", "classes", "n_samples")}
     spec = {"name": "bench-trainer",
-            "entry": {"task": "benchmarks.workload:make_task", "task_args": {**task_args, "timing_dir": str(timing)}},
+            "entry": {"task": "benchmarks.workload:make_task",
+                      "task_args": {**task_args, "timing_dir": str(timing), "steps": cfg["steps"]}},
             "train": {"batch_size": cfg["batch_size"], "lr": cfg["lr"], "lr_scaling": "none", "epochs": 10_000,
                       "max_steps": cfg["steps"], "log_every": 10, "seed": 0},
             "checkpoint": {"every_steps": 10_000_000, "resume": "never"},

@@ -72,9 +72,16 @@ def _ddp_world1(b: Bench, result: TierResult, sz: dict, on_gpu: bool) -> None:
                                   "DDP / plain", note="bf16 autocast, AdamW; alternating rounds in one process"))
 
 
+def _sync_at(sz: dict) -> list[int]:
+    """CUDA-synchronised timestamps only at the measured window's ends (see workload.TimedLoss)."""
+    return [sz["warmup"], sz["steps"] - 1]
+
+
 def _gpt_spec(sz: dict, timing: str, on_gpu: bool) -> dict:
     return {"name": "bench-gpt",
-            "entry": {"task": "benchmarks.workload:make_gpt_task", "task_args": {**sz["gpt"], "timing_dir": timing}},
+            "entry": {"task": "benchmarks.workload:make_gpt_task",
+                      "task_args": {**sz["gpt"], "timing_dir": timing, "sync_at": _sync_at(sz),
+                                    "steps": sz["steps"]}},
             "train": {"batch_size": sz["batch_size"], "precision": "bf16" if on_gpu else "fp32", "lr": 3e-4,
                       "lr_scaling": "none", "epochs": 100_000, "max_steps": sz["steps"], "log_every": 10},
             "checkpoint": {"every_steps": 10_000_000, "resume": "never"},
@@ -96,7 +103,7 @@ def _trainer(b: Bench, sz: dict, on_gpu: bool) -> float:
 def _hand_loop(b: Bench, sz: dict, on_gpu: bool) -> float:
     cwd = b.workdir("tier9/hand")
     cfg = {"gpt": sz["gpt"], "batch_size": sz["batch_size"], "steps": sz["steps"], "lr": 3e-4, "bf16": on_gpu,
-           "timing_dir": str(cwd / "timing")}
+           "timing_dir": str(cwd / "timing"), "sync_at": _sync_at(sz)}
     run_cmd([*torchrun_cmd(1), SCRIPTS / "gpt_loop.py", json.dumps(cfg)], b.env(), cwd, timeout=600)
     return _rate(cwd / "timing", sz["warmup"])
 
@@ -111,7 +118,8 @@ def _trainer_vs_loop(b: Bench, result: TierResult, sz: dict, on_gpu: bool) -> No
     result.figures.append(compare("bf16 Trainer steps/s vs hand-written bf16 loop",
                                   Stat("Trainer (hpcgpu run local --gpus 1)", "steps/s", s["trainer"]),
                                   Stat("hand-written loop (torchrun)", "steps/s", s["hand"]), "Trainer / hand loop",
-                                  ">= 0.97", note="CUDA synchronised at every step's timestamp on both sides"))
+                                  ">= 0.97", note="CUDA synchronised only at the measured window's first and last step, "
+                                                  "on both sides: per-step syncs inside a loop count against it"))
     flops_per_step = make_task(**sz["gpt"]).flops_per_sample * sz["batch_size"]
     achieved = [r * flops_per_step / 1e12 for r in s["trainer"]]
     peak = peak_flops(torch.cuda.get_device_name(0)) if on_gpu else ("CPU placeholder", 1e12)

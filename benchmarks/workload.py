@@ -6,7 +6,6 @@ point of every step (the loss call), so the comparison measures the loop around 
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import time
@@ -38,18 +37,23 @@ def build_dataset(n_samples: int, dim: int, classes: int, seed: int = 1234) -> T
 
 
 class TimedLoss:
-    """Wraps a loss; records a timestamp at every call and writes them to `<dir>/rank<R>.json` at exit."""
+    """Wraps a loss; records a timestamp at every call and writes them to `<dir>/rank<R>.json` at call `steps`.
 
-    def __init__(self, loss: Callable, timing_dir: Optional[str], sync_cuda: bool = False):
-        self.loss, self.sync_cuda, self.times = loss, sync_cuda, []
+    On a GPU the timestamps of the calls listed in `sync_at` (the first and last step of the measured
+    window) are taken after a CUDA synchronize, so the window holds exactly that GPU work; the other steps
+    are not synchronised, so a loop that lets the CPU run ahead keeps that advantage.
+    """
+
+    def __init__(self, loss: Callable, timing_dir: Optional[str], steps: Optional[int], sync_at: tuple = ()):
+        self.loss, self.sync_at, self.steps, self.times = loss, set(sync_at), steps, []
         self.path = Path(timing_dir) / f"rank{os.environ.get('RANK', '0')}.json" if timing_dir else None
-        if self.path is not None:
-            atexit.register(self.dump)
 
     def __call__(self, out, target):
-        if self.sync_cuda and torch.cuda.is_available():
+        if len(self.times) in self.sync_at and torch.cuda.is_available():
             torch.cuda.synchronize()
         self.times.append(time.perf_counter())
+        if self.path is not None and len(self.times) == self.steps:
+            self.dump()  # at the last step, not at exit: the hpcgpu worker leaves by os._exit (no atexit)
         return self.loss(out, target)
 
     def dump(self) -> None:
@@ -65,17 +69,18 @@ def steady_rate(times: list[float], warmup: int) -> float:
 
 
 def make_task(dim: int = 512, hidden: int = 1024, layers: int = 4, classes: int = 10,
-              n_samples: int = 8192, timing_dir: Optional[str] = None) -> Task:
+              n_samples: int = 8192, timing_dir: Optional[str] = None, steps: Optional[int] = None) -> Task:
     """Task factory for the Trainer side (`entry.task: benchmarks.workload:make_task`)."""
     return Task(model=lambda: build_model(dim, hidden, layers, classes),
                 dataset=build_dataset(n_samples, dim, classes),
-                loss=TimedLoss(F.cross_entropy, timing_dir))
+                loss=TimedLoss(F.cross_entropy, timing_dir, steps))
 
 
-def make_gpt_task(timing_dir: Optional[str] = None, **gpt_args) -> Task:
-    """The bundled GPT task with a timed loss (GPU tier): synchronises CUDA before each timestamp."""
+def make_gpt_task(timing_dir: Optional[str] = None, sync_at: tuple = (), steps: Optional[int] = None,
+                  **gpt_args) -> Task:
+    """The bundled GPT task with a timed loss (GPU tier); `sync_at`, `steps`: see TimedLoss."""
     from hpcgpu.examples.gpt import make_task as gpt_task
 
     task = gpt_task(**gpt_args)
-    task.loss = TimedLoss(task.loss, timing_dir, sync_cuda=True)
+    task.loss = TimedLoss(task.loss, timing_dir, steps, tuple(sync_at))
     return task

@@ -24,7 +24,7 @@ model = DDP(build_model(cfg["dim"], cfg["hidden"], cfg["layers"], cfg["classes"]
 opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"])
 data = build_dataset(cfg["n_samples"], cfg["dim"], cfg["classes"])
 sampler = DistributedSampler(data, shuffle=True, seed=0)
-loss_fn = TimedLoss(F.cross_entropy, cfg["timing_dir"])
+loss_fn = TimedLoss(F.cross_entropy, cfg["timing_dir"], cfg["steps"])
 step, epoch = 0, 0
 while step < cfg["steps"]:
     sampler.set_epoch(epoch)

@@ -20,7 +20,7 @@ device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
 if cuda:
     torch.cuda.set_device(device)
 dist.init_process_group("nccl" if cuda else "gloo")
-task = make_gpt_task(timing_dir=cfg["timing_dir"], **cfg["gpt"])
+task = make_gpt_task(timing_dir=cfg["timing_dir"], sync_at=cfg["sync_at"], steps=cfg["steps"], **cfg["gpt"])
 torch.manual_seed(0)
 model = DDP(task.model().to(device), device_ids=[local_rank] if cuda else None)
 opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"])

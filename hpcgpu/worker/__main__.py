@@ -124,5 +124,17 @@ def main() -> int:
     return exitcodes.OK if status == "done" else exitcodes.STOPPED_RESUMABLE
 
 
+def exit_now(code: int) -> None:
+    """Leave without interpreter teardown once everything is written and the process group is gone.
+
+    torch's C++ threads (gloo, the TCPStore client) are sometimes still joinable when Python
+    finalizes, and std::terminate then aborts a rank that had finished cleanly ("terminate called
+    without an active exception", SIGABRT), which the agent would report as a failure.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
