@@ -113,6 +113,8 @@ class Distributed(_Model):
     """Restart all ranks this many times after a failure (they resume from the last checkpoint)."""
     stop_grace_s: int = Field(120, ge=1)
     """After a stop signal, how long ranks get to checkpoint before they are killed."""
+    stop_check_every: int = Field(10, ge=1)
+    """The Trainer agrees on stop requests every N steps (one small all-reduce): a stop lands within N steps."""
 
 
 class Train(_Model):

@@ -6,6 +6,7 @@ anything else a failure (the traceback reaches the agent through torch elastic's
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
 import runpy
@@ -131,6 +132,7 @@ def exit_now(code: int) -> None:
     finalizes, and std::terminate then aborts a rank that had finished cleanly ("terminate called
     without an active exception", SIGABRT), which the agent would report as a failure.
     """
+    atexit._run_exitfuncs()  # the user's atexit handlers (result hooks, wandb.finish) still run
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

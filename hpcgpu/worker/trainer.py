@@ -190,7 +190,9 @@ class Trainer:
             self._log_step()
             if self.step % self.ctx.spec.checkpoint.every_steps == 0 or self.step == self.total_steps:
                 self._save()
-            if self.step < self.total_steps and stop.should_stop(self._collective_device()):
+            # agreeing costs an all-reduce and a host sync: do it every stop_check_every steps, not every step
+            check = self.step % self.ctx.spec.distributed.stop_check_every == 0
+            if self.step < self.total_steps and check and stop.should_stop(self._collective_device()):
                 if self.saver.last_step != self.step:
                     self._save()
                 return "stopped"
