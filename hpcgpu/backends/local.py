@@ -11,6 +11,7 @@ from pathlib import Path
 from hpcgpu import exitcodes
 from hpcgpu.plan import Plan
 from hpcgpu.runs import RunRecord, read_json, write_json_atomic
+from hpcgpu.procs import pid_alive
 
 FORWARD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -47,7 +48,7 @@ class LocalBackend:
         result = read_json(Path(record.run_dir) / "result.json")
         if result is not None:
             return {exitcodes.OK: "DONE", exitcodes.STOPPED_RESUMABLE: "STOPPED"}.get(result["exit_code"], "FAILED")
-        if record.pid and _alive(record.pid) and record.host == os.uname().nodename:
+        if record.pid and pid_alive(record.pid) and record.host == os.uname().nodename:
             return "RUNNING"
         return "UNKNOWN"
 
@@ -55,15 +56,5 @@ class LocalBackend:
         """SIGTERM the launcher: ranks checkpoint and stop (exit 75)."""
         if record.host != os.uname().nodename:
             raise RuntimeError(f"run {record.id} runs on {record.host}; cancel it there")
-        if record.pid and _alive(record.pid):
+        if record.pid and pid_alive(record.pid):
             os.kill(record.pid, signal.SIGTERM)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -22,6 +22,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from hpcgpu.procs import pid_alive
+
 FORMAT = 1
 MANIFEST = "manifest.json"
 STATE = "state.pt"
@@ -240,17 +242,7 @@ def prune(ckpt_dir: Path, keep_last: int, keep: Optional[Path] = None) -> list[P
             removed.append(path)
     for tmp in ckpt_dir.glob(".step_*.*-*"):
         pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
             removed.append(tmp)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
