@@ -406,6 +406,10 @@ def load_spec(path: str | Path | None) -> tuple[Spec, str]:
     return parse_spec(p.read_text(encoding="utf-8"), str(p)), str(p)
 
 
+#: first line of a spec written by dump_spec: validated, every default filled in (hpcgpu/resolved.py)
+RESOLVED_HEADER = "# hpcgpu resolved spec: validated, every default filled in\n"
+
+
 def dump_spec(spec: Spec) -> str:
     """The resolved spec as YAML (what nodes and ranks read); values of secret-looking `env:` names
     are written as <redacted> (they reach the ranks through the environment, never a file)."""
@@ -413,7 +417,7 @@ def dump_spec(spec: Spec) -> str:
 
     data = spec.model_dump(mode="json")
     data["env"] = withhold_secrets(data["env"])
-    return yaml.safe_dump(data, sort_keys=False)
+    return RESOLVED_HEADER + yaml.safe_dump(data, sort_keys=False)
 
 
 def spec_schema() -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 from hpcgpu import envnames
-from hpcgpu.spec import Spec, load_spec
+from hpcgpu.resolved import SpecView, load_resolved
 from hpcgpu.worker import checkpoint as ckpt
 from hpcgpu.worker.rank import RankInfo, detect_rank
 
@@ -18,7 +18,7 @@ class WorkerContext:
     """What every part of the worker needs to know, read once from the environment."""
 
     info: RankInfo
-    spec: Spec
+    spec: SpecView  # or hpcgpu.spec.Spec when no resolved spec file was given
     run_dir: Path
     ckpt_dir: Path
     console_tty: bool = False
@@ -40,7 +40,12 @@ def restart_count(env: Mapping[str, str]) -> int:
 
 def from_env(env: Mapping[str, str]) -> WorkerContext:
     """Build the context from the variables the node agent sets (defaults for a bare `python -m`)."""
-    spec, _ = load_spec(env.get(envnames.SPEC_FILE) or None)
+    if env.get(envnames.SPEC_FILE):
+        spec = load_resolved(env[envnames.SPEC_FILE])  # written by hpcgpu, already valid
+    else:  # a bare `torchrun -m hpcgpu.worker`: ./hpcgpu.yaml or the demo, validated here
+        from hpcgpu.spec import load_spec
+
+        spec, _ = load_spec(None)
     run_dir = Path(env.get(envnames.RUN_DIR) or Path(spec.logging.dir) / spec.name).absolute()
     ckpt_dir = Path(env.get(envnames.CKPT_DIR) or spec.checkpoint.dir or run_dir / "checkpoints").absolute()
     return WorkerContext(info=detect_rank(env), spec=spec, run_dir=run_dir, ckpt_dir=ckpt_dir,
