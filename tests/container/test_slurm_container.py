@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers.jobs import node_logs, wait_for_text
+
 from tests.slurm.conftest import cancel_jobs, slurm, slurm_cluster  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.container, pytest.mark.slurm]
@@ -40,20 +42,6 @@ TRAIN = {
     "distributed": {"stop_grace_s": 30},
     "slurm": {"signal_before_s": 60},
 }
-
-
-def wait_for_text(path: Path, pattern: str, timeout_s: float, explain) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        text = path.read_text() if path.exists() else ""
-        if re.search(pattern, text, re.M):
-            return text
-        time.sleep(0.2)
-    pytest.fail(f"{path} did not show {pattern!r} within {timeout_s:.0f}s\n{explain()}", pytrace=False)
-
-
-def node_logs(run_dir: Path) -> str:
-    return "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for p in sorted((run_dir / "submitit").glob("*.out")))
 
 
 def containers_mounting(path: Path) -> list[str]:

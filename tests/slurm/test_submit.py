@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.helpers.jobs import node_logs, wait_for_text
 from submitit.core.utils import DelayedSubmission
 
 from hpcgpu.slurm_plan import UNLIMITED_MIN, build_slurm_plan, pyxis_node_prefix
@@ -66,25 +68,8 @@ def submit(args: list[str], cwd: Path, home: Path, cancel_jobs: list) -> tuple[s
     return m.group(1), m.group(2), Path(run_dir)
 
 
-def wait_for_text(path: Path, pattern: str, timeout_s: float) -> str:
-    """Until path's text matches pattern (regex, multiline); the text."""
-    deadline = time.monotonic() + timeout_s
-    text = ""
-    while time.monotonic() < deadline:
-        text = path.read_text() if path.exists() else ""
-        if re.search(pattern, text, re.MULTILINE):
-            return text
-        time.sleep(0.2)
-    pytest.fail(f"{path} did not show {pattern!r} within {timeout_s:.0f}s; it has:\n{text[-3000:]}", pytrace=False)
-
-
 def final_loss(run_dir: Path) -> float:
     return json.loads((run_dir / "summary.json").read_text())["final_loss"]
-
-
-def node_logs(run_dir: Path) -> str:
-    """submitit's per-node logs, for failure messages."""
-    return "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for p in sorted((run_dir / "submitit").glob("*.out")))
 
 
 def status_fields(text: str) -> dict[str, str]:
