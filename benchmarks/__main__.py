@@ -52,6 +52,17 @@ def run_tier(n: int, bench: Bench) -> TierResult:
     return result
 
 
+def _status_detail(r: TierResult) -> str:
+    """A skip's reason on the same line; an error's whole note (traceback, the failed command's output),
+    indented, because its last line alone (often torchrun's '=====' rule) says nothing."""
+    note = r.note.strip()
+    if r.status == "skipped":
+        return note.splitlines()[-1][:200] if note else ""
+    if r.status == "error":
+        return "\n" + "\n".join("    | " + line for line in note.splitlines())
+    return ""
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     tiers = [int(t) for t in args.tiers.split(",") if t.strip()]
@@ -71,9 +82,7 @@ def main(argv: list[str]) -> int:
         print(f"bench: tier {n} ...", file=sys.stderr, flush=True)
         r = run_tier(n, bench)
         results.append(r)
-        first = r.note.strip().splitlines()[-1] if r.note.strip() else ""
-        print(f"bench: tier {n} {r.status} in {r.seconds:.1f} s {first[:200] if r.status != 'ok' else ''}",
-              file=sys.stderr, flush=True)
+        print(f"bench: tier {n} {r.status} in {r.seconds:.1f} s {_status_detail(r)}", file=sys.stderr, flush=True)
         for f in r.figures:
             print(f"  {f.name}: {f.measured.median:.4g} {f.measured.unit}"
                   + (f" vs {f.reference.median:.4g} {f.reference.unit}, ratio {f.ratio:.3f}" if f.ratio is not None else "")

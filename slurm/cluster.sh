@@ -119,7 +119,7 @@ start_munge() {
     --socket="$DIR/munge/run/munge.socket.2" \
     --pid-file="$DIR/munge/run/munged.pid" \
     --log-file="$DIR/munge/log/munged.log" \
-    --seed-file="$DIR/munge/lib/munged.seed" || return 1
+    --seed-file="$DIR/munge/lib/munged.seed" 9>&- || return 1
   wait_for "munged" 10 munge_running
 }
 
@@ -174,14 +174,14 @@ start_slurm() {
   # Called as `start_slurm || show_failure`, where set -e is off: every step checks itself.
   if ! ctld_running; then
     log "starting slurmctld"
-    slurmctld -f "$CONF" || return 1
+    slurmctld -f "$CONF" 9>&- || return 1
     wait_for "slurmctld" 20 ctld_responds || return 1
   fi
   local node
   for node in "${NODES[@]}"; do
     if ! slurmd_running "$node"; then
       log "starting slurmd -N $node"
-      slurmd -f "$CONF" -N "$node" || return 1
+      slurmd -f "$CONF" -N "$node" 9>&- || return 1
     fi
   done
 }
@@ -343,7 +343,8 @@ cmd_status() {
 }
 
 lock() {
-  # Two `make slurm-up` at once (parallel CI steps) must not start daemons twice.
+  # Two `make slurm-up` at once (parallel CI steps) must not start daemons twice. Daemons are
+  # started with 9>&-: one that inherited fd 9 would hold the lock for its whole life.
   install -d -m 0755 "$DIR"
   exec 9>"$DIR/.lock"
   flock -w 120 9 || die "another cluster.sh holds $DIR/.lock"

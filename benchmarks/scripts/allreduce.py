@@ -7,6 +7,7 @@ import time
 
 import torch
 import torch.distributed as dist
+from clean_exit import exit_cleanly
 
 cfg = json.loads(sys.argv[1])
 dist.init_process_group("gloo")
@@ -26,4 +27,4 @@ for size, iters in zip(cfg["sizes"], cfg["iters"]):
 if dist.get_rank() == 0:
     with open(cfg["out"], "w") as f:
         json.dump(results, f)
-dist.destroy_process_group()
+exit_cleanly()

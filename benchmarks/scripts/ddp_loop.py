@@ -15,6 +15,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
 from benchmarks.workload import TimedLoss, build_dataset, build_model
+from clean_exit import exit_cleanly
 
 cfg = json.loads(sys.argv[1])
 dist.init_process_group("gloo")
@@ -37,4 +38,4 @@ while step < cfg["steps"]:
         if step == cfg["steps"]:
             break
     epoch += 1
-dist.destroy_process_group()
+exit_cleanly()

@@ -11,6 +11,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from hpcgpu.examples.gpt import make_task
+from clean_exit import exit_cleanly
 
 cfg = json.loads(sys.argv[1])
 cuda = torch.cuda.is_available()
@@ -53,4 +54,4 @@ for r in range(cfg["repeats"]):
         out[name].append((time.perf_counter() - t0) / cfg["steps"])
 with open(cfg["out"], "w") as f:
     json.dump(out, f)
-dist.destroy_process_group()
+exit_cleanly()

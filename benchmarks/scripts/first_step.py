@@ -25,6 +25,7 @@ def process_start() -> float:
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
+from clean_exit import exit_cleanly  # noqa: E402
 
 out = sys.argv[1]
 dist.init_process_group("gloo")
@@ -39,4 +40,4 @@ t = time.time()
 print(f"first step done at {t:.6f}", flush=True)
 with open(os.path.join(out, f"rank{os.environ['RANK']}.json"), "w") as f:
     json.dump({"process_start": process_start(), "script_start": SCRIPT_START, "pg_up": PG_UP, "first_step": t}, f)
-dist.destroy_process_group()
+exit_cleanly()

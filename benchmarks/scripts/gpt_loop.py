@@ -12,6 +12,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
 from benchmarks.workload import make_gpt_task
+from clean_exit import exit_cleanly
 
 cfg = json.loads(sys.argv[1])
 cuda = torch.cuda.is_available()
@@ -40,4 +41,4 @@ while step < cfg["steps"]:
         if step == cfg["steps"]:
             break
     epoch += 1
-dist.destroy_process_group()
+exit_cleanly()

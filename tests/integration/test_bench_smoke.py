@@ -39,12 +39,22 @@ def _check_figure(fig: dict, where: str) -> None:
         assert fig["met"] is None, where
 
 
+def _errored_tier_notes(out: Path) -> str:
+    """The whole note of every tier that errored (the JSON is written even when the run fails)."""
+    notes = []
+    for path in (out / "results").glob("*.json"):
+        for tier in json.loads(path.read_text())["tiers"]:
+            if tier["status"] == "error":
+                notes.append(f"\n--- tier {tier['tier']} error note ---\n{tier['note']}")
+    return "".join(notes)
+
+
 def test_bench_smoke_writes_well_formed_results(tmp_path):
     out = tmp_path / "bench"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HPCGPU_", "MAKEFLAGS", "MFLAGS"))}
     p = subprocess.run(["make", "--no-print-directory", "bench-smoke", f"BENCH_SMOKE_OUT={out}"], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:] + _errored_tier_notes(out)
 
     (json_path,) = (out / "results").glob("*.json")
     doc = json.loads(json_path.read_text())
