@@ -145,6 +145,29 @@ def _limit_failure_teardown() -> None:
     PContext.close = close
 
 
+def _make_clean_stops_final() -> None:
+    """A clean stop (every rank that exited said 75: checkpointed on a signal) ends the run even with
+    distributed.max_restarts > 0. torch elastic counts any non-zero exit as a failure to restart from,
+    so a signal that reached the ranks but not this agent (kill -TERM of a rank, a signal sent to the
+    ranks' process group) would resume and train on instead of stopping."""
+    from torch.distributed.elastic.agent.server.api import WorkerState
+    from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
+
+    original = LocalElasticAgent._monitor_workers
+    if getattr(original, "_hpcgpu", False):
+        return
+
+    def monitor(self, worker_group):
+        result = original(self, worker_group)
+        if result.state == WorkerState.FAILED and result.failures and all(
+                f.exitcode == exitcodes.STOPPED_RESUMABLE for f in result.failures.values()):
+            self._remaining_restarts = 0
+        return result
+
+    monitor._hpcgpu = True
+    LocalElasticAgent._monitor_workers = monitor
+
+
 def _launch_config(spec, role: NodeRole, nproc: int, run_dir: Path):
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.launcher.api import LaunchConfig
@@ -207,6 +230,7 @@ def run_node(run_dir: Path, environ: Optional[Mapping[str, str]] = None) -> int:
     _quiet_elastic_logs()
     register_rendezvous()
     _limit_failure_teardown()
+    _make_clean_stops_final()
 
     started = time.time()
     follower = ConsoleFollower(run_dir, sys.stdout.buffer).start()

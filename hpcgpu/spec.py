@@ -110,7 +110,7 @@ class Distributed(_Model):
     rdzv_timeout_s: int = Field(300, ge=1)
     """How long nodes wait for each other at start."""
     max_restarts: int = Field(0, ge=0)
-    """Restart all ranks this many times after a failure (they resume from the last checkpoint)."""
+    """Restart all ranks this many times after a failure (they resume from the last checkpoint). A clean stop on a signal (exit 75) is never restarted."""
     stop_grace_s: int = Field(120, ge=1)
     """After a stop signal, how long ranks get to checkpoint before they are killed."""
     stop_check_every: int = Field(10, ge=1)

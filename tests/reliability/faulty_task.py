@@ -7,12 +7,14 @@ first records `<run dir>/fault-rank<R>.json` (time, pid) and then:
   raise - raise RuntimeError
   pause - sleep forever: never reaches the next collective (a hang, or a target for kill -9)
   fill  - fill the file system holding `fill_path` to the last byte, then carry on training
+  term  - send SIGTERM to this rank only (not to the node agent), then carry on training
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -51,6 +53,8 @@ def fault_now(fault: str, rank: int, fill_path: str = "") -> None:
             time.sleep(1)
     if fault == "fill":
         fill_filesystem(fill_path)
+    if fault == "term":
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def make_task(fault: str = "none", rank: int = 1, step: int = 3, attempt: int = 0, fill_path: str = "", **demo_args):

@@ -95,6 +95,23 @@ def test_max_restarts_restarts_and_resumes_from_the_last_checkpoint(tmp_path):
     assert summary["status"] == "done" and summary["steps"] == 12
 
 
+def test_a_signal_to_one_rank_stops_the_run_even_with_max_restarts(tmp_path):
+    # SIGTERM reaches rank 1 alone (not the node agent) during step 4: every rank stops after the same
+    # step with a checkpoint and the run ends 75; torch elastic alone would count the exit as a failure
+    # and restart the ranks (max_restarts 2), which would resume and train on to step 12.
+    spec = small_spec(entry=faulty("term", rank=1, step=4), train={"max_steps": 12},
+                      distributed={"max_restarts": 2})
+    done = start(["run", "local", "--nproc", 2, "-f", write_spec(tmp_path / "job.yaml", spec)], tmp_path).wait(120)
+    run_dir = done.run_dir()
+    assert done.rc == 75, done.text
+    log = (run_dir / "logs" / "rank0.log").read_text()
+    assert "elastic restart 1" not in log, log[-3000:]
+    exits = [json.loads((run_dir / "exit" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [e["status"] for e in exits] == ["stopped", "stopped"], exits
+    assert exits[0]["step"] == exits[1]["step"] < 12, exits
+    assert (run_dir / "checkpoints" / f"step_{exits[0]['step']:08d}").is_dir()
+
+
 def test_a_rank_hanging_outside_a_collective_fails_within_the_timeout(tmp_path):
     # rank 1 never reaches the gradient all-reduce of its 3rd step; rank 0 waits in it
     spec = small_spec(entry=faulty("pause", rank=1, step=3), distributed={"timeout_s": 5})
