@@ -347,7 +347,22 @@ lock() {
   # started with 9>&-: one that inherited fd 9 would hold the lock for its whole life.
   install -d -m 0755 "$DIR"
   exec 9>"$DIR/.lock"
-  flock -w 120 9 || die "another cluster.sh holds $DIR/.lock"
+  flock -w 120 9 || die "another process holds $DIR/.lock after 120 s: $(lock_holders)"
+}
+
+lock_holders() {
+  # "pid (name)" of every other process with the lock file open, to say whom to wait for or stop.
+  local p fd out=()
+  for p in /proc/[0-9]*; do
+    [[ "${p#/proc/}" == "$$" ]] && continue
+    for fd in "$p"/fd/*; do
+      if [[ "$(readlink "$fd" 2>/dev/null)" == "$DIR/.lock" ]]; then
+        out+=("${p#/proc/} ($(cat "$p/comm" 2>/dev/null))")
+        break
+      fi
+    done
+  done
+  printf '%s\n' "${out[*]:-none found}"
 }
 
 main() {

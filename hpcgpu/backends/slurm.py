@@ -112,8 +112,9 @@ class SlurmBackend:
 
     name = "slurm"
 
-    def launch(self, plan: Plan) -> str:
-        """Submit; return the job id (also recorded in run.json). A refused job leaves no run dir."""
+    def launch(self, plan: Plan, resumed: bool = False) -> str:
+        """Submit; return the job id (also recorded in run.json). A refused new job leaves no run dir;
+        a refused resume leaves the run dir as it was (its checkpoints are the point)."""
         from hpcgpu.backends.slurm_job import NodeCommand
         from hpcgpu.envvars import is_secret
 
@@ -129,7 +130,8 @@ class SlurmBackend:
             with contextlib.redirect_stderr(said):
                 job = executor.submit(command)
         except FailedJobError as e:  # sbatch refused (bad account, unknown feature, ...): nothing half-submitted
-            shutil.rmtree(plan.run_dir, ignore_errors=True)
+            if not resumed:
+                shutil.rmtree(plan.run_dir, ignore_errors=True)
             raise UserError(f"sbatch refused the job: {_sbatch_error(e)}",
                             hint="nothing was submitted; fix the request (see `sinfo`, `scontrol show partition`)") from None
         sys.stderr.write(said.getvalue())

@@ -109,6 +109,24 @@ def materialize_run(plan: Plan, nodes: int) -> Path:
     return run_dir
 
 
+def remember_launch_dir(run_dir: str) -> None:
+    """Record where the run was started: a resume runs there again (relative script and data
+    paths, and the code directory a container mounts, mean the same thing then)."""
+    from hpcgpu.runs import update_record
+
+    update_record(Path(run_dir), cwd=os.getcwd())
+
+
+def return_to_launch_dir(run_dir: str) -> None:
+    """chdir to the directory the run was started from, when it is recorded and still there."""
+    from hpcgpu.runs import read_json
+
+    cwd = (read_json(Path(run_dir) / "run.json") or {}).get("cwd")
+    if cwd and cwd != os.getcwd() and os.path.isdir(cwd):
+        click.echo(f"hpcgpu: resuming in {cwd}, where the run was started")
+        os.chdir(cwd)
+
+
 def exit_after_agent(code: int) -> None:
     """Exit now, skipping interpreter teardown, once the in-process node agent is done and all is
     reported: torch's C++ threads (elastic, TCPStore) have been seen to abort during teardown

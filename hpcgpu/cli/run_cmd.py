@@ -9,8 +9,8 @@ import click
 
 from hpcgpu.errors import UserError
 
-from hpcgpu.cli.common import (exit_after_agent, load_with_overrides, materialize_run, parse_gpus, reserve_run_dir,
-                               run_location, spec_option)
+from hpcgpu.cli.common import (exit_after_agent, load_with_overrides, materialize_run, parse_gpus,
+                               remember_launch_dir, reserve_run_dir, return_to_launch_dir, run_location, spec_option)
 
 
 @click.group()
@@ -74,7 +74,7 @@ def run_local(spec_file, gpus, nproc, name, max_restarts, container, dry_run, co
     _check_container(spec, run_dir)
     plan = reserve_run_dir(lambda: _local_plan(spec, *run_location(spec)))
     materialize_run(plan, nodes=1)
-    _remember_cwd(plan.run_dir)
+    remember_launch_dir(plan.run_dir)
     _announce(plan, source)
     code = get_backend("local").launch(plan)
     _farewell(plan, code)
@@ -94,7 +94,7 @@ def _resume(ref: str, dry_run: bool) -> int:
     if record.backend != "local":
         raise UserError(f"run {record.id} ran on {record.backend}", hint="Slurm jobs resume by requeue")
     spec, _ = load_spec(Path(record.run_dir) / "spec.yaml")
-    _return_to_launch_dir(record.run_dir)
+    return_to_launch_dir(record.run_dir)
     plan = _local_plan(spec, record.id, record.run_dir)
     if dry_run:
         click.echo(describe_plan(plan), nl=False)
@@ -106,28 +106,6 @@ def _resume(ref: str, dry_run: bool) -> int:
     code = get_backend("local").launch(plan)
     _farewell(plan, code)
     exit_after_agent(code)
-
-
-def _remember_cwd(run_dir: str) -> None:
-    """Record where the run was started: a resume runs there again (relative script and data
-    paths, and the code directory a container mounts, mean the same thing then)."""
-    from pathlib import Path
-
-    from hpcgpu.runs import update_record
-
-    update_record(Path(run_dir), cwd=os.getcwd())
-
-
-def _return_to_launch_dir(run_dir: str) -> None:
-    """chdir to the directory the run was started from, when it is recorded and still there."""
-    from pathlib import Path
-
-    from hpcgpu.runs import read_json
-
-    cwd = (read_json(Path(run_dir) / "run.json") or {}).get("cwd")
-    if cwd and cwd != os.getcwd() and os.path.isdir(cwd):
-        click.echo(f"hpcgpu: resuming in {cwd}, where the run was started")
-        os.chdir(cwd)
 
 
 def _local_plan(spec, run_id: str, run_dir: str):

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from hpcgpu.cli.common import load_with_overrides, materialize_run, reserve_run_dir, run_location, spec_option
+from hpcgpu.cli.common import (load_with_overrides, materialize_run, remember_launch_dir, reserve_run_dir,
+                               return_to_launch_dir, run_location, spec_option)
 from hpcgpu.errors import UserError
 
 
@@ -35,9 +36,13 @@ def submit() -> None:
 @click.option("--dry-run", is_flag=True, help="Print the sbatch script exactly as it will be submitted, and the rank table.")
 @click.option("--wait", is_flag=True, help="Wait for the job to end; exit with its status.")
 @click.option("--follow", is_flag=True, help="Like --wait, printing rank 0's log as it grows.")
+@click.option("--resume", "resume_run", default=None, metavar="RUN",
+              help="Submit a new job that continues RUN (cancelled, stopped, timed out) from its newest "
+                   "checkpoint, with the spec it was started with. Combines only with --dry-run/--wait/--follow.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- SCRIPT ARGS...]")
 def submit_slurm(spec_file, nodes, gpus_per_node, nproc_per_node, partition, account, qos, time_limit,
-                 constraint, mem, cpus_per_task, container, name, dry_run, wait, follow, command) -> int:
+                 constraint, mem, cpus_per_task, container, name, dry_run, wait, follow, command,
+                 resume_run=None) -> int:
     """Submit the spec's job to Slurm: one task per node, each starting that node's ranks.
 
     \b
@@ -45,11 +50,22 @@ def submit_slurm(spec_file, nodes, gpus_per_node, nproc_per_node, partition, acc
       hpcgpu submit slurm --nodes 2 --gpus-per-node 8 --time 04:00:00 --partition gpu
       hpcgpu submit slurm --nodes 2 --nproc-per-node 2 --follow     # CPU ranks (gloo)
       hpcgpu submit slurm --dry-run                                 # print the sbatch script
+      hpcgpu submit slurm --resume demo-2026 --follow               # continue a cancelled run
 
     Before the time limit or a preemption Slurm sends SIGUSR2 (slurm.signal_before_s); the ranks
     agree on a step, checkpoint, and the job is requeued from the host side and resumes there.
     Timeouts requeue at most slurm.max_timeout_requeues times; preemptions always; failures never.
     """
+    if resume_run:
+        given = [f for f, v in (("-f", spec_file), ("--nodes", nodes), ("--gpus-per-node", gpus_per_node),
+                                ("--nproc-per-node", nproc_per_node), ("--partition", partition),
+                                ("--account", account), ("--qos", qos), ("--time", time_limit),
+                                ("--constraint", constraint), ("--mem", mem), ("--cpus-per-task", cpus_per_task),
+                                ("--container", container), ("--name", name), ("-- CMD", command)) if v]
+        if given:
+            raise UserError(f"--resume continues a run with the spec it was started with; it takes no {', '.join(given)}",
+                            hint="start a new run to change the job, or edit nothing and resume")
+        return _resume(resume_run, dry_run, wait, follow)
     flags = {"name": name, "resources.nodes": nodes, "resources.cpus_per_task": cpus_per_task,
              "resources.mem": mem, "resources.time": time_limit, "slurm.partition": partition,
              "slurm.account": account, "slurm.qos": qos, "slurm.constraint": constraint}
@@ -85,8 +101,14 @@ def submit_slurm(spec_file, nodes, gpus_per_node, nproc_per_node, partition, acc
         check_runtime(spec.container.runtime, spec.container.image)
     plan = reserve_run_dir(lambda: _plan(spec))
     materialize_run(plan, nodes=spec.resources.nodes)
+    remember_launch_dir(plan.run_dir)
     restore_secret_env(withheld_env())
     job_id = SlurmBackend().launch(plan)
+    return _submitted(plan, job_id, wait, follow)
+
+
+def _submitted(plan, job_id: str, wait: bool, follow: bool) -> int:
+    spec = plan.spec
     click.echo(f"hpcgpu: submitted {plan.run_id} as Slurm job {job_id} ({spec.resources.nodes} node(s) x {plan.layout.nproc} rank(s))")
     click.echo(f"  run dir: {plan.run_dir}")
     click.echo(f"  follow:  hpcgpu logs {plan.run_id} --follow    status: hpcgpu status {plan.run_id}")
@@ -96,11 +118,67 @@ def submit_slurm(spec_file, nodes, gpus_per_node, nproc_per_node, partition, acc
     return 0
 
 
-def _plan(spec):
-    """Build the Slurm plan: the node layout is the request (the compute nodes' GPUs are not visible here)."""
+#: how a run ended that `--resume` may continue (FAILED too: the fix may be outside the spec, e.g. a full disk)
+RESUMABLE = frozenset({"STOPPED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "FAILED", "OUT_OF_MEMORY",
+                       "BOOT_FAIL", "DEADLINE"})
+
+
+def _resume(ref: str, dry_run: bool, wait: bool, follow: bool) -> int:
+    """A new job in the run's own run dir: its ranks resume from the newest valid checkpoint there."""
+    from hpcgpu.backends.slurm import SlurmBackend, check_fits, require_slurm
+    from hpcgpu.runs import find_run, read_json, update_record
+    from hpcgpu.slurm_plan import describe_slurm
+    from hpcgpu.spec import load_spec
+
+    record = find_run(ref)
+    if record.backend != "slurm":
+        raise UserError(f"run {record.id} ran on {record.backend}, not Slurm",
+                        hint=f"continue it with: hpcgpu run local --resume {record.id}")
+    run_dir = Path(record.run_dir)
+    spec, _ = load_spec(run_dir / "spec.yaml")
+    return_to_launch_dir(record.run_dir)
+    plan = _plan(spec, record.id, record.run_dir)
+    if dry_run:
+        click.echo(f"spec:     {run_dir / 'spec.yaml'} (resumed)")
+        click.echo(describe_slurm(plan), nl=False)
+        return 0
+    require_slurm()
+    backend = SlurmBackend()
+    state = backend.status(record)
+    if state in ("DONE", "COMPLETED"):
+        raise UserError(f"run {record.id} has finished (job {record.job_id}: {state}); there is nothing to continue",
+                        hint="to train longer, start a new run with checkpoint.resume set to its last checkpoint")
+    if state not in RESUMABLE:
+        raise UserError(f"run {record.id} is not over: job {record.job_id} is {state}",
+                        hint=f"a requeued job resumes by itself; to resubmit, end it first: hpcgpu cancel {record.id}")
+    check_fits(plan)
+    if spec.container:
+        from hpcgpu.container import check_runtime
+
+        check_runtime(spec.container.runtime, spec.container.image)
+    # The previous job's result would read as the new job's outcome: keep it under its job id.
+    result, kept = run_dir / "result.json", run_dir / f"result-job{record.job_id}.json"
+    if result.exists():
+        result.replace(kept)
+    try:
+        job_id = backend.launch(plan, resumed=True)
+    except BaseException:
+        if kept.exists() and not result.exists():
+            kept.replace(result)  # refused: the run is as it was
+        raise
+    info = read_json(run_dir / "run.json") or {}
+    update_record(run_dir, restarts=int(info.get("restarts") or 0) + 1, jobs=[*info.get("jobs", []), record.job_id])
+    click.echo(f"hpcgpu: resuming {record.id} (job {record.job_id} ended {state})")
+    return _submitted(plan, job_id, wait, follow)
+
+
+def _plan(spec, run_id: str | None = None, run_dir: str | None = None):
+    """Build the Slurm plan: the node layout is the request (the compute nodes' GPUs are not visible here).
+    A fresh run id and dir unless given (a resume)."""
     from hpcgpu.slurm_plan import build_slurm_plan
 
-    run_id, run_dir = run_location(spec)
+    if run_id is None or run_dir is None:
+        run_id, run_dir = run_location(spec)
     prefix, srun_args = [], []
     if spec.container is not None:
         # the container is given the names of the variables the node agent reads (values stay in the env)

@@ -156,6 +156,12 @@ def test_ctrl_c_stops_cleanly_then_resume_continues(tmp_path):
     assert proc.returncode == 75, seen + rest
     assert f"step {stopped_at}" in seen and f"resuming from {run_dir}" in seen
 
+    # the Slurm resume refuses a local run (and any flag beside --resume), naming what to do instead
+    out = hpcgpu(["submit", "slurm", "--resume", run_dir.name], tmp_path, tmp_path / "home", timeout=60)
+    assert out.returncode == 2 and f"hpcgpu run local --resume {run_dir.name}" in out.stderr, out.stderr
+    out = hpcgpu(["submit", "slurm", "--resume", run_dir.name, "--nodes", "2"], tmp_path, tmp_path / "home", timeout=60)
+    assert out.returncode == 2 and "it takes no --nodes" in out.stderr, out.stderr
+
 
 def test_documented_user_script_stops_and_resumes(tmp_path):
     script = str(Path(__file__).resolve().parents[2] / "examples" / "train_script.py")
