@@ -168,10 +168,8 @@ def wait_started(tmp_path: Path, restart: int, timeout_s: float = 30) -> None:
 
 @pytest.mark.slurm
 def test_two_nodes_share_one_endpoint_from_the_head(slurm, cancel_jobs, child, tmp_path):
-    start = time.monotonic()
     job = submit(tmp_path, command(child, tmp_path, 0), cancel_jobs)
     assert slurm.wait_job_final(job.job_id).state == "COMPLETED", logs(job)
-    elapsed = time.monotonic() - start
     results = sorted(job.results(), key=lambda r: r["node"])
     assert [(r["node"], r["host"], r["returncode"]) for r in results] == [(0, "node1", 0), (1, "node2", 0)]
     endpoints = {(tmp_path / f"env-{n}-0").read_text().split()[0] for n in (0, 1)}
@@ -179,7 +177,6 @@ def test_two_nodes_share_one_endpoint_from_the_head(slurm, cancel_jobs, child, t
     (endpoint,) = endpoints
     assert endpoint.startswith("node1:")
     assert (tmp_path / "rdzv" / f"{job.job_id}-0.endpoint").read_text().strip() == endpoint
-    assert elapsed < 30, f"submit to result took {elapsed:.1f}s"
     # The sacct-free state the backend can use (submitit's own Job.state is UNKNOWN here).
     assert slurm.show_job(job.job_id).state == "COMPLETED"
     assert job.state == "UNKNOWN"

@@ -67,11 +67,9 @@ def test_a_burst_of_twenty_submissions_is_all_accepted_and_tracked(slurm_cluster
     # Held jobs (sbatch --hold): accepted and tracked, but they take no CPU from the other tests.
     name = f"burst-{os.getpid()}"
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump({**TINY, "name": name, "slurm": {"extra": {"hold": True}}}))
-    began = time.monotonic()
     procs = [start(["submit", "slurm", "-f", "spec.yaml", "--nproc-per-node", "1", "--time", "2"], tmp_path)
              for _ in range(20)]
     outs = [p.communicate(timeout=180) for p in procs]
-    elapsed = time.monotonic() - began
     jobs = []
     for p, (stdout, stderr) in zip(procs, outs):
         assert p.returncode == 0, stdout + stderr
@@ -94,4 +92,3 @@ def test_a_burst_of_twenty_submissions_is_all_accepted_and_tracked(slurm_cluster
     while jobs_named(name) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert jobs_named(name) == []
-    assert elapsed < 90, f"20 submissions took {elapsed:.0f}s"

@@ -36,6 +36,19 @@ def test_save_creates_step_dir_with_manifest_and_no_leftovers(tmp_path):
     assert torch.equal(ckpt.load_state(path)["model"]["w"], torch.full((4, 4), 100.0))
 
 
+def test_large_tensors_hashed_beside_the_write_match_the_bytes_on_disk(tmp_path):
+    # tensors above _OVERLAP_MIN are hashed in a helper thread while written; the manifest must still
+    # describe exactly the file (and a stale chunk or a race would show up as a mismatch)
+    big = {"model": {f"w{i}": torch.randn(512, 1024) for i in range(3)}, "small": torch.ones(3), "step": 7}
+    assert big["model"]["w0"].nbytes >= ckpt._OVERLAP_MIN
+    path = ckpt.save_state(tmp_path, 7, big)
+    entry = json.loads((path / ckpt.MANIFEST).read_text())["files"][ckpt.STATE]
+    assert entry == ckpt.digest_file(path / ckpt.STATE)
+    assert entry["bytes"] == (path / ckpt.STATE).stat().st_size
+    loaded = ckpt.load_state(path)
+    assert all(torch.equal(loaded["model"][k], v) for k, v in big["model"].items())
+
+
 def test_saving_the_same_step_again_replaces_it(tmp_path):
     ckpt.save_state(tmp_path, 5, state(1))
     ckpt.save_state(tmp_path, 5, state(2))
