@@ -24,6 +24,7 @@ from torch.optim import Optimizer
 
 from hpcgpu.worker import checkpoint as ckpt
 from hpcgpu.worker.saver import Checkpointer
+from hpcgpu.worker.state import snapshot
 
 SHARDS = ckpt.SHARDS
 
@@ -64,8 +65,15 @@ class SafeReader(dcp.FileSystemReader):
 
 
 def save_sharded(saver: Checkpointer, step: int, model: nn.Module, optimizer: Optimizer,
-                 state: dict, meta: dict) -> Path:
-    """Collective: all ranks write their shards; rank 0 adds `state` and commits."""
+                 state: dict, meta: dict, async_group=None) -> Path:
+    """Collective: all ranks write their shards; rank 0 adds `state` and commits.
+
+    With `async_group` (a gloo group of all ranks, used only by checkpoint writes) the call returns
+    once the shards are copied to CPU memory: DCP writes them in the background, and a background
+    thread on each rank then gathers the digests and rank 0 commits, all over `async_group`, so no
+    collective of the training loop's group ever runs off the main thread. saver.wait() joins it.
+    """
+    saver.wait()  # one save in flight at most: its collectives must not interleave with this one's
     saver.last_step = step
     t0 = time.perf_counter()
     rank = tdist.get_rank()
@@ -74,21 +82,39 @@ def save_sharded(saver: Checkpointer, step: int, model: nn.Module, optimizer: Op
     tmp_dir = Path(tmp[0])
     model_sd, optim_sd = get_state_dict(model, optimizer)
     writer = dcp.FileSystemWriter(str(tmp_dir / SHARDS), sync_files=True)
-    dcp.save({"model": model_sd, "optimizer": optim_sd}, storage_writer=writer)
+    final = saver.dir / ckpt.step_dir_name(step)
+    if async_group is None:
+        dcp.save({"model": model_sd, "optimizer": optim_sd}, storage_writer=writer)
+        _commit_sharded(saver, step, tmp_dir, state, meta, None, t0)
+        saver.last, saver.stall_s = final, time.perf_counter() - t0
+        return final
+    written = dcp.async_save({"model": model_sd, "optimizer": optim_sd}, storage_writer=writer,
+                             process_group=async_group)
+    state = snapshot(state, copy=True)  # the loop goes on changing what `state` refers to
+
+    def finish() -> None:
+        written.result()
+        _commit_sharded(saver, step, tmp_dir, state, meta, async_group, t0)
+
+    saver.in_background(finish)
+    saver.last, saver.stall_s = final, time.perf_counter() - t0
+    return final
+
+
+def _commit_sharded(saver: Checkpointer, step: int, tmp_dir: Path, state: dict, meta: dict, group, t0: float) -> None:
+    """Collective over `group`: every rank's shards are on disk; rank 0 writes state.pt and commits."""
+    rank = tdist.get_rank()
     # Each rank hashes only what it wrote; rank 0 collects the digests for the manifest.
     mine = {f"{SHARDS}/{p.name}": ckpt.digest_file(p) for p in (tmp_dir / SHARDS).glob(f"__{rank}_*.distcp")}
     gathered: list = [None] * tdist.get_world_size()
-    tdist.all_gather_object(gathered, mine)
-    final = saver.dir / ckpt.step_dir_name(step)
+    tdist.all_gather_object(gathered, mine, group=group)
     if rank == 0:
         files = {k: v for part in gathered for k, v in part.items()}
         files[f"{SHARDS}/.metadata"] = ckpt.digest_file(tmp_dir / SHARDS / ".metadata")
         files[ckpt.STATE] = ckpt.write_torch(state, tmp_dir / ckpt.STATE)
         final = ckpt.commit(tmp_dir, step, files, {"kind": "fsdp", **meta})
         saver.committed(final, step, time.perf_counter() - t0)
-    tdist.barrier()
-    saver.last, saver.stall_s = final, time.perf_counter() - t0
-    return final
+    tdist.barrier(group=group)
 
 
 def load_sharded(path: Path, model: nn.Module, optimizer: Optimizer) -> None:

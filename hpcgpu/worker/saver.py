@@ -61,8 +61,16 @@ class Checkpointer:
         self.report(f"hpcgpu: checkpoint step {step} -> {path} ({_mb(path):.1f} MB, {seconds:.2f} s)")
 
     def _write_in_background(self, step: int, snap: dict, meta: dict) -> None:
+        self._run_keeping_error(lambda: self._write(step, snap, meta))
+
+    def in_background(self, work) -> None:
+        """Run `work` (the rest of a save) in the background thread that wait() joins; on every rank."""
+        self._thread = threading.Thread(target=self._run_keeping_error, args=(work,), name="hpcgpu-checkpoint")
+        self._thread.start()
+
+    def _run_keeping_error(self, work) -> None:
         try:
-            self._write(step, snap, meta)
+            work()
         except BaseException as e:  # re-raised in the training thread by wait()
             self._error = e
 

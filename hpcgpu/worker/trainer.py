@@ -93,6 +93,10 @@ class Trainer:
         self.progress = Progress(mode, self.total_steps, cfg.log_every)
         self.saver = Checkpointer(self.ctx.ckpt_dir, self.ctx.spec.checkpoint.keep_last,
                                   self.ctx.spec.checkpoint.async_save, info.is_main, self.progress.message)
+        # An async FSDP save runs collectives in a background thread: on a gloo group of its own
+        # (DCP stages through CPU), never on the group the training loop's collectives use.
+        async_fsdp = cfg.strategy == "fsdp" and self.ctx.spec.checkpoint.async_save and is_distributed()
+        self.ckpt_group = tdist.new_group(backend="gloo") if async_fsdp else None
 
     def _build_data(self) -> None:
         cfg = self.cfg
@@ -250,7 +254,7 @@ class Trainer:
         if self.cfg.strategy == "fsdp":
             from hpcgpu.worker.checkpoint_dcp import save_sharded
 
-            save_sharded(self.saver, self.step, self.model, self.optimizer, state, meta)
+            save_sharded(self.saver, self.step, self.model, self.optimizer, state, meta, self.ckpt_group)
         else:
             self.saver.save(self.step, state, meta)
 

@@ -37,6 +37,20 @@ def test_fp16_uses_a_grad_scaler_and_finishes(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_fsdp_async_checkpoint_from_the_gpu_commits_every_save(tmp_path):
+    # the shards are staged off the GPU, written by DCP in the background over a gloo group of their own
+    spec = {"name": "fsdp-async", "train": {"strategy": "fsdp", "precision": "bf16", "max_steps": 30, "epochs": 100},
+            "checkpoint": {"every_steps": 10, "async_save": True}}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
+    out = hpcgpu(["run", "local", "--gpus", "all", "-f", "job.yaml"], tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    (run_dir,) = list((tmp_path / "runs").iterdir())
+    from hpcgpu.worker import checkpoint as ckpt
+
+    assert [s for s, _ in ckpt.list_checkpoints(run_dir / "checkpoints")] == [30, 20, 10]
+    assert ckpt.verify(run_dir / "checkpoints" / "step_00000030")["kind"] == "fsdp"
+
+
 def test_doctor_reads_nvml_and_runs_nccl(tmp_path):
     out = hpcgpu(["doctor", "--json"], tmp_path)
     report = json.loads(out.stdout)

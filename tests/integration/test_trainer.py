@@ -40,15 +40,21 @@ def test_bundled_demo_under_plain_torchrun(tmp_path):
     assert "Traceback" not in log + result.log(1)
 
 
-def test_fsdp_with_grad_accum_resumes_exactly(tmp_path):
-    spec = demo_spec(train={"strategy": "fsdp", "grad_accum": 2, "epochs": 1, "max_steps": 14})
+@pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
+def test_fsdp_with_grad_accum_resumes_exactly(tmp_path, async_save):
+    spec = demo_spec(train={"strategy": "fsdp", "grad_accum": 2, "epochs": 1, "max_steps": 14},
+                     checkpoint={"every_steps": 5, "async_save": async_save})
     first = run(tmp_path / "a", spec)
     assert first.rc == 0, first.explain()
     assert "fsdp on 2 rank(s) x cpu, fp32; effective batch 16 x 2 rank(s) x 2 accum = 64 samples/step" in first.log()
+    # every save committed, in step order (async: each waits for the one before), and verifiable
+    saved = re.findall(r"^hpcgpu: checkpoint step (\d+) -> ", first.log(), re.MULTILINE)
+    assert saved == ["5", "10", "14"], first.log()
     step10 = tmp_path / "a" / "checkpoints" / "step_00000010"
     manifest = json.loads((step10 / ckpt.MANIFEST).read_text())
     assert manifest["kind"] == "fsdp"
     assert {"shards/__0_0.distcp", "shards/__1_0.distcp", "shards/.metadata", ckpt.STATE} <= set(manifest["files"])
+    assert ckpt.latest_valid(tmp_path / "a" / "checkpoints", report=lambda _: None).name == "step_00000014"
 
     (tmp_path / "b" / "checkpoints").mkdir(parents=True)
     shutil.copytree(step10, tmp_path / "b" / "checkpoints" / step10.name)
