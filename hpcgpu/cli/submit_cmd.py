@@ -118,9 +118,10 @@ def _submitted(plan, job_id: str, wait: bool, follow: bool) -> int:
     return 0
 
 
-#: how a run ended that `--resume` may continue (FAILED too: the fix may be outside the spec, e.g. a full disk)
+#: how a run ended that `--resume` may continue (FAILED too: the fix may be outside the spec, e.g. a full
+#: disk; UNKNOWN: slurmctld, which answered, has forgotten the job, so it ended, before writing result.json)
 RESUMABLE = frozenset({"STOPPED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "FAILED", "OUT_OF_MEMORY",
-                       "BOOT_FAIL", "DEADLINE"})
+                       "BOOT_FAIL", "DEADLINE", "UNKNOWN"})
 
 
 def _resume(ref: str, dry_run: bool, wait: bool, follow: bool) -> int:
