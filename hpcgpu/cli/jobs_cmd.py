@@ -57,15 +57,32 @@ def run_state(record) -> dict:
 @click.command()
 @click.argument("run", required=False)
 @click.option("-n", "--limit", default=10, show_default=True, help="How many recent runs to list.")
-def status(run, limit) -> int:
-    """Show one run (by id, id prefix, Slurm job id or path), or list recent runs."""
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON for scripts: one object for RUN, else a list (same keys as the one-run view).")
+def status(run, limit, as_json) -> int:
+    """Show one run (by id, id prefix, Slurm job id or path), or list recent runs.
+
+    \b
+    Examples:
+      hpcgpu status                       # the 10 most recent runs, local and Slurm
+      hpcgpu status demo-2026 --json      # one run, for scripts (state, job_id, restarts, ...)
+    """
+    import json
+
     from hpcgpu.runs import find_run, iter_index
 
     if run:
-        for k, v in run_state(find_run(run)).items():
+        state = run_state(find_run(run))
+        if as_json:
+            click.echo(json.dumps(state, indent=1))
+            return 0
+        for k, v in state.items():
             click.echo(f"{k + ':':<22}{v if v is not None else '-'}")
         return 0
     records = list({r.id: r for r in iter_index()}.values())[-limit:]
+    if as_json:
+        click.echo(json.dumps([run_state(r) for r in records], indent=1))
+        return 0
     if not records:
         click.echo("no runs yet: start one with `hpcgpu run local`")
         return 0

@@ -156,6 +156,13 @@ def test_ctrl_c_stops_cleanly_then_resume_continues(tmp_path):
     assert proc.returncode == 75, seen + rest
     assert f"step {stopped_at}" in seen and f"resuming from {run_dir}" in seen
 
+    # status for scripts: one run as an object, the recent runs as a list of the same objects
+    one = json.loads(hpcgpu(["status", run_dir.name, "--json"], tmp_path, tmp_path / "home", timeout=60).stdout)
+    assert (one["id"], one["backend"], one["state"], one["run_dir"]) == (run_dir.name, "local", "STOPPED", str(run_dir))
+    assert one["restarts"] == 1 and one["last_checkpoint_step"] >= stopped_at
+    listing = json.loads(hpcgpu(["status", "--json"], tmp_path, tmp_path / "home", timeout=60).stdout)
+    assert listing == [one]
+
     # the Slurm resume refuses a local run (and any flag beside --resume), naming what to do instead
     out = hpcgpu(["submit", "slurm", "--resume", run_dir.name], tmp_path, tmp_path / "home", timeout=60)
     assert out.returncode == 2 and f"hpcgpu run local --resume {run_dir.name}" in out.stderr, out.stderr
