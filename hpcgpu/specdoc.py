@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hpcgpu.spec import Spec
+from hpcgpu.spec import json_schema
 
 HEADER = """# Spec reference
 
@@ -44,7 +44,7 @@ def _default(prop: dict[str, Any], required: bool) -> str:
 
 def reference_markdown() -> str:
     """The whole spec reference page."""
-    schema = Spec.model_json_schema()
+    schema = json_schema()
     defs = schema.get("$defs", {})
     out = [HEADER, "## Top level\n", "| key | type | default | meaning |", "|---|---|---|---|"]
     sections = []
