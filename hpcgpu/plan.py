@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import TYPE_CHECKING, Mapping, Optional
 
 from hpcgpu import envnames
 from hpcgpu.envvars import REDACTED, EnvDefault, MergedEnv, debug_defaults, merge_under, redact
 from hpcgpu.errors import UserError
-from hpcgpu.spec import Spec
+
+if TYPE_CHECKING:  # node_layout and rank_env also take the resolved spec's plain view (the node agent's)
+    from hpcgpu.spec import Spec
 
 
 @dataclass(frozen=True)
