@@ -27,7 +27,7 @@ from hpcgpu.gpus import count_visible_gpus
 from hpcgpu.plan import node_layout, rank_env
 from hpcgpu.rendezvous import RDZV_BACKEND, NodeRole, describe_rdzv_failure, node_role, register_rendezvous
 from hpcgpu.runs import make_private_dir
-from hpcgpu.resolved import load_resolved
+from hpcgpu.spec import load_spec
 
 # torch elastic only handles TERM/INT/HUP/QUIT by default; Slurm warns with USR1/USR2
 # before the time limit or preemption (pytorch/pytorch#154849).
@@ -209,20 +209,10 @@ def _restore_withheld_env(spec_env: Mapping[str, str], environ: dict) -> None:
         environ[name] = os.environ[name] = kept[name]
 
 
-def preload() -> None:
-    """Import torch and the parts of torch elastic run_node uses: an agent started before its run
-    exists (agent_child) does this while the launcher validates the spec."""
-    import torch  # noqa: F401
-    from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent  # noqa: F401
-    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs  # noqa: F401
-    from torch.distributed.launcher.api import elastic_launch  # noqa: F401
-
-
 def run_node(run_dir: Path, environ: Optional[Mapping[str, str]] = None) -> int:
     """Start this node's ranks and wait; return the exit status (see module docstring)."""
     environ = dict(os.environ if environ is None else environ)
-    # plain data, not pydantic: the launcher validated it (about 0.2 s less before the ranks start)
-    spec = load_resolved(run_dir / "spec.yaml")
+    spec, _ = load_spec(run_dir / "spec.yaml")
     _restore_withheld_env(spec.env, environ)
     layout = node_layout(spec, count_visible_gpus(environ))
     role = node_role(spec.resources.nodes, run_dir.name, environ)

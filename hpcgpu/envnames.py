@@ -19,5 +19,3 @@ CONSOLE_TTY = "HPCGPU_CONSOLE_TTY"
 HOME = "HPCGPU_HOME"
 #: host:port where the node agents of a multi-node run meet (published by the head node)
 RDZV_ENDPOINT = "HPCGPU_RDZV_ENDPOINT"
-#: "1": `run local` runs the node agent in its own process instead of a separate, early-started one
-AGENT_IN_PROCESS = "HPCGPU_AGENT_IN_PROCESS"

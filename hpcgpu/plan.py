@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping, Optional
+from typing import Mapping, Optional
 
 from hpcgpu import envnames
 from hpcgpu.envvars import REDACTED, EnvDefault, MergedEnv, debug_defaults, merge_under, redact
 from hpcgpu.errors import UserError
-
-if TYPE_CHECKING:  # node_layout and rank_env also take the resolved spec's plain view (the node agent's)
-    from hpcgpu.spec import Spec
+from hpcgpu.spec import Spec
 
 
 @dataclass(frozen=True)

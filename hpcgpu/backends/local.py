@@ -7,18 +7,24 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Optional
 
 from hpcgpu import exitcodes
-from hpcgpu.agent_process import PrestartedAgent, wait_forwarding_signals
 from hpcgpu.plan import Plan
 from hpcgpu.runs import RunRecord, read_json, write_json_atomic
 from hpcgpu.procs import pid_alive
 
+FORWARD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
+
 def _run_in_container(plan: Plan) -> int:
     """Run prefix + node command as a child; forward our signals to it (its init passes them on)."""
     child = subprocess.Popen([*plan.container_prefix, *plan.node_argv], env={**os.environ, **plan.env})
-    return wait_forwarding_signals(child)
+    previous = {s: signal.signal(s, lambda signum, _f: child.send_signal(signum)) for s in FORWARD}
+    try:
+        return child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 class LocalBackend:
@@ -26,20 +32,12 @@ class LocalBackend:
 
     name = "local"
 
-    def launch(self, plan: Plan, agent: Optional[PrestartedAgent] = None) -> int:
-        """Run to completion; return the node agent's exit status and record it in result.json.
-        The node agent runs in `agent` (started early, see agent_process) when given, else here."""
+    def launch(self, plan: Plan) -> int:
+        """Run to completion; return the node agent's exit status and record it in result.json."""
         run_dir = Path(plan.run_dir)
-        code = None
         if plan.container_prefix:
-            if agent is not None:
-                agent.discard()
             code = _run_in_container(plan)
-        elif agent is not None:
-            from hpcgpu.envvars import withheld_env
-
-            code = agent.run(str(run_dir), withheld_env())
-        if code is None:
+        else:
             from hpcgpu.agent import run_node  # imports torch: only now, never for --help
 
             code = run_node(run_dir)

@@ -16,7 +16,10 @@ from hpcgpu.plan import Plan, describe_plan
 from hpcgpu.runs import RunRecord, create_run_dir, new_run_id, register
 from hpcgpu.spec import Spec, apply_overrides, dump_spec, env_overrides, load_spec
 
-from hpcgpu.cli.options import spec_option  # noqa: F401  (re-exported for the verbs)
+spec_option = click.option(
+    "-f", "--file", "spec_file", type=click.Path(dir_okay=False), default=None,
+    help="Job spec (default: ./hpcgpu.yaml if present, else the bundled demo).",
+)
 
 
 def parse_gpus(value: Optional[str]) -> Any:

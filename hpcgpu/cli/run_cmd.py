@@ -7,12 +7,10 @@ import sys
 
 import click
 
-from hpcgpu.agent_process import PrestartedAgent, prestart_wanted
-from hpcgpu.cli.options import spec_option
 from hpcgpu.errors import UserError
 
-# hpcgpu.cli.common (the spec, pydantic) is imported inside run_local, after the node agent has been
-# started: the agent imports torch while this process validates the spec.
+from hpcgpu.cli.common import (exit_after_agent, load_with_overrides, materialize_run, parse_gpus,
+                               remember_launch_dir, reserve_run_dir, return_to_launch_dir, run_location, spec_option)
 
 
 @click.group()
@@ -46,25 +44,14 @@ def run_local(spec_file, gpus, nproc, name, max_restarts, container, dry_run, co
     Exit status: 0 done, 1 a rank failed, 2 bad input (nothing started),
     75 stopped cleanly on a signal after a checkpoint (rerun to resume).
     """
-    agent = PrestartedAgent.start() if prestart_wanted(dry_run, container) else None
-    try:
-        return _run_local(agent, spec_file, gpus, nproc, name, max_restarts, container, dry_run, command, resume_run)
-    finally:
-        if agent is not None:
-            agent.discard()  # a no-op once the run was handed over (the agent has exited)
-
-
-def _run_local(agent, spec_file, gpus, nproc, name, max_restarts, container, dry_run, command, resume_run) -> int:
     from hpcgpu.backends import get_backend
-    from hpcgpu.cli.common import (exit_after_agent, load_with_overrides, materialize_run, parse_gpus,
-                                   remember_launch_dir, reserve_run_dir, run_location)
     from hpcgpu.plan import describe_plan
 
     if resume_run:
         if any(v is not None for v in (spec_file, gpus, nproc, name, max_restarts, container)) or command:
             raise UserError("--resume continues a run with the spec it was started with; it takes no other options",
                             hint="start a new run instead to change the spec")
-        return _resume(agent, resume_run, dry_run)
+        return _resume(resume_run, dry_run)
     flags = {"name": name, "distributed.max_restarts": max_restarts}
     if nproc is not None:
         flags.update({"resources.gpus_per_node": 0, "resources.procs_per_node": nproc})
@@ -89,17 +76,16 @@ def _run_local(agent, spec_file, gpus, nproc, name, max_restarts, container, dry
     materialize_run(plan, nodes=1)
     remember_launch_dir(plan.run_dir)
     _announce(plan, source)
-    code = get_backend("local").launch(plan, agent)
+    code = get_backend("local").launch(plan)
     _farewell(plan, code)
     exit_after_agent(code)
 
 
-def _resume(agent, ref: str, dry_run: bool) -> int:
+def _resume(ref: str, dry_run: bool) -> int:
     """Relaunch an existing run in its own run dir: the worker resumes from the newest valid checkpoint."""
     from pathlib import Path
 
     from hpcgpu.backends import get_backend
-    from hpcgpu.cli.common import exit_after_agent, return_to_launch_dir
     from hpcgpu.plan import describe_plan
     from hpcgpu.runs import find_run, read_json, update_record
     from hpcgpu.spec import load_spec
@@ -117,7 +103,7 @@ def _resume(agent, ref: str, dry_run: bool) -> int:
     info = read_json(Path(record.run_dir) / "run.json") or {}
     update_record(Path(record.run_dir), pid=os.getpid(), restarts=info.get("restarts", 0) + 1)
     _announce(plan, f"{record.run_dir}/spec.yaml (resumed)")
-    code = get_backend("local").launch(plan, agent)
+    code = get_backend("local").launch(plan)
     _farewell(plan, code)
     exit_after_agent(code)
 

@@ -7,8 +7,10 @@ anything else a failure (the traceback reaches the agent through torch elastic's
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
 import runpy
+import signal
 import socket
 import sys
 import time
@@ -17,7 +19,6 @@ from pathlib import Path
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from hpcgpu import console, envnames, exitcodes
-from hpcgpu.procs import die_with_parent
 from hpcgpu.worker import api, context, stop
 from hpcgpu.worker.dist import barrier, teardown
 from hpcgpu.worker.rank import RankInfo, detect_rank
@@ -84,9 +85,19 @@ def run_entry(ctx: context.WorkerContext) -> tuple[str, object, object]:
 
 
 def die_with_the_agent() -> None:
-    """torch elastic starts every rank in its own session, so a node agent killed with SIGKILL (or by
-    the OOM killer) would leave its ranks running, holding memory and GPUs: die with it."""
-    die_with_parent(exitcodes.FAILED)
+    """Ask the kernel to SIGKILL this rank when the process that started it dies.
+
+    torch elastic starts every rank in its own session, so a node agent killed with SIGKILL (or by
+    the OOM killer) would leave its ranks running, holding memory and GPUs. PR_SET_PDEATHSIG fires
+    when the parent *thread* exits; the agent starts ranks from its main thread.
+    """
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return  # not Linux: nothing to do
+    if os.getppid() != parent:  # the agent died before prctl took effect
+        os._exit(exitcodes.FAILED)
 
 
 @record

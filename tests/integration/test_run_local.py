@@ -31,7 +31,6 @@ keys = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "
         "HPCGPU_RUN_DIR", "HPCGPU_CKPT_DIR", "HPCGPU_RESUME_FROM", "HPCGPU_RESTART_COUNT"]
 out = {k: os.environ.get(k) for k in keys}
 out["argv"] = sys.argv[1:]
-out["ppid"] = os.getppid()  # the node agent's pid
 out["is_main"] = dist.is_main()
 with open(os.path.join(os.environ["HPCGPU_RUN_DIR"], f"env{os.environ['RANK']}.json"), "w") as f:
     json.dump(out, f)
@@ -41,8 +40,8 @@ if os.environ["RANK"] == "1" and "--fail" in sys.argv:
 """
 
 
-def hpcgpu(args, cwd, home, timeout=180, env=None, **kw):
-    env = {**os.environ, "HPCGPU_HOME": str(home), "OMP_NUM_THREADS": "1", **(env or {})}
+def hpcgpu(args, cwd, home, timeout=180, **kw):
+    env = {**os.environ, "HPCGPU_HOME": str(home), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "hpcgpu", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout, **kw)
 
@@ -77,11 +76,9 @@ def test_demo_trains_on_two_gloo_ranks(tmp_path):
     assert oct(run_dir.stat().st_mode & 0o777) == "0o700"
 
 
-@pytest.mark.parametrize("agent", ["own-process", "in-launcher"])
-def test_user_script_runs_like_torchrun(tmp_path, agent):
+def test_user_script_runs_like_torchrun(tmp_path):
     (tmp_path / "train.py").write_text(SCRIPT)
-    env = {"HPCGPU_AGENT_IN_PROCESS": "1"} if agent == "in-launcher" else {}
-    out = hpcgpu(["run", "local", "--nproc", "2", "--", "train.py", "--lr", "3"], tmp_path, tmp_path / "home", env=env)
+    out = hpcgpu(["run", "local", "--nproc", "2", "--", "train.py", "--lr", "3"], tmp_path, tmp_path / "home")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "script done" in out.stdout
     run_dir = only_run_dir(tmp_path)
@@ -91,9 +88,6 @@ def test_user_script_runs_like_torchrun(tmp_path, agent):
     assert envs[0]["argv"] == ["--lr", "3"] and envs[0]["is_main"] and not envs[1]["is_main"]
     assert envs[0]["HPCGPU_RUN_DIR"] == str(run_dir) and envs[0]["HPCGPU_RESTART_COUNT"] == "0"
     assert envs[0]["MASTER_ADDR"] and envs[0]["MASTER_PORT"]
-    # by default the node agent is a process of its own, started before the spec was validated
-    launcher = json.loads((run_dir / "run.json").read_text())["pid"]
-    assert {e["ppid"] for e in envs} == ({launcher} if agent == "in-launcher" else {envs[0]["ppid"]} - {launcher})
 
 
 def test_a_rank_that_raises_is_named_with_its_traceback(tmp_path):
@@ -129,20 +123,6 @@ def test_bad_input_is_exit_2_and_starts_nothing(tmp_path, files, args, message):
     assert out.returncode == 2, out.stdout + out.stderr
     assert message in out.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "home").exists()
-    assert not _agents_started_in(tmp_path), "the early-started node agent outlived the refused run"
-
-
-def _agents_started_in(cwd: Path) -> list[int]:
-    """Pids of `python -m hpcgpu.agent_child` processes whose working directory is cwd."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and b"hpcgpu.agent_child" in (proc / "cmdline").read_bytes() \
-                    and os.readlink(proc / "cwd") == str(cwd):
-                found.append(int(proc.name))
-        except OSError:
-            continue
-    return found
 
 
 def _wait_for_step(proc, step_prefix="step ", timeout=120):
