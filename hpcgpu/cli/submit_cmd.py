@@ -168,7 +168,7 @@ def _resume(ref: str, dry_run: bool, wait: bool, follow: bool) -> int:
             kept.replace(result)  # refused: the run is as it was
         raise
     info = read_json(run_dir / "run.json") or {}
-    update_record(run_dir, restarts=int(info.get("restarts") or 0) + 1, jobs=[*info.get("jobs", []), record.job_id])
+    update_record(run_dir, restarts=int(info.get("restarts") or 0) + 1)
     click.echo(f"hpcgpu: resuming {record.id} (job {record.job_id} ended {state})")
     return _submitted(plan, job_id, wait, follow)
 

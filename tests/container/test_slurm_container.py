@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers.jobs import node_logs, wait_for_text
+from tests.helpers.jobs import SLOW_TRAIN, node_logs, wait_for_text
 
 from tests.slurm.conftest import cancel_jobs, slurm, slurm_cluster  # noqa: F401 (fixtures)
 
@@ -32,16 +32,9 @@ pytestmark = [pytest.mark.container, pytest.mark.slurm]
 
 HERE = Path(__file__).resolve().parent
 
-#: 32 steps of 2 nodes x 1 rank x 16 samples, ~0.15 s a step: time to signal mid-training
-TRAIN = {
-    "name": "ctrslurm",
-    "entry": {"task": "where_task:make_task", "task_args": {"n_samples": 1024, "delay_s": 0.15}},
-    "train": {"batch_size": 16, "epochs": 1, "log_every": 2, "seed": 5},
-    "checkpoint": {"every_steps": 1000},
-    "logging": {"progress": "lines", "tensorboard": False},
-    "distributed": {"stop_grace_s": 30},
-    "slurm": {"signal_before_s": 60},
-}
+#: the shared slow demo, with a task that records where each rank ran (inside the container or not)
+TRAIN = {**SLOW_TRAIN, "name": "ctrslurm",
+         "entry": {"task": "where_task:make_task", "task_args": SLOW_TRAIN["entry"]["task_args"]}}
 
 
 def containers_mounting(path: Path) -> list[str]:

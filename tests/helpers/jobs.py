@@ -9,6 +9,18 @@ from typing import Callable, Optional
 
 import pytest
 
+#: the bundled demo slowed to ~0.15 s a step (32 steps of 2 ranks x 16 samples), so a signal can land
+#: mid-training; only the final and the stop checkpoints. Shared by the Slurm and container tiers.
+SLOW_TRAIN = {
+    "name": "sub",
+    "entry": {"task": "hpcgpu.examples.mlp:make_task", "task_args": {"n_samples": 1024, "delay_s": 0.15}},
+    "train": {"batch_size": 16, "epochs": 1, "log_every": 2, "seed": 5},
+    "checkpoint": {"every_steps": 1000},
+    "logging": {"progress": "lines", "tensorboard": False},
+    "distributed": {"stop_grace_s": 30},
+    "slurm": {"signal_before_s": 60},
+}
+
 
 def node_logs(run_dir: Path) -> str:
     """The tail of every node's submitit log, for assertion messages."""

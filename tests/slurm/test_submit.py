@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers.jobs import node_logs, wait_for_text
+from tests.helpers.jobs import SLOW_TRAIN, node_logs, wait_for_text
 from submitit.core.utils import DelayedSubmission
 
 from hpcgpu.slurm_plan import UNLIMITED_MIN, build_slurm_plan, pyxis_node_prefix
@@ -30,16 +30,7 @@ pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parents[2]
 
-#: 32 optimizer steps of 2 x 16 samples; ~0.15 s a step; only the final and the stop checkpoints
-TRAIN = {
-    "name": "sub",
-    "entry": {"task": "hpcgpu.examples.mlp:make_task", "task_args": {"n_samples": 1024, "delay_s": 0.15}},
-    "train": {"batch_size": 16, "epochs": 1, "log_every": 2, "seed": 5},
-    "checkpoint": {"every_steps": 1000},
-    "logging": {"progress": "lines", "tensorboard": False},
-    "distributed": {"stop_grace_s": 30},
-    "slurm": {"signal_before_s": 60},
-}
+TRAIN = SLOW_TRAIN
 #: 2 nodes x 1 CPU rank; a 30-minute limit so submitit counts a signal as a preemption, not a timeout
 TWO_NODES = ["--nodes", "2", "--nproc-per-node", "1", "--time", "30"]
 
