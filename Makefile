@@ -42,7 +42,7 @@ clean:
 -include benchmarks/bench.mk
 
 docs: venv
-	$(PY) -c "from hpcgpu.specdoc import reference_markdown; open('docs/spec.md','w').write(reference_markdown())"
+	$(PY) -c "from hpcgpu.host.specdoc import reference_markdown; open('docs/spec.md','w').write(reference_markdown())"
 
 test-gpu: venv
 	$(PY) -m pytest -q -m gpu tests/gpu $(PYTEST_ARGS)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import importlib
 
 REGISTRY: dict[str, str] = {
-    "local": "hpcgpu.backends.local:LocalBackend",
-    "slurm": "hpcgpu.backends.slurm:SlurmBackend",
+    "local": "hpcgpu.backends.local.backend:LocalBackend",
+    "slurm": "hpcgpu.backends.slurm.backend:SlurmBackend",
 }
 
 

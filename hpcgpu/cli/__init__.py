@@ -8,8 +8,9 @@ import sys
 
 import click
 
-from hpcgpu import __version__, exitcodes
-from hpcgpu.errors import UserError
+from hpcgpu import __version__
+from hpcgpu.contract import exitcodes
+from hpcgpu.contract.errors import UserError
 
 # verb -> (module, attribute, one-line help shown by `hpcgpu --help` without importing the module)
 COMMANDS: dict[str, tuple[str, str, str]] = {

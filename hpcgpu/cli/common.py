@@ -11,10 +11,10 @@ from typing import Any, Callable, Optional
 
 import click
 
-from hpcgpu.errors import UserError
-from hpcgpu.plan import Plan, describe_plan
-from hpcgpu.runs import RunRecord, create_run_dir, new_run_id, register
-from hpcgpu.spec import Spec, apply_overrides, dump_spec, env_overrides, load_spec
+from hpcgpu.contract.errors import UserError
+from hpcgpu.host.plan import Plan, describe_plan
+from hpcgpu.host.runs import RunRecord, create_run_dir, new_run_id, register
+from hpcgpu.host.spec import Spec, apply_overrides, dump_spec, env_overrides, load_spec
 
 spec_option = click.option(
     "-f", "--file", "spec_file", type=click.Path(dir_okay=False), default=None,
@@ -112,14 +112,14 @@ def materialize_run(plan: Plan, nodes: int) -> Path:
 def remember_launch_dir(run_dir: str) -> None:
     """Record where the run was started: a resume runs there again (relative script and data
     paths, and the code directory a container mounts, mean the same thing then)."""
-    from hpcgpu.runs import update_record
+    from hpcgpu.host.runs import update_record
 
     update_record(Path(run_dir), cwd=os.getcwd())
 
 
 def return_to_launch_dir(run_dir: str) -> None:
     """chdir to the directory the run was started from, when it is recorded and still there."""
-    from hpcgpu.runs import read_json
+    from hpcgpu.host.runs import read_json
 
     cwd = (read_json(Path(run_dir) / "run.json") or {}).get("cwd")
     if cwd and cwd != os.getcwd() and os.path.isdir(cwd):

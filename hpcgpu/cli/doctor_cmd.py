@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from hpcgpu.errors import UserError
+from hpcgpu.contract.errors import UserError
 
 
 @click.command("doctor")

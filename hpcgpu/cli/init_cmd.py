@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from hpcgpu.errors import UserError
+from hpcgpu.contract.errors import UserError
 
 
 def starter_spec(name: str, gpus: int, strategy: str, precision: str, task: str) -> str:
@@ -41,7 +41,7 @@ checkpoint:
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 def init(output, yes, force) -> int:
     """Write a starter spec: detects GPUs, asks for the strategy and precision."""
-    from hpcgpu.gpus import count_visible_gpus
+    from hpcgpu.contract.gpus import count_visible_gpus
 
     path = Path(output)
     if path.exists() and not force:
@@ -56,7 +56,7 @@ def init(output, yes, force) -> int:
     precision = ask("Precision", default_precision if gpus else "fp32", type=click.Choice(["fp32", "bf16", "fp16"]))
     task = ask("Task (module:function)", "hpcgpu.examples.mlp:make_task")
     text = starter_spec(name, gpus, strategy, precision, task)
-    from hpcgpu.spec import parse_spec
+    from hpcgpu.host.spec import parse_spec
 
     parse_spec(text, output)  # never write a spec that would not load
     path.write_text(text)

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import click
 
-from hpcgpu.errors import UserError
+from hpcgpu.contract.errors import UserError
 
 
 def _checkpoint_dir(run_dir: Path) -> Path:
     """checkpoint.dir of the run's resolved spec, else <run dir>/checkpoints."""
-    from hpcgpu.spec import load_spec
+    from hpcgpu.host.spec import load_spec
 
     try:
         spec, _ = load_spec(run_dir / "spec.yaml")
@@ -32,7 +32,7 @@ def _latest_checkpoint_step(run_dir: Path):
 def run_state(record) -> dict:
     """Facts about a run for `status`: state from its backend, nodes, restarts, last checkpoint."""
     from hpcgpu.backends import get_backend
-    from hpcgpu.runs import read_json
+    from hpcgpu.host.runs import read_json
 
     run_dir = Path(record.run_dir)
     info = read_json(run_dir / "run.json") or {}
@@ -69,7 +69,7 @@ def status(run, limit, as_json) -> int:
     """
     import json
 
-    from hpcgpu.runs import find_run, iter_index
+    from hpcgpu.host.runs import find_run, iter_index
 
     if run:
         state = run_state(find_run(run))
@@ -100,7 +100,7 @@ def status(run, limit, as_json) -> int:
 @click.option("-f", "--follow", is_flag=True, help="Keep printing as the log grows (Ctrl-C to stop).")
 def logs(run, rank, follow) -> int:
     """Print a rank's log (appended across restarts and requeues)."""
-    from hpcgpu.runs import find_run
+    from hpcgpu.host.runs import find_run
 
     record = find_run(run)
     path = Path(record.run_dir) / "logs" / f"rank{rank}.log"
@@ -128,7 +128,7 @@ def logs(run, rank, follow) -> int:
 def cancel(run) -> int:
     """Stop a run: ranks get SIGTERM, checkpoint and exit (Slurm: scancel)."""
     from hpcgpu.backends import get_backend
-    from hpcgpu.runs import find_run
+    from hpcgpu.host.runs import find_run
 
     record = find_run(run)
     get_backend(record.backend).cancel(record)

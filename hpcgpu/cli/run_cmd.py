@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from hpcgpu.errors import UserError
+from hpcgpu.contract.errors import UserError
 
 from hpcgpu.cli.common import (exit_after_agent, load_with_overrides, materialize_run, parse_gpus,
                                remember_launch_dir, reserve_run_dir, return_to_launch_dir, run_location, spec_option)
@@ -45,7 +45,7 @@ def run_local(spec_file, gpus, nproc, name, max_restarts, container, dry_run, co
     75 stopped cleanly on a signal after a checkpoint (rerun to resume).
     """
     from hpcgpu.backends import get_backend
-    from hpcgpu.plan import describe_plan
+    from hpcgpu.host.plan import describe_plan
 
     if resume_run:
         if any(v is not None for v in (spec_file, gpus, nproc, name, max_restarts, container)) or command:
@@ -59,7 +59,7 @@ def run_local(spec_file, gpus, nproc, name, max_restarts, container, dry_run, co
         flags["resources.gpus_per_node"] = parse_gpus(gpus)
     spec, source = load_with_overrides(spec_file, flags, command)
     if container:
-        from hpcgpu.spec import apply_overrides
+        from hpcgpu.host.spec import apply_overrides
 
         # dotted keys: the spec's runtime, binds and extra_args stay; without a container section
         # the runtime is podman (apptainer, the spec's default, is the Slurm-side choice)
@@ -86,9 +86,9 @@ def _resume(ref: str, dry_run: bool) -> int:
     from pathlib import Path
 
     from hpcgpu.backends import get_backend
-    from hpcgpu.plan import describe_plan
-    from hpcgpu.runs import find_run, read_json, update_record
-    from hpcgpu.spec import load_spec
+    from hpcgpu.host.plan import describe_plan
+    from hpcgpu.host.runs import find_run, read_json, update_record
+    from hpcgpu.host.spec import load_spec
 
     record = find_run(ref)
     if record.backend != "local":
@@ -112,8 +112,8 @@ def _local_plan(spec, run_id: str, run_dir: str):
     """The plan for this machine; with a container, the prefix is built once the layout is known."""
     import dataclasses
 
-    from hpcgpu.gpus import count_visible_gpus
-    from hpcgpu.plan import build_plan
+    from hpcgpu.contract.gpus import count_visible_gpus
+    from hpcgpu.host.plan import build_plan
 
     in_container = spec.container is not None
     plan = build_plan(spec, backend="local", run_id=run_id, run_dir=run_dir,
@@ -121,7 +121,7 @@ def _local_plan(spec, run_id: str, run_dir: str):
                       python="python3" if in_container else sys.executable)
     if not in_container:
         return plan
-    from hpcgpu.container import local_prefix  # torch-free
+    from hpcgpu.host.container import local_prefix  # torch-free
 
     prefix = local_prefix(spec, run_dir, env_names=tuple(plan.env), gpus=plan.layout.gpus > 0)
     return dataclasses.replace(plan, container_prefix=tuple(prefix))
@@ -130,7 +130,7 @@ def _local_plan(spec, run_id: str, run_dir: str):
 def _check_container(spec, run_dir: str) -> None:
     """A missing runtime or image, or this run's container still running: say so before anything starts."""
     if spec.container is not None:
-        from hpcgpu.container import check_runtime, local_container_name
+        from hpcgpu.host.container import check_runtime, local_container_name
 
         check_runtime(spec.container.runtime, spec.container.image, container_name=local_container_name(run_dir))
 

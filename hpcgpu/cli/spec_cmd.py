@@ -16,7 +16,7 @@ def spec() -> None:
 @spec_option
 def validate(spec_file) -> int:
     """Exit 0 if the spec is valid; otherwise list every problem with its key path and line."""
-    from hpcgpu.spec import load_spec
+    from hpcgpu.host.spec import load_spec
 
     _, source = load_spec(spec_file)
     click.echo(f"{source}: ok")
@@ -29,7 +29,7 @@ def show(spec_file) -> int:
     """Print the spec with every default filled in (HPCGPU_* environment overrides applied)."""
     import os
 
-    from hpcgpu.spec import apply_overrides, dump_spec, env_overrides, load_spec
+    from hpcgpu.host.spec import apply_overrides, dump_spec, env_overrides, load_spec
 
     loaded, _ = load_spec(spec_file)
     click.echo(dump_spec(apply_overrides(loaded, env_overrides(dict(os.environ)))), nl=False)
@@ -39,7 +39,7 @@ def show(spec_file) -> int:
 @spec.command()
 def schema() -> int:
     """Print the JSON Schema (point yaml-language-server at it for completion in editors)."""
-    from hpcgpu.spec import spec_schema
+    from hpcgpu.host.spec import spec_schema
 
     click.echo(spec_schema())
     return 0

@@ -11,7 +11,7 @@ import click
 
 from hpcgpu.cli.common import (load_with_overrides, materialize_run, remember_launch_dir, reserve_run_dir,
                                return_to_launch_dir, run_location, spec_option)
-from hpcgpu.errors import UserError
+from hpcgpu.contract.errors import UserError
 
 
 @click.group()
@@ -78,25 +78,25 @@ def submit_slurm(spec_file, nodes, gpus_per_node, nproc_per_node, partition, acc
         flags["resources.gpus_per_node"] = gpus_per_node
     spec, source = load_with_overrides(spec_file, flags, command)
     if container:
-        from hpcgpu.spec import apply_overrides
+        from hpcgpu.host.spec import apply_overrides
 
         # only the image changes: the spec's runtime, binds and extra_args stay (apptainer by default)
         spec = apply_overrides(spec, {"container.image": container,
                                       "container.runtime": None if spec.container else "apptainer"})
     plan = _plan(spec)
     if dry_run:
-        from hpcgpu.slurm_plan import describe_slurm
+        from hpcgpu.backends.slurm.planner import describe_slurm
 
         click.echo(f"spec:     {source}")
         click.echo(describe_slurm(plan), nl=False)
         return 0
-    from hpcgpu.backends.slurm import SlurmBackend, check_fits, require_slurm, restore_secret_env
-    from hpcgpu.envvars import withheld_env
+    from hpcgpu.backends.slurm.backend import SlurmBackend, check_fits, require_slurm, restore_secret_env
+    from hpcgpu.host.envvars import withheld_env
 
     require_slurm()
     check_fits(plan)
     if spec.container:
-        from hpcgpu.container import check_runtime
+        from hpcgpu.host.container import check_runtime
 
         check_runtime(spec.container.runtime, spec.container.image)
     plan = reserve_run_dir(lambda: _plan(spec))
@@ -126,10 +126,10 @@ RESUMABLE = frozenset({"STOPPED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAI
 
 def _resume(ref: str, dry_run: bool, wait: bool, follow: bool) -> int:
     """A new job in the run's own run dir: its ranks resume from the newest valid checkpoint there."""
-    from hpcgpu.backends.slurm import SlurmBackend, check_fits, require_slurm
-    from hpcgpu.runs import find_run, read_json, update_record
-    from hpcgpu.slurm_plan import describe_slurm
-    from hpcgpu.spec import load_spec
+    from hpcgpu.backends.slurm.backend import SlurmBackend, check_fits, require_slurm
+    from hpcgpu.host.runs import find_run, read_json, update_record
+    from hpcgpu.backends.slurm.planner import describe_slurm
+    from hpcgpu.host.spec import load_spec
 
     record = find_run(ref)
     if record.backend != "slurm":
@@ -154,7 +154,7 @@ def _resume(ref: str, dry_run: bool, wait: bool, follow: bool) -> int:
                         hint=f"a requeued job resumes by itself; to resubmit, end it first: hpcgpu cancel {record.id}")
     check_fits(plan)
     if spec.container:
-        from hpcgpu.container import check_runtime
+        from hpcgpu.host.container import check_runtime
 
         check_runtime(spec.container.runtime, spec.container.image)
     # The previous job's result would read as the new job's outcome: keep it under its job id.
@@ -176,7 +176,7 @@ def _resume(ref: str, dry_run: bool, wait: bool, follow: bool) -> int:
 def _plan(spec, run_id: str | None = None, run_dir: str | None = None):
     """Build the Slurm plan: the node layout is the request (the compute nodes' GPUs are not visible here).
     A fresh run id and dir unless given (a resume)."""
-    from hpcgpu.slurm_plan import build_slurm_plan
+    from hpcgpu.backends.slurm.planner import build_slurm_plan
 
     if run_id is None or run_dir is None:
         run_id, run_dir = run_location(spec)
@@ -191,9 +191,9 @@ def _plan(spec, run_id: str | None = None, run_dir: str | None = None):
 
 def _container(spec, run_dir: str, env: dict) -> tuple[list[str], list[str]]:
     """(prefix before the node command, extra srun args) for the spec's container."""
-    from hpcgpu import envnames
-    from hpcgpu.container import ContainerSettings, RunContext, container_prefix, pyxis_srun_args
-    from hpcgpu.slurm_plan import pyxis_node_prefix
+    from hpcgpu.contract import envnames
+    from hpcgpu.host.container import ContainerSettings, RunContext, container_prefix, pyxis_srun_args
+    from hpcgpu.backends.slurm.planner import pyxis_node_prefix
 
     want = spec.resources.gpus_per_node
     names = {*env, *spec.env, envnames.RDZV_ENDPOINT, envnames.RESTART_COUNT}
@@ -211,8 +211,8 @@ def _container(spec, run_dir: str, env: dict) -> tuple[list[str], list[str]]:
 def _wait(plan, follow: bool) -> int:
     """Poll the job until it ends (printing rank 0's log with --follow); exit with its status.
     Ctrl-C stops waiting, not the job."""
-    from hpcgpu.backends.slurm import ENDED, HELD, SlurmBackend
-    from hpcgpu.runs import find_run, read_json
+    from hpcgpu.backends.slurm.backend import ENDED, HELD, SlurmBackend
+    from hpcgpu.host.runs import find_run, read_json
 
     record = find_run(plan.run_dir)
     backend = SlurmBackend()

@@ -24,8 +24,8 @@ def train(run_dir, spec_file) -> int:
     import os
     import time
 
-    from hpcgpu.agent import run_node
-    from hpcgpu.runs import write_json_atomic
+    from hpcgpu.agent.node import run_node
+    from hpcgpu.host.runs import write_json_atomic
 
     code = run_node(Path(run_dir).absolute())
     if os.environ.get("SLURM_NODEID", "0") == "0":

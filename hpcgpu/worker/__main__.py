@@ -18,7 +18,7 @@ from pathlib import Path
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from hpcgpu import console, envnames, exitcodes
+from hpcgpu.contract import console, envnames, exitcodes
 from hpcgpu.worker import api, context, stop
 from hpcgpu.worker.dist import barrier, teardown
 from hpcgpu.worker.rank import RankInfo, detect_rank

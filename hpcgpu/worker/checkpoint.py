@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from hpcgpu.procs import pid_alive
+from hpcgpu.contract.procs import pid_alive
 
 FORMAT = 1
 MANIFEST = "manifest.json"

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
 
-from hpcgpu import envnames
-from hpcgpu.resolved import SpecView, load_resolved
+from hpcgpu.contract import envnames
+from hpcgpu.contract.specview import SpecView, load_resolved
 from hpcgpu.worker import checkpoint as ckpt
 from hpcgpu.worker.rank import RankInfo, detect_rank
 
@@ -18,7 +18,7 @@ class WorkerContext:
     """What every part of the worker needs to know, read once from the environment."""
 
     info: RankInfo
-    spec: SpecView  # or hpcgpu.spec.Spec when no resolved spec file was given
+    spec: SpecView  # or hpcgpu.host.spec.Spec when no resolved spec file was given
     run_dir: Path
     ckpt_dir: Path
     console_tty: bool = False
@@ -43,7 +43,7 @@ def from_env(env: Mapping[str, str]) -> WorkerContext:
     if env.get(envnames.SPEC_FILE):
         spec = load_resolved(env[envnames.SPEC_FILE])  # written by hpcgpu, already valid
     else:  # a bare `torchrun -m hpcgpu.worker`: ./hpcgpu.yaml or the demo, validated here
-        from hpcgpu.spec import load_spec
+        from hpcgpu.host.spec import load_spec
 
         spec, _ = load_spec(None)
     run_dir = Path(env.get(envnames.RUN_DIR) or Path(spec.logging.dir) / spec.name).absolute()

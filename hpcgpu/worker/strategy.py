@@ -9,7 +9,7 @@ from typing import Callable, ContextManager, Iterable, Optional
 import torch
 from torch import nn
 
-from hpcgpu.errors import UserError
+from hpcgpu.contract.errors import UserError
 from hpcgpu.worker.rank import RankInfo
 
 

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from torch import nn
 
-from hpcgpu.errors import UserError
+from hpcgpu.contract.errors import UserError
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as tdist
 
-from hpcgpu.errors import UserError
+from hpcgpu.contract.errors import UserError
 from hpcgpu.worker import checkpoint as ckpt
 from hpcgpu.worker import stop
 from hpcgpu.worker.context import WorkerContext, agree_resume

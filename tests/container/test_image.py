@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from hpcgpu.container import ContainerSettings, RunContext, container_prefix
+from hpcgpu.host.container import ContainerSettings, RunContext, container_prefix
 
 pytestmark = pytest.mark.container
 

@@ -7,7 +7,7 @@ import shlex
 import pytest
 from golden import assert_golden
 
-from hpcgpu.container import (
+from hpcgpu.host.container import (
     ContainerSettings,
     RunContext,
     container_prefix,

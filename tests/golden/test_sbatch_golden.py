@@ -10,10 +10,10 @@ import shlex
 
 from golden import assert_golden
 
-from hpcgpu.container import ContainerSettings, RunContext, pyxis_srun_args
-from hpcgpu.slurm_plan import (build_slurm_plan, describe_slurm, pyxis_node_prefix, render_sbatch, sbatch_parameters,
+from hpcgpu.host.container import ContainerSettings, RunContext, pyxis_srun_args
+from hpcgpu.backends.slurm.planner import (build_slurm_plan, describe_slurm, pyxis_node_prefix, render_sbatch, sbatch_parameters,
                                submitit_folder)
-from hpcgpu.spec import parse_spec
+from hpcgpu.host.spec import parse_spec
 
 RUN_DIR = "/shared/ada/runs/demo-20250101-000000-abcd"
 PYTHON = "/shared/ada/venv/bin/python"

@@ -15,8 +15,8 @@ from typing import Callable, Optional
 
 import yaml
 
-from hpcgpu import envnames
-from hpcgpu.spec import parse_spec
+from hpcgpu.contract import envnames
+from hpcgpu.host.spec import parse_spec
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.helpers.launch import demo_spec, logged_step, rank_pid, run, start, wait_until  # noqa: E402
 
-from hpcgpu import exitcodes  # noqa: E402
+from hpcgpu.contract import exitcodes  # noqa: E402
 from hpcgpu.worker import checkpoint as ckpt  # noqa: E402
 
 pytestmark = pytest.mark.slow

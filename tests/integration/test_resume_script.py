@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.helpers.launch import logged_step, run, start, wait_until  # noqa: E402
 
-from hpcgpu import exitcodes  # noqa: E402
+from hpcgpu.contract import exitcodes  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hpcgpu.errors import UserError
-from hpcgpu.spec import Spec, parse_spec
+from hpcgpu.contract.errors import UserError
+from hpcgpu.host.spec import Spec, parse_spec
 from relkit import base_env, hpcgpu
 
 #: integer fields where any value is meaningful (not a count)

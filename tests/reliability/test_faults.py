@@ -179,7 +179,7 @@ def free_port() -> int:
 
 
 def test_rendezvous_without_the_second_node_fails_in_time_naming_it(tmp_path):
-    from hpcgpu.runs import create_run_dir
+    from hpcgpu.host.runs import create_run_dir
 
     run_dir = create_run_dir(str(tmp_path / "runs"), "two-nodes")
     spec = small_spec(resources={"nodes": 2, "gpus_per_node": 0, "procs_per_node": 1},

@@ -339,9 +339,9 @@ def test_a_single_node_run_listens_on_loopback_only(live_run):
 
 
 def test_a_withheld_secret_must_come_from_the_environment(tmp_path):
-    from hpcgpu.agent import _restore_withheld_env
-    from hpcgpu.envvars import REDACTED
-    from hpcgpu.errors import UserError
+    from hpcgpu.agent.node import _restore_withheld_env
+    from hpcgpu.host.envvars import REDACTED
+    from hpcgpu.contract.errors import UserError
 
     with pytest.raises(UserError, match="export NEVER_SEEN_TOKEN"):
         _restore_withheld_env({"NEVER_SEEN_TOKEN": REDACTED}, {})

@@ -18,7 +18,7 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
-from hpcgpu.backends.slurm_job import NodeCommand, NodeCommandError
+from hpcgpu.backends.slurm.node_command import NodeCommand, NodeCommandError
 
 #: A child that records its environment, counts the stop signals it gets and, on the first one,
 #: "checkpoints" and exits with MODE (75 = stopped, resumable). On a restart it finishes at once.
@@ -110,7 +110,7 @@ def test_non_head_node_times_out_with_a_clear_error(tmp_path, no_slurm_env, monk
 def test_forwards_the_stop_signal_once_when_only_this_process_gets_it(child, tmp_path, no_slurm_env):
     # Outside a job step nobody else signals the child: NodeCommand must forward USR2.
     script = (
-        "import sys; from pathlib import Path; from hpcgpu.backends.slurm_job import NodeCommand\n"
+        "import sys; from pathlib import Path; from hpcgpu.backends.slurm.node_command import NodeCommand\n"
         f"NodeCommand([sys.executable, {str(child)!r}, {str(tmp_path)!r}, '75'],"
         f" rdzv_dir=Path({str(tmp_path)!r}) / 'rdzv')()\n"
     )

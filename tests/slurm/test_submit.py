@@ -23,8 +23,8 @@ import yaml
 from tests.helpers.jobs import SLOW_TRAIN, node_logs, wait_for_text
 from submitit.core.utils import DelayedSubmission
 
-from hpcgpu.slurm_plan import UNLIMITED_MIN, build_slurm_plan, pyxis_node_prefix
-from hpcgpu.spec import apply_overrides, parse_spec
+from hpcgpu.backends.slurm.planner import UNLIMITED_MIN, build_slurm_plan, pyxis_node_prefix
+from hpcgpu.host.spec import apply_overrides, parse_spec
 
 pytestmark = pytest.mark.slurm
 
@@ -247,7 +247,7 @@ def test_timeouts_beyond_the_cap_stop_after_a_checkpoint_without_a_requeue(slurm
 def test_a_nested_step_per_node_as_pyxis_uses_trains_to_the_same_loss(slurm, cancel_jobs, baseline, tmp_path, monkeypatch):
     # pyxis_node_prefix without container options: the same nested `srun --overlap` step per node that
     # carries pyxis's options on a cluster that has it (NodeCommand and the requeue stay outside)
-    from hpcgpu.backends.slurm import SlurmBackend
+    from hpcgpu.backends.slurm.backend import SlurmBackend
     from hpcgpu.cli.common import materialize_run
 
     monkeypatch.setenv("HPCGPU_HOME", str(tmp_path / "home"))

@@ -1,4 +1,4 @@
-"""hpcgpu.container: mounts, refusals, env names, and check_runtime against faked processes."""
+"""hpcgpu.host.container: mounts, refusals, env names, and check_runtime against faked processes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from hpcgpu.container import (
+from hpcgpu.host.container import (
     SLURM_ENV_NAMES,
     ContainerSettings,
     RunContext,
@@ -17,8 +17,8 @@ from hpcgpu.container import (
     mount_dirs,
     pyxis_srun_args,
 )
-from hpcgpu.errors import UserError
-from hpcgpu.spec import parse_spec
+from hpcgpu.contract.errors import UserError
+from hpcgpu.host.spec import parse_spec
 
 
 def settings(runtime: str, **over) -> ContainerSettings:

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from hpcgpu.specdoc import reference_markdown
+from hpcgpu.host.specdoc import reference_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 

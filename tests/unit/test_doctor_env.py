@@ -5,7 +5,7 @@ import pytest
 from hpcgpu.doctor.checks_env import (check_cuda_visible_devices, check_nccl_env, check_slurm_gpus,
                                       check_slurm_tasks, interface_matches, parse_visible_devices,
                                       tasks_per_node)
-from hpcgpu.doctor.testing import FakeNvml, fake_probe, h100s
+from tests.helpers.doctor_fakes import FakeNvml, fake_probe, h100s
 
 UUIDS = [g.uuid for g in h100s(4)]
 

@@ -11,7 +11,7 @@ from hpcgpu.doctor.functional import (check_allreduce, nccl_warnings, parse_tran
 from hpcgpu.doctor.checks_env import expand_nodelist
 from hpcgpu.doctor.slurm_allreduce import (check_allreduce_slurm, node_command, rendezvous_port,
                                            srun_argv)
-from hpcgpu.doctor.testing import CUDA_TORCH, FakeNvml, fake_probe, h100s
+from tests.helpers.doctor_fakes import CUDA_TORCH, FakeNvml, fake_probe, h100s
 
 NCCL_LOG = """\
 gpu01:1234:1300 [0] NCCL INFO Channel 00/0 : 0[0] -> 1[1] via P2P/CUMEM/read

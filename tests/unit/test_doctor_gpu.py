@@ -7,7 +7,7 @@ import pytest
 from hpcgpu.doctor.checks_gpu import (check_gpu_ecc, check_gpu_load, check_gpu_models,
                                       check_gpu_modes, check_gpu_topology, check_gpus)
 from hpcgpu.doctor.probe import Probe
-from hpcgpu.doctor.testing import GiB, FakeGpu, FakeNvml, FakeNVMLError, fake_probe, h100s, pcie_gpu
+from tests.helpers.doctor_fakes import GiB, FakeGpu, FakeNvml, FakeNVMLError, fake_probe, h100s, pcie_gpu
 
 GPU_CHECKS = [check_gpus, check_gpu_models, check_gpu_load, check_gpu_ecc, check_gpu_modes,
               check_gpu_topology]

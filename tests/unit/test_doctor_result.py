@@ -8,7 +8,7 @@ import pytest
 from hpcgpu.doctor.result import (BUG_HINT, CheckResult, Skip, check, exit_status, human_bytes, ok,
                                   summarize)
 from hpcgpu.doctor.runner import STATIC_CHECKS, run_doctor, selected_checks
-from hpcgpu.doctor.testing import FakeNvml, fake_probe, h100s
+from tests.helpers.doctor_fakes import FakeNvml, fake_probe, h100s
 
 
 def test_check_fills_in_the_name():

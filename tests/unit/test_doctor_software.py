@@ -4,7 +4,7 @@ import pytest
 
 from hpcgpu.doctor.checks_software import (check_cuda, check_cudnn, check_nccl, check_python,
                                            check_torch, cuda_version, cudnn_version)
-from hpcgpu.doctor.testing import CPU_TORCH, CUDA_TORCH, FakeNvml, fake_probe, h100s
+from tests.helpers.doctor_fakes import CPU_TORCH, CUDA_TORCH, FakeNvml, fake_probe, h100s
 
 
 def probe(tmp_path, torch=None, gpus=0, cuda_driver=12080, **kw):

@@ -10,7 +10,7 @@ from hpcgpu.doctor.checks_cluster import (check_container, check_container_runti
 from hpcgpu.doctor.checks_system import (check_checkpoint_dir, check_hostname, check_infiniband,
                                          check_memlock, check_rendezvous_port, check_shm)
 from hpcgpu.doctor.probe import bind_port
-from hpcgpu.doctor.testing import DiskUsage, fake_probe
+from tests.helpers.doctor_fakes import DiskUsage, fake_probe
 
 MiB, GiB = 1 << 20, 1 << 30
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hpcgpu.errors import UserError
+from hpcgpu.contract.errors import UserError
 from hpcgpu.examples import gpt, mlp
 from hpcgpu.worker.task import Task, load_task
 

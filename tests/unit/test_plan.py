@@ -2,9 +2,9 @@
 
 import pytest
 
-from hpcgpu.errors import UserError
-from hpcgpu.plan import build_plan, describe_plan, node_layout, rank_table
-from hpcgpu.spec import apply_overrides, parse_spec
+from hpcgpu.contract.errors import UserError
+from hpcgpu.host.plan import build_plan, describe_plan, node_layout, rank_table
+from hpcgpu.host.spec import apply_overrides, parse_spec
 
 
 def plan_for(text="", visible=0, env=None, **over):

@@ -3,8 +3,8 @@
 import subprocess
 import sys
 
-from hpcgpu.resolved import SpecView, load_resolved
-from hpcgpu.spec import dump_spec, parse_spec
+from hpcgpu.contract.specview import SpecView, load_resolved
+from hpcgpu.host.spec import dump_spec, parse_spec
 
 TEXT = """
 name: v
@@ -56,7 +56,8 @@ def test_a_hand_written_spec_file_is_validated_and_completed(tmp_path):
 
 
 def test_the_header_marks_resolved_specs():
-    from hpcgpu import resolved, spec
+    from hpcgpu.contract import specview as resolved
+    from hpcgpu.host import spec
 
     assert resolved.RESOLVED_HEADER == spec.RESOLVED_HEADER
     assert dump_spec(parse_spec("")).startswith(spec.RESOLVED_HEADER)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from hpcgpu.errors import UserError
-from hpcgpu.slurm_plan import (RESERVED_OPTIONS, UNLIMITED_MIN, build_slurm_plan, check_run_dir, limit_to_minutes,
+from hpcgpu.contract.errors import UserError
+from hpcgpu.backends.slurm.planner import (RESERVED_OPTIONS, UNLIMITED_MIN, build_slurm_plan, check_run_dir, limit_to_minutes,
                                node_grace_s, partition_fit_problem, ranks_per_node, render_sbatch,
                                sbatch_parameters, submitit_folder, time_to_minutes, valid_job_id)
-from hpcgpu.spec import apply_overrides, parse_spec
+from hpcgpu.host.spec import apply_overrides, parse_spec
 
 RUN_DIR = "/shared/runs/t-1"
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from hpcgpu.errors import UserError
-from hpcgpu.spec import Spec, apply_overrides, dump_spec, env_overrides, load_spec, parse_spec, spec_schema
+from hpcgpu.contract.errors import UserError
+from hpcgpu.host.spec import Spec, apply_overrides, dump_spec, env_overrides, load_spec, parse_spec, spec_schema
 
 
 def error_of(text: str) -> str:

@@ -5,7 +5,7 @@ import io
 import pytest
 import torch
 
-from hpcgpu.errors import UserError
+from hpcgpu.contract.errors import UserError
 from hpcgpu.worker.progress import Progress, choose_mode
 from hpcgpu.worker.rank import RankInfo
 from hpcgpu.worker.strategy import check_setup, scaled_lr

@@ -54,9 +54,9 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from hpcgpu.envnames import RDZV_ENDPOINT, RESTART_COUNT
-from hpcgpu.ports import free_port, publish_endpoint, wait_file
-from hpcgpu.exitcodes import STOPPED_RESUMABLE
+from hpcgpu.contract.envnames import RDZV_ENDPOINT, RESTART_COUNT
+from hpcgpu.contract.ports import free_port, publish_endpoint, wait_file
+from hpcgpu.contract.exitcodes import STOPPED_RESUMABLE
 
 
 

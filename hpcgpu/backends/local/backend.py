@@ -8,10 +8,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from hpcgpu import exitcodes
-from hpcgpu.plan import Plan
-from hpcgpu.runs import RunRecord, read_json, write_json_atomic
-from hpcgpu.procs import pid_alive
+from hpcgpu.contract import exitcodes
+from hpcgpu.host.plan import Plan
+from hpcgpu.host.runs import RunRecord, read_json, write_json_atomic
+from hpcgpu.contract.procs import pid_alive
 
 FORWARD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -38,7 +38,7 @@ class LocalBackend:
         if plan.container_prefix:
             code = _run_in_container(plan)
         else:
-            from hpcgpu.agent import run_node  # imports torch: only now, never for --help
+            from hpcgpu.agent.node import run_node  # imports torch: only now, never for --help
 
             code = run_node(run_dir)
         write_json_atomic(run_dir / "result.json", {"exit_code": code, "ended": time.time()})

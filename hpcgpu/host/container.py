@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Callable, Iterable, Mapping, Sequence
 
-from hpcgpu.errors import UserError
+from hpcgpu.contract.errors import UserError
 
 RUNTIMES = ("apptainer", "docker", "podman", "pyxis")
 

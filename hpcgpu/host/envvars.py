@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
-from hpcgpu.spec import Debug
+from hpcgpu.host.spec import Debug
 
 # Names that look like credentials: their values never reach the console, scripts or run dirs.
 _SECRET_NAME = re.compile(r"(TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH)", re.IGNORECASE)

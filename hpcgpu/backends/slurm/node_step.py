@@ -1,4 +1,4 @@
-"""`python -m hpcgpu.backends.node_step PYXIS_ARGS... -- NODE_ARGV...`: a nested job step on this node.
+"""`python -m hpcgpu.backends.slurm.node_step PYXIS_ARGS... -- NODE_ARGV...`: a nested job step on this node.
 
 Used for pyxis: NodeCommand stays on the host (scontrol for the requeue, the submitting Python),
 and this helper replaces itself with `srun --overlap` on this node only, carrying the pyxis options,
@@ -23,7 +23,7 @@ def nested_step_argv(pyxis_args: list[str], node_argv: list[str], environ: dict)
 
 def main(argv: list[str]) -> None:
     if "--" not in argv:
-        raise SystemExit("usage: python -m hpcgpu.backends.node_step PYXIS_ARGS... -- NODE_ARGV...")
+        raise SystemExit("usage: python -m hpcgpu.backends.slurm.node_step PYXIS_ARGS... -- NODE_ARGV...")
     cut = argv.index("--")
     step = nested_step_argv(argv[:cut], argv[cut + 1:], dict(os.environ))
     print(f"hpcgpu: nested step on this node: {shlex.join(step)}", file=sys.stderr, flush=True)

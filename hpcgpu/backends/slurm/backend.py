@@ -18,11 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-from hpcgpu import exitcodes
-from hpcgpu.errors import UserError
-from hpcgpu.plan import Plan
-from hpcgpu.runs import RunRecord, read_json, update_record
-from hpcgpu.slurm_plan import (UNLIMITED_MIN, folder_path, limit_to_minutes, node_grace_s,
+from hpcgpu.contract import exitcodes
+from hpcgpu.contract.errors import UserError
+from hpcgpu.host.plan import Plan
+from hpcgpu.host.runs import RunRecord, read_json, update_record
+from hpcgpu.backends.slurm.planner import (UNLIMITED_MIN, folder_path, limit_to_minutes, node_grace_s,
                                partition_fit_problem, submitit_folder, valid_job_id)
 
 
@@ -115,8 +115,8 @@ class SlurmBackend:
     def launch(self, plan: Plan, resumed: bool = False) -> str:
         """Submit; return the job id (also recorded in run.json). A refused new job leaves no run dir;
         a refused resume leaves the run dir as it was (its checkpoints are the point)."""
-        from hpcgpu.backends.slurm_job import NodeCommand
-        from hpcgpu.envvars import is_secret
+        from hpcgpu.backends.slurm.node_command import NodeCommand
+        from hpcgpu.host.envvars import is_secret
 
         env = {k: v for k, v in plan.env.items() if not is_secret(k)}  # secrets travel via sbatch's --export=ALL
         command = NodeCommand(list(plan.container_prefix) + list(plan.node_argv), env=env,

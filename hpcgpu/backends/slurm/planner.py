@@ -16,9 +16,9 @@ import shlex
 from pathlib import Path
 from typing import Any, Mapping
 
-from hpcgpu.errors import UserError
-from hpcgpu.plan import Plan, build_plan
-from hpcgpu.spec import Spec
+from hpcgpu.contract.errors import UserError
+from hpcgpu.host.plan import Plan, build_plan
+from hpcgpu.host.spec import Spec
 
 #: control characters (newline, carriage return, NUL, ...) can end an #SBATCH line or a shell word
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -164,11 +164,11 @@ def pyxis_node_prefix(pyxis_args: tuple[str, ...], python: str = "python3") -> t
     Given to the outer srun, --container-image would put NodeCommand inside the image too, where
     scontrol (for the requeue) and the submitting interpreter are usually missing. So NodeCommand
     stays on the host and starts `srun --overlap` (sharing the task's CPUs, memory and GPUs) with
-    the pyxis options on this node only, through hpcgpu.backends.node_step (no shell).
+    the pyxis options on this node only, through hpcgpu.backends.slurm.node_step (no shell).
     """
     for arg in pyxis_args:
         check_value("container (pyxis srun argument)", arg)
-    return (python, "-m", "hpcgpu.backends.node_step", *pyxis_args, "--")
+    return (python, "-m", "hpcgpu.backends.slurm.node_step", *pyxis_args, "--")
 
 
 def submit_command(python: str, folder: str) -> str:

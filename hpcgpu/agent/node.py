@@ -19,15 +19,15 @@ import time
 from pathlib import Path
 from typing import Mapping, Optional
 
-from hpcgpu import envnames, exitcodes
-from hpcgpu.console import ConsoleFollower
-from hpcgpu.errors import UserError
-from hpcgpu.envvars import REDACTED, withheld_env
-from hpcgpu.gpus import count_visible_gpus
-from hpcgpu.plan import node_layout, rank_env
-from hpcgpu.rendezvous import RDZV_BACKEND, NodeRole, describe_rdzv_failure, node_role, register_rendezvous
-from hpcgpu.runs import make_private_dir
-from hpcgpu.spec import load_spec
+from hpcgpu.contract import envnames, exitcodes
+from hpcgpu.contract.console import ConsoleFollower
+from hpcgpu.contract.errors import UserError
+from hpcgpu.host.envvars import REDACTED, withheld_env
+from hpcgpu.contract.gpus import count_visible_gpus
+from hpcgpu.host.plan import node_layout, rank_env
+from hpcgpu.agent.rendezvous import RDZV_BACKEND, NodeRole, describe_rdzv_failure, node_role, register_rendezvous
+from hpcgpu.host.runs import make_private_dir
+from hpcgpu.host.spec import load_spec
 
 # torch elastic only handles TERM/INT/HUP/QUIT by default; Slurm warns with USR1/USR2
 # before the time limit or preemption (pytorch/pytorch#154849).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hpcgpu.spec import json_schema
+from hpcgpu.host.spec import json_schema
 
 HEADER = """# Spec reference
 

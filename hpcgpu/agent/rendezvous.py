@@ -12,8 +12,8 @@ import socket
 from dataclasses import dataclass
 from typing import Mapping
 
-from hpcgpu.envnames import RDZV_ENDPOINT
-from hpcgpu.errors import UserError
+from hpcgpu.contract.envnames import RDZV_ENDPOINT
+from hpcgpu.contract.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hpcgpu.errors import UserError
+from hpcgpu.contract.errors import UserError
 
 DEFAULT_SPEC_FILE = "hpcgpu.yaml"
 DEMO_TASK = "hpcgpu.examples.mlp:make_task"
@@ -415,7 +415,7 @@ RESOLVED_HEADER = "# hpcgpu resolved spec: validated, every default filled in\n"
 def dump_spec(spec: Spec) -> str:
     """The resolved spec as YAML (what nodes and ranks read); values of secret-looking `env:` names
     are written as <redacted> (they reach the ranks through the environment, never a file)."""
-    from hpcgpu.envvars import withhold_secrets  # envvars imports this module
+    from hpcgpu.host.envvars import withhold_secrets  # envvars imports this module
 
     data = spec.model_dump(mode="json")
     data["env"] = withhold_secrets(data["env"])

@@ -1,6 +1,6 @@
 """The resolved spec as ranks read it: plain data behind attribute access, without pydantic.
 
-The host validated the spec (hpcgpu.spec) and wrote it to `<run dir>/spec.yaml` with every default
+The host validated the spec (hpcgpu.host.spec) and wrote it to `<run dir>/spec.yaml` with every default
 filled in; ranks only read it. Importing pydantic and building the models cost each rank about
 0.2 s of CPU at start-up, which on a busy node delayed the first step (benchmarks/PROFILING.md).
 """
@@ -43,15 +43,15 @@ class SpecView:
         return copy.deepcopy(object.__getattribute__(self, "_data"))
 
 
-# the first line hpcgpu.spec.dump_spec writes (kept here too: importing hpcgpu.spec imports pydantic)
+# the first line hpcgpu.host.spec.dump_spec writes (kept here too: importing hpcgpu.host.spec imports pydantic)
 RESOLVED_HEADER = "# hpcgpu resolved spec: validated, every default filled in\n"
 
 
 def load_resolved(path: str | Path) -> SpecView:
-    """Read a spec file: as plain data when hpcgpu resolved it, else validated through hpcgpu.spec."""
+    """Read a spec file: as plain data when hpcgpu resolved it, else validated through hpcgpu.host.spec."""
     text = Path(path).read_text(encoding="utf-8")
     if text.startswith(RESOLVED_HEADER):
         return SpecView(yaml.safe_load(text) or {})
-    from hpcgpu.spec import parse_spec  # a hand-written spec: validate it and fill in the defaults
+    from hpcgpu.host.spec import parse_spec  # a hand-written spec: validate it and fill in the defaults
 
     return SpecView(parse_spec(text, str(path)).model_dump(mode="json"))

@@ -11,10 +11,10 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
-from hpcgpu import envnames
-from hpcgpu.envvars import REDACTED, EnvDefault, MergedEnv, debug_defaults, merge_under, redact
-from hpcgpu.errors import UserError
-from hpcgpu.spec import Spec
+from hpcgpu.contract import envnames
+from hpcgpu.host.envvars import REDACTED, EnvDefault, MergedEnv, debug_defaults, merge_under, redact
+from hpcgpu.contract.errors import UserError
+from hpcgpu.host.spec import Spec
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from hpcgpu import envnames
-from hpcgpu.errors import UserError
+from hpcgpu.contract import envnames
+from hpcgpu.contract.errors import UserError
 
 
 def state_home(environ: Optional[dict] = None) -> Path:
