@@ -9,38 +9,9 @@ out names the missing nodes. Imports torch lazily (the node agent's layer).
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
-from typing import Mapping
 
-from hpcgpu.contract.envnames import RDZV_ENDPOINT
-from hpcgpu.contract.errors import UserError
-
-
-@dataclass(frozen=True)
-class NodeRole:
-    """Where this node agent sits: how many nodes, its index, and where to rendezvous."""
-
-    nnodes: int
-    node_rank: int
-    endpoint: str  # host:port; port 0 on a single node lets the store pick a free port
-    is_host: bool
-    run_id: str
-
-
-def node_role(nnodes: int, run_id: str, environ: Mapping[str, str]) -> NodeRole:
-    """Single node: rendezvous on loopback, free port picked by the OS (never collides).
-    Several nodes: the endpoint the head node published (HPCGPU_RDZV_ENDPOINT)."""
-    if nnodes == 1:
-        return NodeRole(1, 0, "127.0.0.1:0", True, run_id)
-    endpoint = environ.get(RDZV_ENDPOINT)
-    if not endpoint:
-        raise UserError(
-            f"the spec asks for {nnodes} nodes but {RDZV_ENDPOINT} is not set",
-            hint="multi-node runs are started by `hpcgpu submit slurm`, which sets it on every node",
-        )
-    node_rank = int(environ.get("SLURM_NODEID", environ.get("HPCGPU_NODE_RANK", "0")))
-    job = environ.get("SLURM_JOB_ID", run_id)
-    return NodeRole(nnodes, node_rank, endpoint, node_rank == 0, f"{job}-{environ.get('SLURM_RESTART_COUNT', '0')}")
+from hpcgpu.agent.elastic import fresh_rank_store_per_attempt, keep_rank_store_on_loopback
+from hpcgpu.contract.node import NodeFacts
 
 
 RDZV_BACKEND = "hpcgpu"
@@ -103,19 +74,8 @@ def _create_rdzv_handler(params):
 
     handler = create_handler(store, Backend(store, params.run_id), params)
     if loopback:
-        # the store the ranks share (MASTER_ADDR:MASTER_PORT) is made by the handler: keep it on loopback too
-        handler._create_tcp_store_server = lambda addr, port: _tcp_store("127.0.0.1", port, True, True, 300)
-    join = handler.next_rendezvous
-
-    def next_rendezvous():
-        # torch keeps the ranks' store across restarts, but the ranks assume a fresh one per attempt
-        # (torch/distributed/rendezvous.py: "We create a new TCPStore for every retry"): with the old
-        # one, restarted gloo ranks read the dead attempt's addresses and fail with "Connection refused".
-        handler._shared_tcp_store_server = None
-        handler._bootstrap_store_info = None
-        return join()
-
-    handler.next_rendezvous = next_rendezvous
+        keep_rank_store_on_loopback(handler, lambda addr, port: _tcp_store("127.0.0.1", port, True, True, 300))
+    fresh_rank_store_per_attempt(handler)
     return handler
 
 
@@ -125,7 +85,7 @@ def register_rendezvous() -> None:
     rendezvous_handler_registry.register(RDZV_BACKEND, _create_rdzv_handler)  # idempotent for one creator
 
 
-def describe_rdzv_failure(error: Exception, role: NodeRole, timeout_s: int) -> str:
+def describe_rdzv_failure(error: Exception, role: NodeFacts, timeout_s: int) -> str:
     """Which nodes arrived and which did not, as far as the rendezvous store knows."""
     store = _rdzv.get("store")
     lines = [f"hpcgpu: rendezvous failed on node {role.node_rank}: {type(error).__name__}: {error}".rstrip(": ")]

@@ -41,7 +41,7 @@ checkpoint:
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 def init(output, yes, force) -> int:
     """Write a starter spec: detects GPUs, asks for the strategy and precision."""
-    from hpcgpu.contract.gpus import count_visible_gpus
+    from hpcgpu.host.gpus import count_visible_gpus
 
     path = Path(output)
     if path.exists() and not force:

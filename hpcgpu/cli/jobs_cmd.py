@@ -13,14 +13,11 @@ from hpcgpu.contract.errors import UserError
 
 
 def _checkpoint_dir(run_dir: Path) -> Path:
-    """checkpoint.dir of the run's resolved spec, else <run dir>/checkpoints."""
-    from hpcgpu.host.spec import load_spec
+    """The plan's checkpoint directory (absolute), else <run dir>/checkpoints."""
+    from hpcgpu.contract.runfiles import read_json
 
-    try:
-        spec, _ = load_spec(run_dir / "spec.yaml")
-    except UserError:
-        return run_dir / "checkpoints"
-    return Path(spec.checkpoint.dir) if spec.checkpoint.dir else run_dir / "checkpoints"
+    plan = read_json(run_dir / "plan.json") or {}
+    return Path(plan.get("ckpt_dir") or run_dir / "checkpoints")
 
 
 def _latest_checkpoint_step(run_dir: Path):
@@ -32,24 +29,20 @@ def _latest_checkpoint_step(run_dir: Path):
 def run_state(record) -> dict:
     """Facts about a run for `status`: state from its backend, nodes, restarts, last checkpoint."""
     from hpcgpu.backends import get_backend
-    from hpcgpu.host.runs import read_json
+    from hpcgpu.contract.runfiles import read_json
 
     run_dir = Path(record.run_dir)
     info = read_json(run_dir / "run.json") or {}
-    facts = {"state": "", "nodes": info.get("nodelist") or record.nodes, "restarts": info.get("restarts", 0), "reason": ""}
+    state, reason, nodes, restarts = "", "", info.get("nodelist") or record.nodes, int(info.get("restarts") or 0)
     try:
-        backend = get_backend(record.backend)
-        if hasattr(backend, "job_info"):  # Slurm: state, node list, requeues, pending reason
-            job = backend.job_info(record)
-            facts.update(state=job["state"], nodes=job["nodelist"] or record.nodes, restarts=job["restarts"],
-                         reason=job["reason"])
-        else:
-            facts["state"] = backend.status(record)
+        status = get_backend(record.backend).status(record)
+        state, reason = str(status.state), status.reason
+        nodes, restarts = status.nodes or nodes, max(restarts, status.restarts)
     except Exception as e:  # an unreachable scheduler must not hide the rest
-        facts["state"] = f"UNKNOWN ({e})"
+        state = f"UNKNOWN ({e})"
     return {
-        "id": record.id, "backend": record.backend, "state": facts["state"], "reason": facts["reason"] or None,
-        "job_id": record.job_id, "nodes": facts["nodes"], "restarts": facts["restarts"],
+        "id": record.id, "backend": record.backend, "state": state, "reason": reason or None,
+        "job_id": record.job_id, "nodes": nodes, "restarts": restarts,
         "last_checkpoint_step": _latest_checkpoint_step(run_dir), "run_dir": record.run_dir,
     }
 

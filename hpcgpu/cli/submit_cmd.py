@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
 
 import click
 
-from hpcgpu.cli.common import (load_with_overrides, materialize_run, remember_launch_dir, reserve_run_dir,
-                               return_to_launch_dir, run_location, spec_option)
+from hpcgpu.cli.common import check_json_flag, print_plan, spec_option
 from hpcgpu.contract.errors import UserError
 
 
@@ -34,6 +32,8 @@ def submit() -> None:
 @click.option("--container", default=None, metavar="IMAGE", help="Run the node agent in IMAGE (runtime from the spec, default apptainer).")
 @click.option("--name", default=None, help="Job name.")
 @click.option("--dry-run", is_flag=True, help="Print the sbatch script exactly as it will be submitted, and the rank table.")
+@click.option("--json", "as_json", is_flag=True,
+              help="With --dry-run: print the plan as JSON, the very object written to <run dir>/plan.json.")
 @click.option("--wait", is_flag=True, help="Wait for the job to end; exit with its status.")
 @click.option("--follow", is_flag=True, help="Like --wait, printing rank 0's log as it grows.")
 @click.option("--resume", "resume_run", default=None, metavar="RUN",
@@ -42,7 +42,7 @@ def submit() -> None:
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- SCRIPT ARGS...]")
 def submit_slurm(spec_file, nodes, gpus_per_node, nproc_per_node, partition, account, qos, time_limit,
                  constraint, mem, cpus_per_task, container, name, dry_run, wait, follow, command,
-                 resume_run=None) -> int:
+                 resume_run=None, as_json=False) -> int:
     """Submit the spec's job to Slurm: one task per node, each starting that node's ranks.
 
     \b
@@ -50,12 +50,17 @@ def submit_slurm(spec_file, nodes, gpus_per_node, nproc_per_node, partition, acc
       hpcgpu submit slurm --nodes 2 --gpus-per-node 8 --time 04:00:00 --partition gpu
       hpcgpu submit slurm --nodes 2 --nproc-per-node 2 --follow     # CPU ranks (gloo)
       hpcgpu submit slurm --dry-run                                 # print the sbatch script
+      hpcgpu submit slurm --dry-run --json                          # ... inside the plan.json it runs
       hpcgpu submit slurm --resume demo-2026 --follow               # continue a cancelled run
 
     Before the time limit or a preemption Slurm sends SIGUSR2 (slurm.signal_before_s); the ranks
     agree on a step, checkpoint, and the job is requeued from the host side and resumes there.
     Timeouts requeue at most slurm.max_timeout_requeues times; preemptions always; failures never.
     """
+    from hpcgpu.backends import get_backend
+    from hpcgpu.host import launch
+
+    check_json_flag(as_json, dry_run)
     if resume_run:
         given = [f for f, v in (("-f", spec_file), ("--nodes", nodes), ("--gpus-per-node", gpus_per_node),
                                 ("--nproc-per-node", nproc_per_node), ("--partition", partition),
@@ -65,7 +70,12 @@ def submit_slurm(spec_file, nodes, gpus_per_node, nproc_per_node, partition, acc
         if given:
             raise UserError(f"--resume continues a run with the spec it was started with; it takes no {', '.join(given)}",
                             hint="start a new run to change the job, or edit nothing and resume")
-        return _resume(resume_run, dry_run, wait, follow)
+        if dry_run:
+            _, plan = launch.resume_plan(resume_run, "slurm")
+            return print_plan(plan, get_backend("slurm"), f"{plan.run_dir}/spec.yaml (resumed)", as_json)
+        launched = launch.resume(resume_run, "slurm")
+        click.echo(f"hpcgpu: resuming {launched.plan.run_id}")
+        return _submitted(launched, wait, follow)
     flags = {"name": name, "resources.nodes": nodes, "resources.cpus_per_task": cpus_per_task,
              "resources.mem": mem, "resources.time": time_limit, "slurm.partition": partition,
              "slurm.account": account, "slurm.qos": qos, "slurm.constraint": constraint}
@@ -76,162 +86,49 @@ def submit_slurm(spec_file, nodes, gpus_per_node, nproc_per_node, partition, acc
         flags.update({"resources.gpus_per_node": 0, "resources.procs_per_node": nproc_per_node})
     elif gpus_per_node is not None:
         flags["resources.gpus_per_node"] = gpus_per_node
-    spec, source = load_with_overrides(spec_file, flags, command)
-    if container:
-        from hpcgpu.host.spec import apply_overrides
-
-        # only the image changes: the spec's runtime, binds and extra_args stay (apptainer by default)
-        spec = apply_overrides(spec, {"container.image": container,
-                                      "container.runtime": None if spec.container else "apptainer"})
-    plan = _plan(spec)
+    spec, source = launch.load_with_overrides(spec_file, flags, command)
+    spec = launch.with_container(spec, container, "apptainer")
     if dry_run:
-        from hpcgpu.backends.slurm.planner import describe_slurm
-
-        click.echo(f"spec:     {source}")
-        click.echo(describe_slurm(plan), nl=False)
-        return 0
-    from hpcgpu.backends.slurm.backend import SlurmBackend, check_fits, require_slurm, restore_secret_env
-    from hpcgpu.host.envvars import withheld_env
-
-    require_slurm()
-    check_fits(plan)
-    if spec.container:
-        from hpcgpu.host.container import check_runtime
-
-        check_runtime(spec.container.runtime, spec.container.image)
-    plan = reserve_run_dir(lambda: _plan(spec))
-    materialize_run(plan, nodes=spec.resources.nodes)
-    remember_launch_dir(plan.run_dir)
-    restore_secret_env(withheld_env())
-    job_id = SlurmBackend().launch(plan)
-    return _submitted(plan, job_id, wait, follow)
+        return print_plan(launch.plan_new(spec, "slurm"), get_backend("slurm"), source, as_json)
+    return _submitted(launch.start(spec, "slurm"), wait, follow)
 
 
-def _submitted(plan, job_id: str, wait: bool, follow: bool) -> int:
-    spec = plan.spec
-    click.echo(f"hpcgpu: submitted {plan.run_id} as Slurm job {job_id} ({spec.resources.nodes} node(s) x {plan.layout.nproc} rank(s))")
+def _submitted(launched, wait: bool, follow: bool) -> int:
+    plan, job_id = launched.plan, launched.handle.job_id
+    click.echo(f"hpcgpu: submitted {plan.run_id} as Slurm job {job_id} ({plan.nodes} node(s) x {plan.nproc_per_node} rank(s))")
     click.echo(f"  run dir: {plan.run_dir}")
     click.echo(f"  follow:  hpcgpu logs {plan.run_id} --follow    status: hpcgpu status {plan.run_id}")
     sys.stdout.flush()
     if wait or follow:
-        return _wait(plan, follow)
+        return _wait(launched, follow)
     return 0
 
 
-#: how a run ended that `--resume` may continue (FAILED too: the fix may be outside the spec, e.g. a full
-#: disk; UNKNOWN: slurmctld, which answered, has forgotten the job, so it ended, before writing result.json)
-RESUMABLE = frozenset({"STOPPED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "FAILED", "OUT_OF_MEMORY",
-                       "BOOT_FAIL", "DEADLINE", "UNKNOWN"})
-
-
-def _resume(ref: str, dry_run: bool, wait: bool, follow: bool) -> int:
-    """A new job in the run's own run dir: its ranks resume from the newest valid checkpoint there."""
-    from hpcgpu.backends.slurm.backend import SlurmBackend, check_fits, require_slurm
-    from hpcgpu.host.runs import find_run, read_json, update_record
-    from hpcgpu.backends.slurm.planner import describe_slurm
-    from hpcgpu.host.spec import load_spec
-
-    record = find_run(ref)
-    if record.backend != "slurm":
-        raise UserError(f"run {record.id} ran on {record.backend}, not Slurm",
-                        hint=f"continue it with: hpcgpu run local --resume {record.id}")
-    run_dir = Path(record.run_dir)
-    spec, _ = load_spec(run_dir / "spec.yaml")
-    return_to_launch_dir(record.run_dir)
-    plan = _plan(spec, record.id, record.run_dir)
-    if dry_run:
-        click.echo(f"spec:     {run_dir / 'spec.yaml'} (resumed)")
-        click.echo(describe_slurm(plan), nl=False)
-        return 0
-    require_slurm()
-    backend = SlurmBackend()
-    state = backend.status(record)
-    if state in ("DONE", "COMPLETED"):
-        raise UserError(f"run {record.id} has finished (job {record.job_id}: {state}); there is nothing to continue",
-                        hint="to train longer, start a new run with checkpoint.resume set to its last checkpoint")
-    if state not in RESUMABLE:
-        raise UserError(f"run {record.id} is not over: job {record.job_id} is {state}",
-                        hint=f"a requeued job resumes by itself; to resubmit, end it first: hpcgpu cancel {record.id}")
-    check_fits(plan)
-    if spec.container:
-        from hpcgpu.host.container import check_runtime
-
-        check_runtime(spec.container.runtime, spec.container.image)
-    # The previous job's result would read as the new job's outcome: keep it under its job id.
-    result, kept = run_dir / "result.json", run_dir / f"result-job{record.job_id}.json"
-    if result.exists():
-        result.replace(kept)
-    try:
-        job_id = backend.launch(plan, resumed=True)
-    except BaseException:
-        if kept.exists() and not result.exists():
-            kept.replace(result)  # refused: the run is as it was
-        raise
-    info = read_json(run_dir / "run.json") or {}
-    update_record(run_dir, restarts=int(info.get("restarts") or 0) + 1)
-    click.echo(f"hpcgpu: resuming {record.id} (job {record.job_id} ended {state})")
-    return _submitted(plan, job_id, wait, follow)
-
-
-def _plan(spec, run_id: str | None = None, run_dir: str | None = None):
-    """Build the Slurm plan: the node layout is the request (the compute nodes' GPUs are not visible here).
-    A fresh run id and dir unless given (a resume)."""
-    from hpcgpu.backends.slurm.planner import build_slurm_plan
-
-    if run_id is None or run_dir is None:
-        run_id, run_dir = run_location(spec)
-    prefix, srun_args = [], []
-    if spec.container is not None:
-        # the container is given the names of the variables the node agent reads (values stay in the env)
-        bare = build_slurm_plan(spec, run_id=run_id, run_dir=run_dir, python=sys.executable, user_env=os.environ)
-        prefix, srun_args = _container(spec, run_dir, bare.env)
-    return build_slurm_plan(spec, run_id=run_id, run_dir=run_dir, python=sys.executable, user_env=os.environ,
-                            container_prefix=tuple(prefix), srun_args=tuple(srun_args))
-
-
-def _container(spec, run_dir: str, env: dict) -> tuple[list[str], list[str]]:
-    """(prefix before the node command, extra srun args) for the spec's container."""
-    from hpcgpu.contract import envnames
-    from hpcgpu.host.container import ContainerSettings, RunContext, container_prefix, pyxis_srun_args
-    from hpcgpu.backends.slurm.planner import pyxis_node_prefix
-
-    want = spec.resources.gpus_per_node
-    names = {*env, *spec.env, envnames.RDZV_ENDPOINT, envnames.RESTART_COUNT}
-    ckpt_dir = os.path.abspath(spec.checkpoint.dir) if spec.checkpoint.dir else None
-    # InfiniBand devices are looked for here: login and compute nodes of a cluster usually match
-    ctx = RunContext(code_dir=os.getcwd(), run_dir=run_dir, ckpt_dir=ckpt_dir, env_names=tuple(sorted(names)),
-                     gpus=isinstance(want, int) and want > 0, uid=os.getuid(), gid=os.getgid(), slurm=True,
-                     infiniband=os.path.isdir("/dev/infiniband"))
-    settings = ContainerSettings.from_spec(spec.container)
-    if settings.runtime == "pyxis":  # a nested step per node, so the requeue stays on the host
-        return list(pyxis_node_prefix(tuple(pyxis_srun_args(settings, ctx, os.environ)), sys.executable)), []
-    return container_prefix(settings, ctx, os.environ), []
-
-
-def _wait(plan, follow: bool) -> int:
+def _wait(launched, follow: bool) -> int:
     """Poll the job until it ends (printing rank 0's log with --follow); exit with its status.
     Ctrl-C stops waiting, not the job."""
-    from hpcgpu.backends.slurm.backend import ENDED, HELD, SlurmBackend
-    from hpcgpu.host.runs import find_run, read_json
+    from hpcgpu.contract.runfiles import read_result
+    from hpcgpu.contract.states import RunState
+    from hpcgpu.host.runs import find_run
 
+    plan = launched.plan
     record = find_run(plan.run_dir)
-    backend = SlurmBackend()
     log = Path(plan.run_dir) / "logs" / "rank0.log"
     offset = 0
     try:
         while True:
-            state = backend.status(record)
+            state = launched.backend.status(record).state
             if follow:
                 offset = _print_new(log, offset)  # after the state: a final state never misses the log's tail
-            if state in ENDED or state in HELD:
+            if state.ended or state is RunState.HELD:
                 break
             time.sleep(1)
     except KeyboardInterrupt:
         click.echo(f"\nhpcgpu: stopped waiting; job {record.job_id} goes on (hpcgpu cancel {plan.run_id} ends it)", err=True)
         return 130
-    result = read_json(Path(plan.run_dir) / "result.json") or {}
+    result = read_result(Path(plan.run_dir)) or {}
     click.echo(f"hpcgpu: job {record.job_id} ended: {state}")
-    return int(result.get("exit_code", 0 if state in ("COMPLETED", "DONE") else 1))
+    return int(result.get("exit_code", 0 if state is RunState.DONE else 1))
 
 
 def _print_new(log: Path, offset: int) -> int:

@@ -2,43 +2,42 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 
 @click.command()
+@click.option("--plan", "plan_file", type=click.Path(dir_okay=False), default=None,
+              help="plan.json written by `run local` / `submit slurm`: run this node's part of it.")
 @click.option("--run-dir", type=click.Path(file_okay=False), default=None,
-              help="Run directory prepared by `run local` / `submit slurm`. Without it, a new run is "
-                   "made here from ./hpcgpu.yaml (or the bundled demo): what `docker run IMAGE train` does.")
+              help="A run directory holding plan.json (the same as --plan RUN_DIR/plan.json).")
 @click.option("-f", "--file", "spec_file", type=click.Path(dir_okay=False), default=None,
-              help="Spec for a new run (only without --run-dir).")
-def train(run_dir, spec_file) -> int:
+              help="Without --plan: the spec of a new single-node run made here (default ./hpcgpu.yaml, "
+                   "else the bundled demo). This is what `docker run IMAGE train` does.")
+def train(plan_file, run_dir, spec_file) -> int:
     """Start this node's ranks and wait for them.
 
     Forwards SIGTERM, SIGINT, SIGHUP, SIGUSR1 and SIGUSR2 to the ranks, which checkpoint and stop.
     Exit status: 0 done, 1 a rank failed (named, with its traceback), 75 stopped cleanly (resumable).
     """
-    if run_dir is None:
-        return _train_here(spec_file)
-    import os
-    import time
-
-    from hpcgpu.agent.node import run_node
-    from hpcgpu.host.runs import write_json_atomic
-
-    code = run_node(Path(run_dir).absolute())
-    if os.environ.get("SLURM_NODEID", "0") == "0":
-        # status after the scheduler forgot the job (and for local runs started in a container)
-        write_json_atomic(Path(run_dir).absolute() / "result.json", {"exit_code": code, "ended": time.time()})
     from hpcgpu.cli.common import exit_after_agent
+    from hpcgpu.contract.errors import UserError
 
-    exit_after_agent(code)
+    if plan_file and run_dir:
+        raise UserError("give --plan or --run-dir, not both")
+    if plan_file is None and run_dir is None:
+        return _train_here(spec_file)
+    if spec_file:
+        raise UserError("-f makes a new run; a planned run (--plan/--run-dir) runs the spec in its plan")
+    from hpcgpu.agent.node import run_node
+    from hpcgpu.contract.plan import load_plan
+
+    exit_after_agent(run_node(load_plan(plan_file or run_dir)))
 
 
 def _train_here(spec_file) -> int:
-    """No run dir: plan a single-node run of the spec in the current directory and run it."""
-    from hpcgpu.cli.run_cmd import run_local
+    """No plan: plan a single-node run of the spec in the current directory and run it."""
+    from hpcgpu.cli.run_cmd import _announce, finish
+    from hpcgpu.host import launch
 
-    return run_local.callback(spec_file=spec_file, gpus=None, nproc=None, name=None, max_restarts=None,
-                              container=None, dry_run=False, command=(), resume_run=None)
+    spec, source = launch.load_with_overrides(spec_file, {})
+    finish(launch.start(spec, "local", announce=lambda plan: _announce(plan, source)))

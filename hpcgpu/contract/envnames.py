@@ -1,21 +1,29 @@
 """Names of the HPCGPU_* variables that carry the plan from the host to nodes and ranks.
 
-Torch-free: the front, the node agent and the worker all import it.
+Torch-free: the host, the node agent and the worker all import it.
 """
 
-#: run directory (holds spec.yaml, logs/, checkpoints/, tb/, exit/)
+#: run directory (holds plan.json, spec.yaml, logs/, checkpoints/, tb/, exit/)
 RUN_DIR = "HPCGPU_RUN_DIR"
-#: the resolved spec file the ranks read (never CLI flags)
+#: the plan every node and rank executes (plan.json)
+PLAN_FILE = "HPCGPU_PLAN_FILE"
+#: the resolved spec, for people and user scripts (ranks read the copy inside plan.json)
 SPEC_FILE = "HPCGPU_SPEC_FILE"
-#: checkpoint directory
+#: checkpoint directory (absolute)
 CKPT_DIR = "HPCGPU_CKPT_DIR"
+#: this rank's planned device: cpu or cuda:N (what hpcgpu.dist.device() returns)
+DEVICE = "HPCGPU_DEVICE"
 #: checkpoint to resume from ("" on a fresh start); set per attempt by the node agent
 RESUME_FROM = "HPCGPU_RESUME_FROM"
-#: how many times this run was restarted (torch elastic restarts + Slurm requeues)
+#: how many times this run was restarted (scheduler requeues + torch elastic restarts)
 RESTART_COUNT = "HPCGPU_RESTART_COUNT"
+#: scheduler restarts of the job (requeues), set for the node agent by the backend's node half
+JOB_RESTARTS = "HPCGPU_JOB_RESTARTS"
 #: "1" when the console the agent prints rank 0 to is a terminal (live progress bar)
 CONSOLE_TTY = "HPCGPU_CONSOLE_TTY"
 #: base directory for the run index (default ~/.local/state/hpcgpu)
 HOME = "HPCGPU_HOME"
 #: host:port where the node agents of a multi-node run meet (published by the head node)
 RDZV_ENDPOINT = "HPCGPU_RDZV_ENDPOINT"
+#: this node's index in a multi-node run started without a scheduler
+NODE_RANK = "HPCGPU_NODE_RANK"

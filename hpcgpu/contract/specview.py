@@ -1,17 +1,15 @@
-"""The resolved spec as ranks read it: plain data behind attribute access, without pydantic.
+"""The resolved spec as node agents and ranks read it: plain data behind attribute access.
 
-The host validated the spec (hpcgpu.host.spec) and wrote it to `<run dir>/spec.yaml` with every default
-filled in; ranks only read it. Importing pydantic and building the models cost each rank about
-0.2 s of CPU at start-up, which on a busy node delayed the first step (benchmarks/PROFILING.md).
+The host validated the spec (hpcgpu.host.spec) and put it, every default filled in, into plan.json
+(and spec.yaml, for people); agents and ranks only read it. Importing pydantic and building the
+models cost each rank about 0.2 s of CPU at start-up, which on a busy node delayed the first step
+(benchmarks/PROFILING.md). Standard library only.
 """
 
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 # keys whose values are free-form mappings: returned as dicts, not as views
 _MAPPINGS = frozenset({"env", "task_args", "extra"})
@@ -28,7 +26,7 @@ class SpecView:
     def __getattr__(self, name: str) -> Any:
         data = object.__getattribute__(self, "_data")
         if name == "kind" and "task" in data and "script" in data:  # Entry.kind
-            return "script" if data["script"] else "module" if data["module"] else "task"
+            return entry_kind(data["script"], data["module"])
         try:
             value = data[name]
         except KeyError:
@@ -43,15 +41,10 @@ class SpecView:
         return copy.deepcopy(object.__getattribute__(self, "_data"))
 
 
-# the first line hpcgpu.host.spec.dump_spec writes (kept here too: importing hpcgpu.host.spec imports pydantic)
+def entry_kind(script: Any, module: Any) -> str:
+    """What an entry runs: `script`, `module` or `task` (exactly one is set; validated on the host)."""
+    return "script" if script else "module" if module else "task"
+
+
+#: the first line of a spec hpcgpu resolved (hpcgpu.host.spec.dump_spec writes it)
 RESOLVED_HEADER = "# hpcgpu resolved spec: validated, every default filled in\n"
-
-
-def load_resolved(path: str | Path) -> SpecView:
-    """Read a spec file: as plain data when hpcgpu resolved it, else validated through hpcgpu.host.spec."""
-    text = Path(path).read_text(encoding="utf-8")
-    if text.startswith(RESOLVED_HEADER):
-        return SpecView(yaml.safe_load(text) or {})
-    from hpcgpu.host.spec import parse_spec  # a hand-written spec: validate it and fill in the defaults
-
-    return SpecView(parse_spec(text, str(path)).model_dump(mode="json"))

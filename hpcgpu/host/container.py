@@ -7,8 +7,9 @@ come in as arguments, so every command line is a function of its inputs (pinned 
 How variable VALUES reach the ranks: never through argv or a script. hpcgpu passes NAMES only and
 the launcher puts the values in the environment of the process it starts:
 - docker/podman: `-e NAME` (no `=`) copies NAME from the environment of `docker run` itself; the
-  local backend starts the prefix with `env={**os.environ, **plan.env}`; under Slurm the job
-  environment (sbatch --export=ALL, srun) carries them, and SLURM_ENV_NAMES are passed as well.
+  local backend starts the prefix with its own environment (secrets added); under Slurm the job
+  environment (sbatch --export=ALL, srun) carries them, and the scheduler's variables
+  the node agent reads (RunContext.scheduler_env_names) are passed as well.
 - apptainer: the container inherits the host environment by default, so nothing is added (hence
   `--cleanenv`/`--containall` are refused: they would drop every variable hpcgpu set).
 - pyxis: the job environment is passed too, but variables the image sets win over it (NGC images
@@ -26,21 +27,11 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from hpcgpu.contract.errors import UserError
 
 RUNTIMES = ("apptainer", "docker", "podman", "pyxis")
-
-#: Variables Slurm sets that the node agent reads; docker/podman do not inherit the environment,
-#: so these are passed by name when the node runs under Slurm (a name that is unset passes nothing).
-SLURM_ENV_NAMES = (
-    "CUDA_VISIBLE_DEVICES", "SLURMD_NODENAME", "SLURM_ARRAY_JOB_ID", "SLURM_GPUS_ON_NODE",
-    "SLURM_GPUS_PER_NODE", "SLURM_JOB_GPUS", "SLURM_JOB_ID", "SLURM_JOB_NODELIST",
-    "SLURM_JOB_NUM_NODES", "SLURM_LOCALID", "SLURM_NNODES", "SLURM_NODEID", "SLURM_NTASKS",
-    "SLURM_NTASKS_PER_NODE", "SLURM_PROCID", "SLURM_RESTART_COUNT", "SLURM_STEP_ID",
-    "SLURM_STEP_NODELIST", "SLURM_TASKS_PER_NODE",
-)
 
 #: Host variables that tune NCCL, torch, gloo, CUDA and the fabric: passed by name (when set) into
 #: docker/podman, which start from the image's environment. Without this a value the user exported
@@ -99,8 +90,8 @@ class RunContext:
     """/dev/infiniband exists on the node (the caller looks; this module does not)"""
     uid: int | None = None
     gid: int | None = None
-    slurm: bool = False
-    """the node runs inside a Slurm job step (pass SLURM_ENV_NAMES to docker/podman)"""
+    scheduler_env_names: tuple[str, ...] = ()
+    """variables the scheduler sets that the node agent reads (docker/podman get them by name)"""
     name: str | None = None
     """docker/podman container name (local runs: one per run, so a second copy cannot start)"""
 
@@ -136,11 +127,11 @@ def _require_plain(path: str, runtime: str, bad: str) -> str:
     return path
 
 
-def env_names(settings: ContainerSettings, ctx: RunContext, *, slurm_names: bool) -> list[str]:
-    """Sorted, unique names to pass: hpcgpu's, the user's passthrough, and Slurm's when asked."""
+def env_names(settings: ContainerSettings, ctx: RunContext, *, scheduler_names: bool) -> list[str]:
+    """Sorted, unique names to pass: hpcgpu's, the user's passthrough, and the scheduler's when asked."""
     names = set(ctx.env_names) | set(settings.env_passthrough)
-    if slurm_names and ctx.slurm:
-        names |= set(SLURM_ENV_NAMES)
+    if scheduler_names:
+        names |= set(ctx.scheduler_env_names)
     for name in names:
         if not name or "=" in name:
             raise UserError(f"environment name {name!r} is not a bare name",
@@ -209,7 +200,7 @@ def oci_prefix(settings: ContainerSettings, ctx: RunContext, machine_args: Seque
     for bind in settings.binds:
         argv += ["-v", bind]
     argv += ["-w", ctx.workdir or ctx.code_dir]
-    for name in env_names(settings, ctx, slurm_names=True):
+    for name in env_names(settings, ctx, scheduler_names=True):
         argv += ["-e", name]
     return [*argv, *machine_args, *settings.extra_args, settings.image]
 
@@ -242,7 +233,7 @@ def pyxis_srun_args(
         f"--container-mounts={','.join(mounts)}",
         f"--container-workdir={ctx.workdir or ctx.code_dir}",
     ]
-    names = env_names(settings, ctx, slurm_names=False)
+    names = env_names(settings, ctx, scheduler_names=False)
     if names:
         argv.append(f"--container-env={','.join(names)}")
     return [*argv, *settings.extra_args]
@@ -270,34 +261,6 @@ def _with_forwarded(ctx: RunContext, environ: Mapping[str, str]) -> RunContext:
     """ctx with the forwarded host names added to env_names."""
     extra = forwarded_env_names(environ)
     return dataclasses.replace(ctx, env_names=(*ctx.env_names, *extra)) if extra else ctx
-
-
-def local_prefix(spec, run_dir: str, env_names: Iterable[str] = (), gpus: bool | None = None) -> list[str]:
-    """Prefix for a run on this machine: code dir = cwd, this user, this machine's devices."""
-    settings = ContainerSettings.from_spec(spec.container)
-    if settings.runtime == "pyxis":
-        # pyxis only exists as srun options: without this the run would silently start on the host
-        raise UserError("container.runtime pyxis runs only under Slurm (it is an srun plugin)",
-                        hint="hpcgpu submit slurm; for a local run use runtime: podman, docker or apptainer")
-    ckpt_dir = spec.checkpoint.dir if hasattr(spec, "checkpoint") else None
-    if gpus is None:
-        # Best guess before the plan exists; pass the plan's answer (plan.layout.gpus > 0) instead.
-        want = spec.resources.gpus_per_node
-        gpus = os.path.exists("/dev/nvidiactl") if want == "all" else want > 0
-    ctx = RunContext(
-        code_dir=os.getcwd(),
-        run_dir=os.path.abspath(run_dir),
-        ckpt_dir=os.path.abspath(ckpt_dir) if ckpt_dir else None,
-        # the spec's env: too: a name the user's environment overrides is not in the plan's env
-        # (hpcgpu never overrides the user), yet the container must still get the user's value
-        env_names=(*env_names, *getattr(spec, "env", {})),
-        gpus=bool(gpus),
-        infiniband=os.path.isdir("/dev/infiniband"),
-        uid=os.getuid(),
-        gid=os.getgid(),
-        name=local_container_name(run_dir),
-    )
-    return container_prefix(settings, ctx, os.environ)
 
 
 def local_container_name(run_dir: str) -> str:

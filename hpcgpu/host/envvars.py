@@ -6,15 +6,16 @@ when it takes effect, so nobody has to guess where a variable came from.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
-from hpcgpu.host.spec import Debug
+from hpcgpu.contract.plan import REDACTED
+from hpcgpu.host.secrets import is_secret
 
-# Names that look like credentials: their values never reach the console, scripts or run dirs.
-_SECRET_NAME = re.compile(r"(TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH)", re.IGNORECASE)
-REDACTED = "<redacted>"
+if TYPE_CHECKING:
+    from hpcgpu.host.spec import Debug
+
+__all__ = ["REDACTED", "EnvDefault", "MergedEnv", "debug_defaults", "merge_under"]
 
 
 @dataclass(frozen=True)
@@ -24,38 +25,6 @@ class EnvDefault:
     name: str
     value: str
     why: str
-
-
-def is_secret(name: str) -> bool:
-    """True when a variable's name looks like it holds a credential."""
-    return bool(_SECRET_NAME.search(name))
-
-
-def redact(env: Mapping[str, str]) -> dict[str, str]:
-    """Copy of env with the values of secret-looking variables replaced."""
-    return {k: (REDACTED if is_secret(k) else v) for k, v in env.items()}
-
-
-# Secret values of a spec's `env:`, withheld from spec.yaml and kept in this process only: the node
-# agent of `run local` runs in the process that wrote the spec and takes them back from here;
-# any other node agent must find them in its environment (agent._restore_withheld_env).
-_WITHHELD: dict[str, str] = {}
-
-
-def withhold_secrets(env: Mapping[str, str]) -> dict[str, str]:
-    """Copy of env with secret-looking values replaced by REDACTED; the values stay in this process."""
-    out = {}
-    for name, value in env.items():
-        if is_secret(name) and value != REDACTED:
-            _WITHHELD[name] = value
-            value = REDACTED
-        out[name] = value
-    return out
-
-
-def withheld_env() -> dict[str, str]:
-    """The secret values withheld so far by this process (name -> value)."""
-    return dict(_WITHHELD)
 
 
 def debug_defaults(debug: Debug, run_dir: str) -> list[EnvDefault]:

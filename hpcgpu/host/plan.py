@@ -1,30 +1,27 @@
-"""build_plan: spec in, plan out. Pure: no processes, no files, no torch.
+"""build_plan: spec and host facts in, plan out. Pure: no processes, no files, no torch.
 
-The plan is everything a backend needs to execute a run (and everything `--dry-run` prints):
-the resolved spec, the per-node command, the environment ranks get, and the rank table.
-Backends execute plans; they decide nothing.
+The plan (hpcgpu.contract.plan.Plan) is everything a backend, a node agent and a rank need, and
+it is what `--dry-run` prints and what runs. This module decides the parts every backend shares
+(layout, devices, process-group backend, environment, directories); each backend's `plan` method
+adds its own (node command, container prefix, its request) on top of `core_plan`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import shlex
-from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
 
 from hpcgpu.contract import envnames
-from hpcgpu.host.envvars import REDACTED, EnvDefault, MergedEnv, debug_defaults, merge_under, redact
 from hpcgpu.contract.errors import UserError
-from hpcgpu.host.spec import Spec
-
-
-@dataclass(frozen=True)
-class RankSlot:
-    """One row of the rank -> node -> device table."""
-
-    rank: int
-    node: int
-    local_rank: int
-    device: str
+from hpcgpu.contract.plan import PLAN_FILE, REDACTED, Plan, rank_devices
+from hpcgpu.contract.specview import entry_kind
+from hpcgpu.host.envvars import EnvDefault, MergedEnv, debug_defaults, merge_under
+from hpcgpu.host.facts import HostFacts
+from hpcgpu.host.secrets import redact
+from hpcgpu.host.spec import Spec, resolved_data
 
 
 @dataclass(frozen=True)
@@ -34,27 +31,6 @@ class NodeLayout:
     nproc: int
     device: str  # "cuda" or "cpu"
     gpus: int  # GPUs the node uses (0 on CPU; all of them, in one process, for dp)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """A run, fully decided."""
-
-    run_id: str
-    run_dir: str
-    backend: str
-    spec: Spec
-    layout: NodeLayout
-    node_argv: tuple[str, ...]
-    env: dict[str, str]
-    env_notes: tuple[str, ...]
-    rank_table: tuple[RankSlot, ...]
-    container_prefix: tuple[str, ...] = ()
-    extra: dict = field(default_factory=dict)  # backend-specific rendered text (e.g. the sbatch script)
-
-    @property
-    def world_size(self) -> int:
-        return len(self.rank_table)
 
 
 def node_layout(spec: Spec, visible_gpus: Optional[int]) -> NodeLayout:
@@ -78,82 +54,84 @@ def node_layout(spec: Spec, visible_gpus: Optional[int]) -> NodeLayout:
     return NodeLayout(nproc=1 if strategy == "dp" else want, device="cuda", gpus=want)
 
 
-def rank_table(nodes: int, layout: NodeLayout) -> tuple[RankSlot, ...]:
-    """Global rank = node * nproc + local rank; each rank owns cuda:<local rank> (or the CPU)."""
-    rows = []
-    for node in range(nodes):
-        for local in range(layout.nproc):
-            if layout.device == "cpu":
-                device = "cpu"
-            elif layout.nproc == 1 and layout.gpus > 1:
-                device = ",".join(f"cuda:{i}" for i in range(layout.gpus))  # dp: one process, all GPUs
-            else:
-                device = f"cuda:{local}"
-            rows.append(RankSlot(node * layout.nproc + local, node, local, device))
-    return tuple(rows)
+def process_group_backend(requested: str, device: str) -> str:
+    """`auto` -> nccl on GPUs, gloo on CPUs; an explicit choice is kept (and checked)."""
+    if requested == "auto":
+        return "nccl" if device == "cuda" else "gloo"
+    if requested == "nccl" and device == "cpu":
+        raise UserError("distributed.backend is nccl, but the ranks run on CPUs (nccl needs GPUs)",
+                        hint="use distributed.backend: auto (gloo on CPUs), or request GPUs")
+    return requested
 
 
-def pin_layout(spec: Spec, layout: NodeLayout) -> Spec:
-    """The spec with the resolved GPU/proc counts written in, so nodes agree on what was planned."""
-    res = spec.resources.model_copy(update={"gpus_per_node": layout.gpus, "procs_per_node": layout.nproc if layout.device == "cpu" else spec.resources.procs_per_node})
-    return spec.model_copy(update={"resources": res})
+def checkpoint_dir(spec: Spec, cwd: str, run_dir: str) -> str:
+    """The one place the checkpoint directory is decided: checkpoint.dir (relative to where hpcgpu
+    was started), else <run dir>/checkpoints; always absolute."""
+    if spec.checkpoint.dir:
+        return os.path.normpath(os.path.join(cwd, spec.checkpoint.dir))
+    return os.path.join(run_dir, "checkpoints")
 
 
-def rank_env(spec: Spec, run_dir: str, user_env: Mapping[str, str]) -> MergedEnv:
-    """Variables every rank gets on top of the node's environment (the agent computes the same)."""
+def pin_layout(spec: Spec, layout: NodeLayout, ckpt_dir: str) -> Spec:
+    """The spec with the resolved GPU/proc counts and the absolute checkpoint dir written in."""
+    res = spec.resources.model_copy(update={
+        "gpus_per_node": layout.gpus,
+        "procs_per_node": layout.nproc if layout.device == "cpu" else spec.resources.procs_per_node})
+    return spec.model_copy(update={"resources": res,
+                                   "checkpoint": spec.checkpoint.model_copy(update={"dir": ckpt_dir})})
+
+
+def rank_env(spec: Spec, run_dir: str, ckpt_dir: str, user_env: Mapping[str, str]) -> MergedEnv:
+    """Variables every rank gets on top of the node's environment."""
     defaults = debug_defaults(spec.debug, run_dir)
     if spec.resources.nodes == 1:
         # gloo listens on the address the host name resolves to (often the LAN); one node needs loopback only
         defaults.append(EnvDefault("GLOO_SOCKET_IFNAME", "lo", "single node: gloo connections stay on loopback"))
     merged = merge_under(defaults, spec.env, user_env)
-    ckpt_dir = spec.checkpoint.dir or f"{run_dir}/checkpoints"
-    merged.added.update(
-        {
-            envnames.RUN_DIR: run_dir,
-            envnames.SPEC_FILE: f"{run_dir}/spec.yaml",
-            envnames.CKPT_DIR: ckpt_dir,
-        }
-    )
+    merged.added.update({
+        envnames.RUN_DIR: run_dir,
+        envnames.PLAN_FILE: f"{run_dir}/{PLAN_FILE}",
+        envnames.SPEC_FILE: f"{run_dir}/spec.yaml",
+        envnames.CKPT_DIR: ckpt_dir,
+    })
     return merged
 
 
-def node_command(run_dir: str, python: str = "python3") -> tuple[str, ...]:
-    """What each node runs: the node agent, pointed at the run directory."""
-    return (python, "-m", "hpcgpu", "train", "--run-dir", run_dir)
+def agent_command(python: str, run_dir: str) -> tuple[str, ...]:
+    """What each node runs: the node agent, pointed at the plan."""
+    return (python, "-m", "hpcgpu", "train", "--plan", f"{run_dir}/{PLAN_FILE}")
 
 
-def build_plan(
-    spec: Spec,
-    *,
-    backend: str,
-    run_id: str,
-    run_dir: str,
-    visible_gpus: Optional[int],
-    user_env: Mapping[str, str],
-    python: str = "python3",
-    container_prefix: tuple[str, ...] = (),
-) -> Plan:
-    """Decide everything about a run; raise UserError for requests that cannot be met."""
+def core_plan(spec: Spec, facts: HostFacts, *, backend: str, run_id: str, run_dir: str,
+              visible_gpus: Optional[int], created: float = 0.0) -> Plan:
+    """Everything backends share; raise UserError for requests that cannot be met."""
+    if not os.path.isabs(run_dir):
+        raise ValueError(f"run_dir must be absolute, got {run_dir!r}")
     layout = node_layout(spec, visible_gpus)
     if layout.device == "cpu" and spec.train.precision != "fp32" and spec.entry.kind == "task":
         raise UserError(
             f"train.precision is {spec.train.precision}, but the ranks run on CPUs",
             hint="use precision: fp32 on CPU, or request GPUs",
         )
-    pinned = pin_layout(spec, layout)
-    merged = rank_env(pinned, run_dir, user_env)
+    ckpt_dir = checkpoint_dir(spec, facts.cwd, run_dir)
+    pinned = pin_layout(spec, layout, ckpt_dir)
+    merged = rank_env(pinned, run_dir, ckpt_dir, facts.environ)
+    pg_backend = process_group_backend(spec.distributed.backend, layout.device)
     return Plan(
-        run_id=run_id,
-        run_dir=run_dir,
-        backend=backend,
-        spec=pinned,
-        layout=layout,
-        node_argv=node_command(run_dir, python),
-        env=merged.added,
-        env_notes=tuple(merged.notes),
-        rank_table=rank_table(spec.resources.nodes, layout),
-        container_prefix=container_prefix,
+        run_id=run_id, run_dir=run_dir, ckpt_dir=ckpt_dir, backend=backend,
+        nodes=spec.resources.nodes, nproc_per_node=layout.nproc, device_type=layout.device,
+        gpus_per_node=layout.gpus,
+        process_group_backend=pg_backend, precision=spec.train.precision,
+        ranks=rank_devices(spec.resources.nodes, layout.nproc, layout.device, pg_backend),
+        env=redact(merged.added), env_notes=tuple(merged.notes),
+        node_argv=agent_command(facts.python, run_dir), container_prefix=(), request={},
+        spec=resolved_data(pinned), created=created,
     )
+
+
+def with_parts(plan: Plan, **parts: Any) -> Plan:
+    """The plan with a backend's own parts (node_argv, container_prefix, request) filled in."""
+    return dataclasses.replace(plan, **parts)
 
 
 def describe_plan(plan: Plan) -> str:
@@ -162,24 +140,31 @@ def describe_plan(plan: Plan) -> str:
     lines = [
         f"run:      {plan.run_id} ({plan.backend})",
         f"run dir:  {plan.run_dir}",
-        f"nodes:    {plan.spec.resources.nodes} x {plan.layout.nproc} rank(s) on {plan.layout.device}"
-        f" = world size {plan.world_size}",
-        f"entry:    {_entry_text(plan.spec)}",
+        f"nodes:    {plan.nodes} x {plan.nproc_per_node} rank(s) on {plan.device_type}"
+        f" = world size {plan.world_size}, {plan.process_group_backend}, {plan.precision}",
+        f"entry:    {entry_text(plan.spec)}",
         "",
         "node command:",
         f"  {shlex.join(argv)}",
         "",
         "environment added for every rank:",
     ]
-    lines += [f"  {k}={v if v == REDACTED else shlex.quote(v)}" for k, v in sorted(redact(plan.env).items())]
+    lines += [f"  {k}={v if v == REDACTED else shlex.quote(v)}" for k, v in sorted(plan.env.items())]
     if plan.env_notes:
         lines += ["", "debug variables:"] + [f"  {n}" for n in plan.env_notes]
-    lines += ["", "rank  node  local  device"]
-    lines += [f"{r.rank:>4}  {r.node:>4}  {r.local_rank:>5}  {r.device}" for r in plan.rank_table]
+    lines += ["", rank_table_text(plan)]
     return "\n".join(lines) + "\n"
 
 
-def _entry_text(spec: Spec) -> str:
-    e = spec.entry
-    target = e.script or e.module or e.task or ""
-    return f"{e.kind} {shlex.join([target, *e.args])}"
+def rank_table_text(plan: Plan) -> str:
+    """The rank -> node -> device table (with the process-group backend of every rank)."""
+    rows = ["rank  node  local  device   backend"]
+    rows += [f"{r.rank:>4}  {r.node:>4}  {r.local_rank:>5}  {r.device:<8} {r.backend}"
+             for r in plan.ranks]
+    return "\n".join(rows)
+
+
+def entry_text(spec: Mapping[str, Any]) -> str:
+    e = spec["entry"]
+    target = e.get("script") or e.get("module") or e.get("task") or ""
+    return f"{entry_kind(e.get('script'), e.get('module'))} {shlex.join([target, *e.get('args', [])])}"

@@ -1,9 +1,10 @@
 """Run directories and the run index that `status`, `logs` and `cancel` use from any directory.
 
 A run directory holds everything about one run:
-    spec.yaml       the resolved spec (nodes and ranks read this, never CLI flags)
+    plan.json       the plan every node and rank executes (hpcgpu.contract.plan)
+    spec.yaml       the resolved spec, for people and `--resume`
     run.json        what was launched: id, backend, job id / pid, nodes, created
-    result.json     how it ended (written by the launcher: exit status, when)
+    result.json     how the last attempt ended (written by node 0's agent: exit status, when)
     logs/           rank{N}.log per rank (appended across restarts), agent logs, NCCL logs
     checkpoints/    step-numbered checkpoints (unless checkpoint.dir points elsewhere)
     tb/             TensorBoard events
@@ -24,6 +25,7 @@ from typing import Any, Iterator, Optional
 
 from hpcgpu.contract import envnames
 from hpcgpu.contract.errors import UserError
+from hpcgpu.contract.runfiles import make_private_dir, read_json, write_json_atomic
 
 
 def state_home(environ: Optional[dict] = None) -> Path:
@@ -58,34 +60,12 @@ class RunRecord:
         return json.dumps(asdict(self), sort_keys=True)
 
 
-def make_private_dir(path: Path) -> Path:
-    """Create a directory readable only by its owner (run dirs may hold checkpoints and env)."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path, 0o700)
-    return path
-
-
 def create_run_dir(base: str, run_id: str) -> Path:
     """Create `<base>/<run_id>` with its subdirectories, private to the user."""
     root = make_private_dir(Path(base).absolute() / run_id)
     for sub in ("logs", "checkpoints", "tb", "exit", "rdzv"):
         make_private_dir(root / sub)
     return root
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> Optional[dict[str, Any]]:
-    """The JSON in path, or None when missing or unreadable."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def register(record: RunRecord, environ: Optional[dict] = None) -> None:

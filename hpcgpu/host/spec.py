@@ -14,6 +14,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hpcgpu.contract.errors import UserError
+from hpcgpu.contract.specview import RESOLVED_HEADER, entry_kind
+from hpcgpu.contract.text import has_control_chars
+from hpcgpu.host.secrets import redact
 
 DEFAULT_SPEC_FILE = "hpcgpu.yaml"
 DEMO_TASK = "hpcgpu.examples.mlp:make_task"
@@ -22,7 +25,7 @@ DEMO_TASK = "hpcgpu.examples.mlp:make_task"
 def _single_line(value: Any) -> Any:
     """Refuse control characters: in an sbatch script a newline would end the #SBATCH line and
     the rest would run as a shell command."""
-    if isinstance(value, str) and re.search(r"[\x00-\x1f\x7f]", value):
+    if has_control_chars(value):
         raise ValueError(f"{value!r} contains a newline or another control character; give a single-line value")
     return value
 
@@ -61,7 +64,7 @@ class Entry(_Model):
 
     @property
     def kind(self) -> str:
-        return "script" if self.script else "module" if self.module else "task"
+        return entry_kind(self.script, self.module)
 
 
 class Resources(_Model):
@@ -408,18 +411,17 @@ def load_spec(path: str | Path | None) -> tuple[Spec, str]:
     return parse_spec(p.read_text(encoding="utf-8"), str(p)), str(p)
 
 
-#: first line of a spec written by dump_spec: validated, every default filled in (hpcgpu/resolved.py)
-RESOLVED_HEADER = "# hpcgpu resolved spec: validated, every default filled in\n"
-
-
 def dump_spec(spec: Spec) -> str:
     """The resolved spec as YAML (what nodes and ranks read); values of secret-looking `env:` names
     are written as <redacted> (they reach the ranks through the environment, never a file)."""
-    from hpcgpu.host.envvars import withhold_secrets  # envvars imports this module
+    return RESOLVED_HEADER + yaml.safe_dump(resolved_data(spec), sort_keys=False)
 
+
+def resolved_data(spec: Spec) -> dict[str, Any]:
+    """The spec as plain JSON data, secret env values REDACTED: what spec.yaml and plan.json hold."""
     data = spec.model_dump(mode="json")
-    data["env"] = withhold_secrets(data["env"])
-    return RESOLVED_HEADER + yaml.safe_dump(data, sort_keys=False)
+    data["env"] = redact(data["env"])
+    return data
 
 
 def _attribute_docs(cls: type) -> dict[str, str]:

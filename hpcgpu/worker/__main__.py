@@ -19,6 +19,7 @@ from pathlib import Path
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from hpcgpu.contract import console, envnames, exitcodes
+from hpcgpu.contract.node import attempt_restarts
 from hpcgpu.worker import api, context, stop
 from hpcgpu.worker.dist import barrier, teardown
 from hpcgpu.worker.rank import RankInfo, detect_rank
@@ -33,7 +34,7 @@ def redirect_output(run_dir: Path, info: RankInfo) -> Path:
     sys.stderr.flush()
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     if info.local_rank == 0 and "TORCHELASTIC_RUN_ID" in os.environ:
-        # the node agent copies this rank's log to its console from here on (hpcgpu/console.py)
+        # the node agent copies this rank's log to its console from here on (hpcgpu/contract/console.py)
         console.announce(run_dir, log, offset=os.fstat(fd).st_size)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -41,9 +42,9 @@ def redirect_output(run_dir: Path, info: RankInfo) -> Path:
     sys.stdout.reconfigure(line_buffering=True)
     sys.stderr.reconfigure(line_buffering=True)
     print(f"==== hpcgpu rank {info.rank}/{info.world_size} (local {info.local_rank}, node {info.node_rank}) "
-          f"attempt {context.restart_count(os.environ) + 1} (elastic restart "
-          f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}, slurm restart "
-          f"{os.environ.get('SLURM_RESTART_COUNT', '0')}) pid {os.getpid()} on {socket.gethostname()} "
+          f"attempt {attempt_restarts(os.environ) + 1} (elastic restart "
+          f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}, job restart "
+          f"{os.environ.get(envnames.JOB_RESTARTS, '0')}) pid {os.getpid()} on {socket.gethostname()} "
           f"at {time.strftime('%Y-%m-%d %H:%M:%S %z')} ====", flush=True)
     return log
 

@@ -25,7 +25,9 @@ def init() -> RankInfo:
     """Pick this rank's device, start the process group (timeout from the spec), agree on the resume point."""
     ctx = context.current()
     if ctx.device is None:
-        ctx.device = _dist.init_distributed(ctx.info, ctx.spec.distributed.backend, ctx.spec.distributed.timeout_s)
+        backend = ctx.plan.process_group_backend if ctx.plan else ctx.spec.distributed.backend
+        ctx.device = _dist.init_distributed(ctx.info, backend, ctx.spec.distributed.timeout_s,
+                                            context.planned_device(ctx))
         stop.install(cooperative=False)
         if not ctx.resolved:
             context.resolve_resume(ctx, os.environ)
@@ -44,8 +46,13 @@ def is_main() -> bool:
 
 
 def device() -> torch.device:
-    """This rank's device (after init(); the CPU before)."""
-    return context.current().device or torch.device("cpu")
+    """This rank's device: the planned one (HPCGPU_DEVICE) under hpcgpu, before and after init();
+    without a plan, what init() picked (the CPU before)."""
+    ctx = context.current()
+    if ctx.device is not None:
+        return ctx.device
+    planned = context.planned_device(ctx)
+    return torch.device(planned) if planned else torch.device("cpu")
 
 
 def print0(*args: Any, **kwargs: Any) -> None:

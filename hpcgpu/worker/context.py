@@ -1,4 +1,4 @@
-"""This rank's view of the run: rank, spec, directories, and the checkpoint to resume from."""
+"""This rank's view of the run: rank, plan, spec, device, directories, and the checkpoint to resume from."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 from hpcgpu.contract import envnames
-from hpcgpu.contract.specview import SpecView, load_resolved
+from hpcgpu.contract.node import attempt_restarts
+from hpcgpu.contract.plan import Plan, load_plan
+from hpcgpu.contract.specview import RESOLVED_HEADER, SpecView
 from hpcgpu.worker import checkpoint as ckpt
 from hpcgpu.worker.rank import RankInfo, detect_rank
 
@@ -18,9 +20,10 @@ class WorkerContext:
     """What every part of the worker needs to know, read once from the environment."""
 
     info: RankInfo
-    spec: SpecView  # or hpcgpu.host.spec.Spec when no resolved spec file was given
+    spec: SpecView
     run_dir: Path
     ckpt_dir: Path
+    plan: Optional[Plan] = None  # None under a launcher that is not hpcgpu (plain torchrun, srun, python)
     console_tty: bool = False
     resume_from: Optional[Path] = None
     skipped: list = field(default_factory=list)  # broken checkpoints passed over by resume
@@ -33,23 +36,38 @@ class WorkerContext:
             print(*args, **kwargs, flush=True)
 
 
-def restart_count(env: Mapping[str, str]) -> int:
-    """Torch elastic restarts of this attempt plus Slurm requeues of the job."""
-    return int(env.get("TORCHELASTIC_RESTART_COUNT") or 0) + int(env.get("SLURM_RESTART_COUNT") or 0)
-
-
 def from_env(env: Mapping[str, str]) -> WorkerContext:
-    """Build the context from the variables the node agent sets (defaults for a bare `python -m`)."""
-    if env.get(envnames.SPEC_FILE):
-        spec = load_resolved(env[envnames.SPEC_FILE])  # written by hpcgpu, already valid
-    else:  # a bare `torchrun -m hpcgpu.worker`: ./hpcgpu.yaml or the demo, validated here
-        from hpcgpu.host.spec import load_spec
-
-        spec, _ = load_spec(None)
+    """Build the context from the plan the node agent names (defaults for a bare `python -m`)."""
+    plan = load_plan(env[envnames.PLAN_FILE]) if env.get(envnames.PLAN_FILE) else None
+    if plan is not None:
+        return WorkerContext(info=detect_rank(env), spec=SpecView(dict(plan.spec)), run_dir=Path(plan.run_dir),
+                             ckpt_dir=Path(plan.ckpt_dir), plan=plan,
+                             console_tty=env.get(envnames.CONSOLE_TTY) == "1")
+    spec = spec_without_plan(env)
     run_dir = Path(env.get(envnames.RUN_DIR) or Path(spec.logging.dir) / spec.name).absolute()
     ckpt_dir = Path(env.get(envnames.CKPT_DIR) or spec.checkpoint.dir or run_dir / "checkpoints").absolute()
     return WorkerContext(info=detect_rank(env), spec=spec, run_dir=run_dir, ckpt_dir=ckpt_dir,
                          console_tty=env.get(envnames.CONSOLE_TTY) == "1")
+
+
+def spec_without_plan(env: Mapping[str, str]) -> SpecView:
+    """A rank started by another launcher (`torchrun -m hpcgpu.worker`): HPCGPU_SPEC_FILE, else
+    ./hpcgpu.yaml, else the bundled demo. A resolved spec is read as plain data; a hand-written one
+    is validated by the host layer: the one place a rank may import it (ranks hpcgpu starts never do)."""
+    path = env.get(envnames.SPEC_FILE) or ("hpcgpu.yaml" if Path("hpcgpu.yaml").is_file() else None)
+    text = Path(path).read_text(encoding="utf-8") if path else ""
+    if text.startswith(RESOLVED_HEADER):
+        import yaml
+
+        return SpecView(yaml.safe_load(text) or {})
+    from hpcgpu.host.spec import load_spec  # noqa: layer-exception (see docstring)
+
+    return SpecView(load_spec(path)[0].model_dump(mode="json"))
+
+
+def planned_device(ctx: WorkerContext) -> Optional[str]:
+    """This rank's device as the plan says (`cpu`, `cuda:N`); None without a plan."""
+    return ctx.plan.device_of(ctx.info.local_rank) if ctx.plan is not None else None
 
 
 def resolve_resume(ctx: WorkerContext, env: Mapping[str, str]) -> Optional[Path]:
@@ -67,7 +85,10 @@ def resolve_resume(ctx: WorkerContext, env: Mapping[str, str]) -> Optional[Path]
 def export(ctx: WorkerContext, env: dict) -> None:
     """Export the resume point and restart count for user code."""
     env[envnames.RESUME_FROM] = str(ctx.resume_from or "")
-    env[envnames.RESTART_COUNT] = str(restart_count(env))
+    env[envnames.RESTART_COUNT] = str(attempt_restarts(env))
+    device = planned_device(ctx)
+    if device is not None:
+        env[envnames.DEVICE] = device
     env.setdefault(envnames.RUN_DIR, str(ctx.run_dir))
     env.setdefault(envnames.CKPT_DIR, str(ctx.ckpt_dir))
 

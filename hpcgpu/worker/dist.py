@@ -9,11 +9,29 @@ from typing import Optional
 import torch
 import torch.distributed as tdist
 
+from hpcgpu.contract.errors import UserError
 from hpcgpu.worker.rank import RankInfo
 
 
+def planned(device: str) -> torch.device:
+    """The device the plan gave this rank; an error, never a fallback, when this node lacks it."""
+    chosen = torch.device(device)
+    if chosen.type == "cuda":
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (chosen.index or 0) >= have:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            raise UserError(
+                f"the plan gives this rank {device}, but this node has {have} usable GPU(s)"
+                + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""),
+                hint="plan the run for the GPUs the node has (--gpus N / --gpus-per-node N), or use --nproc N "
+                     "for CPU ranks; with srun --gpus-per-task each rank sees only its own GPU",
+            )
+    return chosen
+
+
 def pick_device(info: RankInfo) -> torch.device:
-    """cuda:LOCAL_RANK when every local rank gets its own visible GPU, else the CPU."""
+    """Without a plan (plain torchrun, srun, python): cuda:LOCAL_RANK when every local rank gets its
+    own visible GPU, else the CPU."""
     # CUDA_VISIBLE_DEVICES is honoured by CUDA itself: index LOCAL_RANK counts visible devices only.
     if torch.cuda.is_available() and info.local_world_size <= torch.cuda.device_count():
         return torch.device("cuda", info.local_rank)
@@ -35,9 +53,11 @@ def limit_cpu_threads(info: RankInfo) -> None:
         torch.set_num_threads(max(1, cores // max(info.local_world_size, 1)))
 
 
-def init_distributed(info: RankInfo, backend: str = "auto", timeout_s: int = 600) -> torch.device:
-    """Select the device and start the default process group (a no-op for a single process)."""
-    device = pick_device(info)
+def init_distributed(info: RankInfo, backend: str = "auto", timeout_s: int = 600,
+                     device_name: Optional[str] = None) -> torch.device:
+    """Take the planned device (or pick one without a plan) and start the default process group
+    (a no-op for a single process)."""
+    device = planned(device_name) if device_name else pick_device(info)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     else:

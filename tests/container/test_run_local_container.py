@@ -93,7 +93,8 @@ def test_trains_the_demo_inside_the_image_to_the_same_loss_as_on_the_host(projec
     for r in records:
         assert r["containerenv"] and r["executable"] == "/usr/bin/python3", r
         assert r["hpcgpu"].startswith("/usr/local/lib/python3"), r
-    assert "podman run --rm" in (inside / "plan.txt").read_text()
+    plan = json.loads((inside / "plan.json").read_text())  # what ran is what the plan says
+    assert plan["container_prefix"][:3] == ["podman", "run", "--rm"] and plan["node_argv"][0] == "python3"
     assert not container_exists(f"hpcgpu-{inside.name}")  # --rm: nothing left behind
 
     # The same spec on the host: the host's interpreter, and the same numbers bit for bit

@@ -94,7 +94,7 @@ def test_two_nodes_in_the_image_requeue_and_resume(slurm, cancel_jobs, test_imag
     assert "hpcgpu: SIGUSR2 received: stopping at the next step boundary with a checkpoint" in log, log
     step = int(re.search(r"^hpcgpu: checkpoint step (\d+) -> ", log, re.M).group(1))
     assert 2 <= step < 32
-    assert re.search(r"attempt 2 \(elastic restart 0, slurm restart 1\)", log), log
+    assert re.search(r"attempt 2 \(elastic restart 0, job restart 1\)", log), log
     assert re.search(rf"^hpcgpu: resuming from \S+step_{step:08d}: step {step},", log, re.M), log
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 32
     assert "this job is preempted" in (run_dir / "submitit" / f"{job_id}_0_log.out").read_text()

@@ -7,6 +7,7 @@ import shlex
 import pytest
 from golden import assert_golden
 
+from hpcgpu.backends.slurm.planner import SLURM_ENV_NAMES
 from hpcgpu.host.container import (
     ContainerSettings,
     RunContext,
@@ -60,7 +61,7 @@ def test_apptainer_golden():
 def test_docker_golden():
     img = ContainerSettings(runtime="docker", image="hpcgpu:latest", binds=("/datasets:/data:ro",),
                             env_passthrough=("WANDB_API_KEY",))
-    gpu = container_prefix(img, ctx(gpus=True, infiniband=True, uid=1000, gid=100, slurm=True))
+    gpu = container_prefix(img, ctx(gpus=True, infiniband=True, uid=1000, gid=100, scheduler_env_names=SLURM_ENV_NAMES))
     cpu = container_prefix(ContainerSettings(runtime="docker", image="hpcgpu:latest"), ctx(uid=1000, gid=1000))
     assert_golden("container_docker.txt", cases(
         ("GPUs, InfiniBand, under Slurm, uid 1000", pretty(gpu)), ("CPU, local", pretty(cpu))))
@@ -80,7 +81,7 @@ def test_pyxis_golden():
                             binds=("/datasets:/data:ro",), extra_args=("--no-container-mount-home",))
     assert container_prefix(img, ctx()) == []  # pyxis options go on srun, not before the command
     # pretty() wants the last prefix word on its own line: here that is the last srun option.
-    srun = ["srun", "--ntasks-per-node=1", *pyxis_srun_args(img, ctx(gpus=True, slurm=True))]
+    srun = ["srun", "--ntasks-per-node=1", *pyxis_srun_args(img, ctx(gpus=True, scheduler_env_names=SLURM_ENV_NAMES))]
     assert_golden("container_pyxis.txt", cases(("srun line of the sbatch script", pretty(srun))))
 
 

@@ -1,7 +1,9 @@
-"""Golden sbatch scripts (hpcgpu/slurm_plan.py): what `hpcgpu submit slurm` submits, byte for byte.
+"""Golden sbatch scripts and Slurm plans (hpcgpu/backends/slurm/planner.py): what `hpcgpu submit
+slurm` submits, byte for byte, and the plan.json it runs.
 
-Rendered through the plan functions with a fixed run directory and interpreter, so the files are
-stable; the backend submits exactly this text (tests/slurm/test_submit.py checks it for a real job).
+Built by the same function the CLI calls (the backend's plan) with fixed facts, run directory and
+interpreter, so the files are stable; the backend submits exactly this text
+(tests/slurm/test_submit.py checks it for a real job).
 """
 
 from __future__ import annotations
@@ -10,10 +12,8 @@ import shlex
 
 from golden import assert_golden
 
-from hpcgpu.host.container import ContainerSettings, RunContext, pyxis_srun_args
-from hpcgpu.backends.slurm.planner import (build_slurm_plan, describe_slurm, pyxis_node_prefix, render_sbatch, sbatch_parameters,
-                               submitit_folder)
-from hpcgpu.host.spec import parse_spec
+from hpcgpu.backends.slurm.planner import describe_slurm
+from tests.helpers.plans import plan_for
 
 RUN_DIR = "/shared/ada/runs/demo-20250101-000000-abcd"
 PYTHON = "/shared/ada/venv/bin/python"
@@ -38,8 +38,13 @@ train: {batch_size: 16, seed: 3}
 """
 
 
+def slurm(text: str):
+    return plan_for(text, backend="slurm", run_id="demo-20250101-000000-abcd", run_dir=RUN_DIR, python=PYTHON,
+                    cwd="/shared/ada/code")
+
+
 def script(text: str) -> str:
-    return render_sbatch(sbatch_parameters(parse_spec(text)), submitit_folder(RUN_DIR), PYTHON)
+    return slurm(text).request["sbatch"]
 
 
 def sbatch_lines(text: str) -> dict[str, str]:
@@ -70,20 +75,25 @@ def test_two_node_cpu_script():
     assert parsed["cpus-per-task"] == "2"  # a core per rank
 
 
+PYXIS = """
+container: {runtime: pyxis, image: "nvcr.io#nvidia/pytorch:25.01-py3"}
+"""
+
+
 def test_two_node_pyxis_dry_run():
     # pyxis options go to a nested step per node (see pyxis_node_prefix), not to the outer srun
-    settings = ContainerSettings(runtime="pyxis", image="nvcr.io#nvidia/pytorch:25.01-py3")
-    ctx = RunContext(code_dir="/shared/ada/code", run_dir=RUN_DIR, env_names=("HPCGPU_RDZV_ENDPOINT",), slurm=True)
-    prefix = pyxis_node_prefix(tuple(pyxis_srun_args(settings, ctx)))
-    plan = build_slurm_plan(parse_spec(TWO_NODES), run_id="demo-20250101-000000-abcd", run_dir=RUN_DIR,
-                            python=PYTHON, user_env={}, container_prefix=prefix)
+    plan = slurm(TWO_NODES + PYXIS)
     text = describe_slurm(plan)
     assert_golden("sbatch_2node_pyxis_dryrun.txt", text)
     assert plan.node_argv[0] == "python3"  # the image's interpreter; submitit's runner stays on the host
-    assert plan.extra["sbatch"] == script(TWO_NODES)
+    assert plan.container_prefix[:3] == (PYTHON, "-m", "hpcgpu.backends.slurm.node_step")
+    assert plan.request["sbatch"] == script(TWO_NODES)  # the container changes the node command only
 
 
 def test_two_node_dry_run():
-    plan = build_slurm_plan(parse_spec(TWO_NODES), run_id="demo-20250101-000000-abcd", run_dir=RUN_DIR,
-                            python=PYTHON, user_env={})
-    assert_golden("sbatch_2node_dryrun.txt", describe_slurm(plan))
+    assert_golden("sbatch_2node_dryrun.txt", describe_slurm(slurm(TWO_NODES)))
+
+
+def test_two_node_plan_json():
+    # the plan.json a 2-node CPU job executes, pinned whole (created=0: fixed facts, no clock)
+    assert_golden("plan_slurm_2node_cpu.json", slurm(TWO_NODES).to_json())

@@ -11,10 +11,12 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from relkit import (alive, base_env, faulty, hpcgpu, rank_pids, small_spec, start, wait_until,
                       write_spec)
@@ -181,13 +183,17 @@ def free_port() -> int:
 def test_rendezvous_without_the_second_node_fails_in_time_naming_it(tmp_path):
     from hpcgpu.host.runs import create_run_dir
 
+    from tests.helpers.plans import plan_for
+
     run_dir = create_run_dir(str(tmp_path / "runs"), "two-nodes")
     spec = small_spec(resources={"nodes": 2, "gpus_per_node": 0, "procs_per_node": 1},
                       distributed={"rdzv_timeout_s": 4})
-    write_spec(run_dir / "spec.yaml", spec)
-    env = base_env(tmp_path / "home", {"HPCGPU_RDZV_ENDPOINT": f"127.0.0.1:{free_port()}", "SLURM_NODEID": "0"})
+    plan = plan_for(yaml.safe_dump(spec), run_id="two-nodes", run_dir=str(run_dir), cwd=str(tmp_path),
+                    python=sys.executable)
+    (run_dir / "plan.json").write_text(plan.to_json())
+    env = base_env(tmp_path / "home", {"HPCGPU_RDZV_ENDPOINT": f"127.0.0.1:{free_port()}", "HPCGPU_NODE_RANK": "0"})
     t0 = time.monotonic()
-    out = hpcgpu(["train", "--run-dir", run_dir], tmp_path, env, timeout=90)
+    out = hpcgpu(["train", "--plan", run_dir / "plan.json"], tmp_path, env, timeout=90)
     took = time.monotonic() - t0
     assert out.returncode == 1, out.stdout + out.stderr
     assert took < 4 + 25, f"took {took:.1f} s with rdzv_timeout_s 4"

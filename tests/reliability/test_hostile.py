@@ -339,15 +339,17 @@ def test_a_single_node_run_listens_on_loopback_only(live_run):
 
 
 def test_a_withheld_secret_must_come_from_the_environment(tmp_path):
-    from hpcgpu.agent.node import _restore_withheld_env
-    from hpcgpu.host.envvars import REDACTED
+    from hpcgpu.agent.node import rank_environment
     from hpcgpu.contract.errors import UserError
+    from tests.helpers.plans import plan_for
 
+    plan = plan_for("env: {NEVER_SEEN_TOKEN: s3cr3t}\n")
+    assert plan.env["NEVER_SEEN_TOKEN"] == "<redacted>"
     with pytest.raises(UserError, match="export NEVER_SEEN_TOKEN"):
-        _restore_withheld_env({"NEVER_SEEN_TOKEN": REDACTED}, {})
-    env = {"NEVER_SEEN_TOKEN": "from-the-shell"}
-    _restore_withheld_env({"NEVER_SEEN_TOKEN": REDACTED}, env)
-    assert env["NEVER_SEEN_TOKEN"] == "from-the-shell"
+        rank_environment(plan, {}, {})
+    assert rank_environment(plan, {"NEVER_SEEN_TOKEN": "from-the-shell"}, {})["NEVER_SEEN_TOKEN"] == "from-the-shell"
+    # a run started here hands the value over explicitly (never through a file or a global)
+    assert rank_environment(plan, {}, {"NEVER_SEEN_TOKEN": "s3cr3t"})["NEVER_SEEN_TOKEN"] == "s3cr3t"
 
 
 def test_docs_security_names_only_tests_that_exist():

@@ -26,7 +26,7 @@ CHILD = textwrap.dedent(
     """
     import os, signal, sys, time
     out, mode = sys.argv[1], int(sys.argv[2])
-    node, restart = os.environ.get("SLURM_NODEID", "0"), os.environ["HPCGPU_RESTART_COUNT"]
+    node, restart = os.environ.get("SLURM_NODEID", "0"), os.environ["HPCGPU_JOB_RESTARTS"]
     got = []
     signal.signal(signal.SIGUSR2, lambda *a: got.append(1))
     with open(f"{out}/env-{node}-{restart}", "w") as f:

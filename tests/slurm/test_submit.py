@@ -23,7 +23,7 @@ import yaml
 from tests.helpers.jobs import SLOW_TRAIN, node_logs, wait_for_text
 from submitit.core.utils import DelayedSubmission
 
-from hpcgpu.backends.slurm.planner import UNLIMITED_MIN, build_slurm_plan, pyxis_node_prefix
+from hpcgpu.backends.slurm.planner import UNLIMITED_MIN, pyxis_node_prefix
 from hpcgpu.host.spec import apply_overrides, parse_spec
 
 pytestmark = pytest.mark.slurm
@@ -114,8 +114,8 @@ def test_preemption_checkpoints_requeues_once_and_resumes_to_the_same_loss(slurm
     assert 2 <= step < 32
     assert re.search(rf"^hpcgpu: stopped at step {step} ", log, re.MULTILINE), log
     # logs append across requeues: both attempts' headers, the second one resuming at the saved step
-    assert re.search(r"attempt 1 \(elastic restart 0, slurm restart 0\)", log), log
-    assert re.search(r"attempt 2 \(elastic restart 0, slurm restart 1\)", log), log
+    assert re.search(r"attempt 1 \(elastic restart 0, job restart 0\)", log), log
+    assert re.search(r"attempt 2 \(elastic restart 0, job restart 1\)", log), log
     assert re.search(rf"^hpcgpu: resuming from \S+step_{step:08d}: step {step},", log, re.MULTILINE), log
     assert "this job is preempted" in (run_dir / "submitit" / f"{job_id}_0_log.out").read_text()
     assert final_loss(run_dir) == baseline
@@ -248,16 +248,21 @@ def test_a_nested_step_per_node_as_pyxis_uses_trains_to_the_same_loss(slurm, can
     # pyxis_node_prefix without container options: the same nested `srun --overlap` step per node that
     # carries pyxis's options on a cluster that has it (NodeCommand and the requeue stay outside)
     from hpcgpu.backends.slurm.backend import SlurmBackend
-    from hpcgpu.cli.common import materialize_run
+    from hpcgpu.host.facts import gather_facts
+    from hpcgpu.host.launch import materialize
+    from hpcgpu.host.plan import agent_command, with_parts
 
     monkeypatch.setenv("HPCGPU_HOME", str(tmp_path / "home"))
     spec = apply_overrides(parse_spec(yaml.safe_dump(TRAIN)), {
         "resources.nodes": 2, "resources.gpus_per_node": 0, "resources.procs_per_node": 1, "resources.time": "30"})
     run_dir = tmp_path / "runs" / "nested-1"
-    plan = build_slurm_plan(spec, run_id="nested-1", run_dir=str(run_dir), python=sys.executable,
-                            node_python=sys.executable, user_env=os.environ, container_prefix=pyxis_node_prefix((), sys.executable))
-    materialize_run(plan, nodes=2)
-    job_id = SlurmBackend().launch(plan)
+    run_dir.mkdir(parents=True)
+    facts = gather_facts("slurm")
+    plan = SlurmBackend().plan(spec, facts, run_id="nested-1", run_dir=str(run_dir))
+    plan = with_parts(plan, node_argv=agent_command(sys.executable, str(run_dir)),
+                      container_prefix=pyxis_node_prefix((), sys.executable))
+    materialize(plan, spec, facts)
+    job_id = SlurmBackend().launch(plan, {}).job_id
     cancel_jobs.append(job_id)
     info = slurm.wait_job_final(job_id, timeout_s=120)
     assert info.state == "COMPLETED", node_logs(run_dir)

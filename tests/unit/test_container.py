@@ -7,16 +7,15 @@ import subprocess
 import pytest
 
 from hpcgpu.host.container import (
-    SLURM_ENV_NAMES,
     ContainerSettings,
     RunContext,
     check_runtime,
     container_prefix,
     env_extra_args,
-    local_prefix,
     mount_dirs,
     pyxis_srun_args,
 )
+from hpcgpu.backends.slurm.planner import SLURM_ENV_NAMES
 from hpcgpu.contract.errors import UserError
 from hpcgpu.host.spec import parse_spec
 
@@ -76,9 +75,9 @@ def test_values_never_reach_argv():
 
 def test_slurm_names_only_under_slurm_and_only_for_oci():
     plain = container_prefix(settings("docker"), RunContext(code_dir="/c", run_dir="/r"))
-    slurm = container_prefix(settings("docker"), RunContext(code_dir="/c", run_dir="/r", slurm=True))
+    slurm = container_prefix(settings("docker"), RunContext(code_dir="/c", run_dir="/r", scheduler_env_names=SLURM_ENV_NAMES))
     assert "SLURM_NODEID" not in plain and set(SLURM_ENV_NAMES) <= set(slurm)
-    pyxis = pyxis_srun_args(settings("pyxis"), RunContext(code_dir="/c", run_dir="/r", slurm=True))
+    pyxis = pyxis_srun_args(settings("pyxis"), RunContext(code_dir="/c", run_dir="/r", scheduler_env_names=SLURM_ENV_NAMES))
     assert not any("SLURM_NODEID" in a for a in pyxis)  # slurmstepd sets them in the container itself
 
 
@@ -96,19 +95,6 @@ def test_machine_args_come_from_the_runtime_variable():
     # machine flags, then the user's, then the image: the user's word is last
     assert argv[-4:] == ["runc", "--cgroup-manager=cgroupfs", "--user-flag", "img"]
     assert "--x" not in argv
-
-
-def test_from_spec_and_local_prefix(tmp_path, monkeypatch):
-    spec = parse_spec("container: {runtime: podman, image: localhost/hpcgpu:test, binds: ['/d:/d:ro']}\n"
-                      "resources: {gpus_per_node: 0}\n")
-    assert ContainerSettings.from_spec(spec.container) == ContainerSettings(
-        runtime="podman", image="localhost/hpcgpu:test", binds=("/d:/d:ro",))
-    monkeypatch.chdir(tmp_path)
-    argv = local_prefix(spec, "runs/x", env_names=["HPCGPU_RUN_DIR"])
-    assert argv[:2] == ["podman", "run"] and argv[-1] == "localhost/hpcgpu:test"
-    assert f"{tmp_path}:{tmp_path}" in argv and "-w" in argv and "HPCGPU_RUN_DIR" in argv
-    assert "--device" not in argv
-    assert "nvidia.com/gpu=all" in local_prefix(spec, "runs/x", gpus=True)  # the plan's answer wins
 
 
 class FakeRun:
@@ -191,43 +177,12 @@ def test_host_tuning_variables_are_forwarded_by_name():
     assert "NCCL" not in " ".join(container_prefix(settings("apptainer"), ctx, environ))  # inherited anyway
 
 
-def test_local_prefix_passes_the_spec_env_names(tmp_path, monkeypatch):
-    # The user's environment overrides the spec's MY_FLAG, so the plan's env lacks it; the
-    # container must still get it (from the environment), or the rank sees no value at all.
-    spec = parse_spec("container: {runtime: docker, image: img}\nenv: {MY_FLAG: '1'}\n")
-    monkeypatch.chdir(tmp_path)
-    argv = local_prefix(spec, "runs/x", env_names=["HPCGPU_RUN_DIR"], gpus=False)
-    assert argv[argv.index("MY_FLAG") - 1] == "-e"
-
-
 def test_oci_shares_the_host_pid_namespace():
     # Two node agents on one host (--network host: one hostname) must not get the same pid, or
     # torch's rendezvous takes them for one node; podman refuses --init with --pid=host.
     for runtime in ("docker", "podman"):
         argv = container_prefix(settings(runtime), RunContext(code_dir="/c", run_dir="/r"))
         assert "--pid=host" in argv and "--init" not in argv
-
-
-def test_local_runs_name_their_container_and_a_live_one_blocks_a_second_start(tmp_path, monkeypatch):
-    spec = parse_spec("container: {runtime: podman, image: img}\n")
-    monkeypatch.chdir(tmp_path)
-    argv = local_prefix(spec, str(tmp_path / "runs" / "demo-1"), gpus=False)
-    assert argv[argv.index("--name") + 1] == "hpcgpu-demo-1"
-    with pytest.raises(UserError, match="container hpcgpu-demo-1 of this run still exists") as info:
-        check_runtime("podman", "img", which=found, run=FakeRun(0), container_name="hpcgpu-demo-1")
-    assert "podman stop" in info.value.hint
-
-    def answer(argv, **kwargs):  # the image exists, no container has the name
-        return subprocess.CompletedProcess(argv, 1 if "container" in argv else 0, "", "")
-
-    check_runtime("podman", "img", which=found, run=answer, container_name="hpcgpu-demo-1")
-
-
-def test_local_prefix_refuses_pyxis(tmp_path, monkeypatch):
-    # pyxis is only srun options: a local run would otherwise start on the host without a word
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(UserError, match="pyxis runs only under Slurm"):
-        local_prefix(parse_spec("container: {runtime: pyxis, image: img}\n"), "runs/x", gpus=False)
 
 
 def test_container_flag_keeps_the_spec_runtime_binds_and_args(tmp_path):

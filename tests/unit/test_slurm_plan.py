@@ -1,4 +1,5 @@
-"""slurm_plan is pure: sbatch parameters, values that could break out of the script, fit checks."""
+"""The Slurm planner is pure: sbatch parameters, values that could break out of the script, fit
+checks and time limits from the partitions the host saw (facts), all inside the plan's request."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from hpcgpu.contract.errors import UserError
-from hpcgpu.backends.slurm.planner import (RESERVED_OPTIONS, UNLIMITED_MIN, build_slurm_plan, check_run_dir, limit_to_minutes,
-                               node_grace_s, partition_fit_problem, ranks_per_node, render_sbatch,
-                               sbatch_parameters, submitit_folder, time_to_minutes, valid_job_id)
+from hpcgpu.backends.slurm.planner import (RESERVED_OPTIONS, UNLIMITED_MIN, check_run_dir, limit_to_minutes,
+                                           node_grace_s, partition_fit_problem, time_to_minutes, valid_job_id)
 from hpcgpu.host.spec import apply_overrides, parse_spec
+from tests.helpers.plans import SINFO_ROWS, plan_for
 
 RUN_DIR = "/shared/runs/t-1"
 
@@ -22,8 +23,16 @@ def spec(text: str = "", **over):
     return apply_overrides(parse_spec(text), over)
 
 
+def slurm_plan(s, **facts):
+    return plan_for(s, backend="slurm", run_id="t-1", run_dir=RUN_DIR, python="/venv/bin/python", **facts)
+
+
+def params(s) -> dict:
+    return slurm_plan(s).request["sbatch_parameters"]
+
+
 def script(s) -> str:
-    return render_sbatch(sbatch_parameters(s), submitit_folder(RUN_DIR), "/venv/bin/python")
+    return slurm_plan(s).request["sbatch"]
 
 
 @pytest.mark.parametrize("text, minutes", [("30", 30), ("30:01", 31), ("04:00:00", 240), ("1-00", 1440),
@@ -39,12 +48,12 @@ def test_partition_limits(text, minutes):
 
 
 def test_one_task_per_node_and_a_core_per_rank():
-    params = sbatch_parameters(spec(**{"resources.nodes": 2, "resources.gpus_per_node": 4}))
-    assert params["ntasks_per_node"] == 1 and params["nodes"] == 2 and params["gpus_per_node"] == 4
-    assert params["cpus_per_task"] == 4
-    assert sbatch_parameters(spec(**{"resources.gpus_per_node": 0, "resources.procs_per_node": 3}))["cpus_per_task"] == 3
-    assert sbatch_parameters(spec(**{"resources.gpus_per_node": 8, "resources.cpus_per_task": 96}))["cpus_per_task"] == 96
-    assert ranks_per_node(spec(**{"resources.gpus_per_node": 4, "train.strategy": "dp"})) == 1
+    got = params(spec(**{"resources.nodes": 2, "resources.gpus_per_node": 4}))
+    assert got["ntasks_per_node"] == 1 and got["nodes"] == 2 and got["gpus_per_node"] == 4
+    assert got["cpus_per_task"] == 4
+    assert params(spec(**{"resources.gpus_per_node": 0, "resources.procs_per_node": 3}))["cpus_per_task"] == 3
+    assert params(spec(**{"resources.gpus_per_node": 8, "resources.cpus_per_task": 96}))["cpus_per_task"] == 96
+    assert params(spec(**{"resources.gpus_per_node": 4, "train.strategy": "dp"}))["cpus_per_task"] == 1  # one process
 
 
 def test_no_time_leaves_the_partition_default_instead_of_submitits_five_minutes():
@@ -63,16 +72,16 @@ def test_signal_and_requeue():
                                        ("slurm.qos", "--qos"), ("slurm.constraint", "--constraint")])
 def test_newline_in_a_value_is_refused_naming_the_key(key, flag):
     with pytest.raises(UserError) as info:  # refused when the spec loads, before any script exists
-        sbatch_parameters(spec(**{"resources.gpus_per_node": 0, key: "debug\ntouch /tmp/pwned #"}))
+        params(spec(**{"resources.gpus_per_node": 0, key: "debug\ntouch /tmp/pwned #"}))
     assert key in str(info.value) and "newline" in str(info.value)
 
 
 def test_newline_in_an_extra_option_is_refused_naming_the_key():
     with pytest.raises(UserError, match=r"slurm\.extra"):
-        sbatch_parameters(spec("slurm: {extra: {comment: \"ok\\ntouch /tmp/pwned\"}}\n", **{"resources.gpus_per_node": 0}))
+        params(spec("slurm: {extra: {comment: \"ok\\ntouch /tmp/pwned\"}}\n", **{"resources.gpus_per_node": 0}))
     with pytest.raises(UserError, match="control character"):
         s = spec("slurm: {extra: {comment: \"tab\\there\"}}\n", **{"resources.gpus_per_node": 0})
-        sbatch_parameters(s)
+        params(s)
 
 
 def test_shell_metacharacters_are_quoted_into_one_value():
@@ -89,8 +98,7 @@ def test_shell_metacharacters_are_quoted_into_one_value():
 
 def test_env_values_never_reach_the_script():
     s = spec("env: {X: \"$(touch /tmp/pwned)\\nid\"}\n", **{"resources.gpus_per_node": 0})
-    plan = build_slurm_plan(s, run_id="t-1", run_dir=RUN_DIR, python="/venv/bin/python", user_env={})
-    assert "pwned" not in plan.extra["sbatch"]
+    assert "pwned" not in script(s)
 
 
 def test_the_script_is_valid_bash():
@@ -109,7 +117,7 @@ def test_a_name_with_metacharacters_is_refused_by_the_spec():
 def test_options_hpcgpu_sets_are_refused_in_extra(key):
     s = spec(**{"resources.gpus_per_node": 0, "slurm.extra": {key: "1"}})
     with pytest.raises(UserError, match=f"slurm.extra.{key}"):
-        sbatch_parameters(s)
+        params(s)
 
 
 def test_extra_true_is_a_flag_false_is_left_out_and_underscores_become_dashes():
@@ -122,6 +130,22 @@ def test_extra_true_is_a_flag_false_is_left_out_and_underscores_become_dashes():
 def test_run_dirs_that_would_break_the_script_are_refused(run_dir):
     with pytest.raises(UserError, match="logging.dir"):
         check_run_dir(run_dir)
+
+
+def test_the_time_limit_comes_from_the_spec_else_the_partition_the_host_saw():
+    gpu = spec(**{"resources.gpus_per_node": 8})
+    assert slurm_plan(gpu).request["time_limit_min"] is None  # no sinfo here: unknown, and the dry run says so
+    assert slurm_plan(gpu, partitions=SINFO_ROWS).request["time_limit_min"] == 60  # gpu*: default 1:00:00
+    cpu = spec(**{"resources.gpus_per_node": 0, "slurm.partition": "cpu"})
+    assert slurm_plan(cpu, partitions=SINFO_ROWS).request["time_limit_min"] == UNLIMITED_MIN  # n/a, infinite
+    timed = spec(**{"resources.gpus_per_node": 8, "resources.time": "02:00:00"})
+    assert slurm_plan(timed, partitions=SINFO_ROWS).request["time_limit_min"] == 120
+
+
+def test_a_request_that_cannot_fit_is_in_the_plan_and_refused_before_submitting():
+    big = slurm_plan(spec(**{"resources.gpus_per_node": 16}), partitions=SINFO_ROWS)
+    assert big.request["partition"] == "gpu" and "at most 8" in big.request["fit_problem"]
+    assert slurm_plan(spec(**{"resources.gpus_per_node": 8}), partitions=SINFO_ROWS).request["fit_problem"] == ""
 
 
 def test_grace_is_capped_below_the_warning():

@@ -7,18 +7,25 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Mapping, Optional
 
-from hpcgpu.contract import exitcodes
-from hpcgpu.host.plan import Plan
-from hpcgpu.host.runs import RunRecord, read_json, write_json_atomic
+from hpcgpu.backends import LaunchHandle, RunStatus
+from hpcgpu.contract.errors import UserError
+from hpcgpu.contract.plan import Plan
 from hpcgpu.contract.procs import pid_alive
+from hpcgpu.contract.runfiles import read_result, write_result
+from hpcgpu.contract.states import RunState, state_from_exit
+from hpcgpu.host.facts import HostFacts
+from hpcgpu.host.plan import agent_command, core_plan, describe_plan, with_parts
+from hpcgpu.host.runs import RunRecord
+from hpcgpu.host.spec import Spec
 
 FORWARD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
 
-def _run_in_container(plan: Plan) -> int:
+def _run_in_container(plan: Plan, withheld: Mapping[str, str]) -> int:
     """Run prefix + node command as a child; forward our signals to it (its init passes them on)."""
-    child = subprocess.Popen([*plan.container_prefix, *plan.node_argv], env={**os.environ, **plan.env})
+    child = subprocess.Popen([*plan.container_prefix, *plan.node_argv], env={**os.environ, **withheld})
     previous = {s: signal.signal(s, lambda signum, _f: child.send_signal(signum)) for s in FORWARD}
     try:
         return child.wait()
@@ -27,34 +34,73 @@ def _run_in_container(plan: Plan) -> int:
             signal.signal(s, handler)
 
 
+def local_container_prefix(spec: Spec, facts: HostFacts, plan: Plan) -> tuple[str, ...]:
+    """Prefix for a run on this machine: code dir = where hpcgpu started, this user, this machine's devices."""
+    from hpcgpu.host.container import ContainerSettings, RunContext, container_prefix, local_container_name
+
+    settings = ContainerSettings.from_spec(spec.container)
+    if settings.runtime == "pyxis":
+        # pyxis only exists as srun options: without this the run would silently start on the host
+        raise UserError("container.runtime pyxis runs only under Slurm (it is an srun plugin)",
+                        hint="hpcgpu submit slurm; for a local run use runtime: podman, docker or apptainer")
+    ctx = RunContext(
+        code_dir=facts.cwd, run_dir=plan.run_dir, ckpt_dir=plan.ckpt_dir,
+        # the spec's env: too: a name the user's environment overrides is not in the plan's env
+        # (hpcgpu never overrides the user), yet the container must still get the user's value
+        env_names=(*plan.env, *spec.env), gpus=plan.gpus_per_node > 0, infiniband=facts.infiniband,
+        uid=facts.uid, gid=facts.gid, name=local_container_name(plan.run_dir),
+    )
+    return tuple(container_prefix(settings, ctx, facts.environ))
+
+
 class LocalBackend:
-    """Runs on this machine; `cancel` signals the launching process."""
+    """Runs on this machine and waits; `cancel` signals the launching process."""
 
     name = "local"
 
-    def launch(self, plan: Plan) -> int:
-        """Run to completion; return the node agent's exit status and record it in result.json."""
-        run_dir = Path(plan.run_dir)
+    def plan(self, spec: Spec, facts: HostFacts, *, run_id: str, run_dir: str, created: float = 0.0) -> Plan:
+        plan = core_plan(spec, facts, backend=self.name, run_id=run_id, run_dir=run_dir,
+                         visible_gpus=facts.visible_gpus, created=created)
+        if spec.container is None:
+            return plan
+        return with_parts(plan, node_argv=agent_command("python3", run_dir),
+                          container_prefix=local_container_prefix(spec, facts, plan))
+
+    def preflight(self, plan: Plan, *, resuming: Optional[RunRecord] = None) -> None:
+        """A missing runtime or image, or this run's container still running: say so before anything starts."""
+        container = plan.spec.get("container")
+        if container:
+            from hpcgpu.host.container import check_runtime, local_container_name
+
+            check_runtime(container["runtime"], container["image"], container_name=local_container_name(plan.run_dir))
+
+    def launch(self, plan: Plan, withheld: Mapping[str, str]) -> LaunchHandle:
+        """Run to completion; the handle carries the node agent's exit status."""
         if plan.container_prefix:
-            code = _run_in_container(plan)
+            started = time.time()
+            code = _run_in_container(plan, withheld)
+            if read_result(Path(plan.run_dir), since=started) is None:
+                write_result(Path(plan.run_dir), code)  # the container ended before its agent could say how
         else:
             from hpcgpu.agent.node import run_node  # imports torch: only now, never for --help
 
-            code = run_node(run_dir)
-        write_json_atomic(run_dir / "result.json", {"exit_code": code, "ended": time.time()})
-        return code
+            code = run_node(plan, withheld=withheld)
+        return LaunchHandle(run_id=plan.run_id, exit_code=code)
 
-    def status(self, record: RunRecord) -> str:
-        result = read_json(Path(record.run_dir) / "result.json")
+    def status(self, record: RunRecord) -> RunStatus:
+        result = read_result(Path(record.run_dir))
         if result is not None:
-            return {exitcodes.OK: "DONE", exitcodes.STOPPED_RESUMABLE: "STOPPED"}.get(result["exit_code"], "FAILED")
+            return RunStatus(state_from_exit(result["exit_code"]))
         if record.pid and pid_alive(record.pid) and record.host == os.uname().nodename:
-            return "RUNNING"
-        return "UNKNOWN"
+            return RunStatus(RunState.RUNNING)
+        return RunStatus(RunState.UNKNOWN)
+
+    def describe(self, plan: Plan) -> str:
+        return describe_plan(plan)
 
     def cancel(self, record: RunRecord) -> None:
         """SIGTERM the launcher: ranks checkpoint and stop (exit 75)."""
         if record.host != os.uname().nodename:
-            raise RuntimeError(f"run {record.id} runs on {record.host}; cancel it there")
+            raise UserError(f"run {record.id} runs on {record.host}; cancel it there")
         if record.pid and pid_alive(record.pid):
             os.kill(record.pid, signal.SIGTERM)

@@ -1,6 +1,6 @@
 """The Slurm backend: submit a plan through submitit (one NodeCommand per node), then track it.
 
-The script submitted is the plan's (`plan.extra["sbatch"]`, the dry run's text byte for byte);
+The script submitted is the plan's (`plan.request["sbatch"]`, the dry run's text byte for byte);
 submitit pickles the NodeCommand, runs sbatch, and requeues on the warning signal. Without
 slurmdbd there is no sacct, so state comes from `scontrol show job` while Slurm remembers the job
 (MinJobAge after its end), and from the run directory after (result.json, written by node 0).
@@ -17,20 +17,29 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Mapping, Optional
 
-from hpcgpu.contract import exitcodes
+from hpcgpu.backends import LaunchHandle, RunStatus
+from hpcgpu.backends.slurm.planner import describe_slurm, folder_path, slurm_plan, submitit_folder, valid_job_id
 from hpcgpu.contract.errors import UserError
-from hpcgpu.host.plan import Plan
-from hpcgpu.host.runs import RunRecord, read_json, update_record
-from hpcgpu.backends.slurm.planner import (UNLIMITED_MIN, folder_path, limit_to_minutes, node_grace_s,
-                               partition_fit_problem, submitit_folder, valid_job_id)
+from hpcgpu.contract.plan import Plan
+from hpcgpu.contract.runfiles import read_json, read_result
+from hpcgpu.contract.states import RunState, state_from_exit
+from hpcgpu.host.facts import HostFacts
+from hpcgpu.host.runs import RunRecord, update_record
+from hpcgpu.host.spec import Spec
 
-
-#: states after which the job does not run again (Slurm's, and DONE/STOPPED/FAILED from result.json)
-ENDED = frozenset({"COMPLETED", "DONE", "FAILED", "STOPPED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
-                   "BOOT_FAIL", "DEADLINE", "PREEMPTED"})
-#: held after a requeue: nothing happens until someone releases (scontrol release) or cancels it
-HELD = frozenset({"REQUEUE_HOLD", "SPECIAL_EXIT"})
+#: Slurm's job states (scontrol's JobState) as RunStates; COMPLETED is refined by result.json
+SLURM_STATES: dict[str, RunState] = {
+    "PENDING": RunState.PENDING, "REQUEUED": RunState.PENDING, "REQUEUE_FED": RunState.PENDING,
+    "CONFIGURING": RunState.RUNNING, "RUNNING": RunState.RUNNING, "COMPLETING": RunState.RUNNING,
+    "RESIZING": RunState.RUNNING, "SUSPENDED": RunState.RUNNING, "SIGNALING": RunState.RUNNING,
+    "STAGE_OUT": RunState.RUNNING, "STOPPED": RunState.RUNNING,
+    "COMPLETED": RunState.DONE, "CANCELLED": RunState.CANCELLED, "FAILED": RunState.FAILED,
+    "BOOT_FAIL": RunState.FAILED, "TIMEOUT": RunState.TIMEOUT, "DEADLINE": RunState.TIMEOUT,
+    "PREEMPTED": RunState.PREEMPTED, "NODE_FAIL": RunState.NODE_FAIL, "OUT_OF_MEMORY": RunState.OUT_OF_MEMORY,
+    "REQUEUE_HOLD": RunState.HELD, "SPECIAL_EXIT": RunState.HELD,
+}
 
 
 def _run(argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
@@ -51,59 +60,22 @@ def require_slurm() -> None:
         raise UserError(f"the Slurm controller does not answer: {detail}", hint="check `sinfo`; is slurmctld up?")
 
 
-def _partition_rows(fields: str) -> tuple[list[str], str | None]:
-    """`sinfo -h -o 'fields'` rows (first field %P) and the default partition (marked '*')."""
-    rows = _run(["sinfo", "-h", "-o", fields]).stdout.splitlines()
-    default = next((r.split("|")[0].rstrip("*") for r in rows if r.split("|")[0].endswith("*")), None)
-    return rows, default
-
-
-def check_fits(plan: Plan) -> None:
-    """Refuse, before submitting, a request the partition can never run."""
-    rows, default = _partition_rows("%P|%D|%G|%c|%m")
-    params = plan.extra["sbatch_parameters"]
-    partition = params.get("partition") or default
-    if partition is None:
-        return  # no default partition: sbatch will say what it wants
-    problem = partition_fit_problem(plan.spec.resources.nodes, plan.layout.gpus, partition, rows,
-                                    cpus_per_task=params.get("cpus_per_task") or 0, mem=plan.spec.resources.mem)
-    if problem:
-        raise UserError(f"the job cannot run: {problem}",
-                        hint="see `sinfo -o '%P %D %G %c %m'`; change --nodes/--gpus-per-node/--cpus-per-task/--mem/--partition")
-
-
-def time_limit_minutes(plan: Plan) -> int:
-    """The job's time limit as submitit's timeout accounting needs it: resources.time, else the
-    partition's default (or maximum) time, UNLIMITED_MIN when there is none (no timeouts then)."""
-    params = plan.extra["sbatch_parameters"]
-    if params.get("time"):
-        return int(params["time"])
-    rows, default = _partition_rows("%P|%L|%l")
-    partition = params.get("partition") or default
-    for row in rows:
-        name, default_time, max_time = (row.split("|") + ["", ""])[:3]
-        if name.rstrip("*") == partition:
-            return limit_to_minutes(default_time) or limit_to_minutes(max_time) or UNLIMITED_MIN
-    return UNLIMITED_MIN
-
-
 def _executor(plan: Plan):
     """submitit's SlurmExecutor, submitting the plan's script instead of rendering its own."""
     import submitit
 
-    script = plan.extra["sbatch"]
+    script = plan.request["sbatch"]
 
     class PlannedSlurmExecutor(submitit.SlurmExecutor):
         def _make_submission_file_text(self, command: str, uid: str) -> str:
             return script
 
-    spec = plan.spec
-    executor = PlannedSlurmExecutor(folder=folder_path(plan.run_dir), python=plan.extra["python"],
-                                    max_num_timeout=spec.slurm.max_timeout_requeues)
+    executor = PlannedSlurmExecutor(folder=folder_path(plan.run_dir), python=plan.request["python"],
+                                    max_num_timeout=plan.request["max_timeout_requeues"])
     if str(executor.folder) != submitit_folder(plan.run_dir):  # the script names the folder: they must agree
         raise RuntimeError(f"submitit folder {executor.folder} differs from the planned {submitit_folder(plan.run_dir)}")
     # submitit uses these for its task list and its timeout-vs-preemption accounting, not for the script
-    executor.update_parameters(nodes=spec.resources.nodes, ntasks_per_node=1, time=time_limit_minutes(plan))
+    executor.update_parameters(nodes=plan.nodes, ntasks_per_node=1, time=plan.request["time_limit_min"])
     return executor
 
 
@@ -112,67 +84,114 @@ class SlurmBackend:
 
     name = "slurm"
 
-    def launch(self, plan: Plan, resumed: bool = False) -> str:
-        """Submit; return the job id (also recorded in run.json). A refused new job leaves no run dir;
-        a refused resume leaves the run dir as it was (its checkpoints are the point)."""
-        from hpcgpu.backends.slurm.node_command import NodeCommand
-        from hpcgpu.host.envvars import is_secret
+    def plan(self, spec: Spec, facts: HostFacts, *, run_id: str, run_dir: str, created: float = 0.0) -> Plan:
+        return slurm_plan(spec, facts, run_id=run_id, run_dir=run_dir, created=created)
 
-        env = {k: v for k, v in plan.env.items() if not is_secret(k)}  # secrets travel via sbatch's --export=ALL
-        command = NodeCommand(list(plan.container_prefix) + list(plan.node_argv), env=env,
-                              rdzv_dir=Path(plan.run_dir) / "rdzv", grace_s=node_grace_s(plan.spec),
-                              rdzv_timeout_s=plan.spec.distributed.rdzv_timeout_s)
+    def preflight(self, plan: Plan, *, resuming: Optional[RunRecord] = None) -> None:
+        """Slurm answers, the request fits a partition, the container runtime is there; a resumed
+        run must have ended without finishing."""
+        require_slurm()
+        if resuming is not None:
+            self._check_resumable(resuming)
+        if plan.request["fit_problem"]:
+            raise UserError(f"the job cannot run: {plan.request['fit_problem']}",
+                            hint="see `sinfo -o '%P %D %G %c %m'`; change --nodes/--gpus-per-node/--cpus-per-task/--mem/--partition")
+        container = plan.spec.get("container")
+        if container:
+            from hpcgpu.host.container import check_runtime
+
+            check_runtime(container["runtime"], container["image"])
+
+    def _check_resumable(self, record: RunRecord) -> None:
+        state = self.status(record).state
+        if state is RunState.DONE:
+            raise UserError(f"run {record.id} has finished (job {record.job_id}: {state}); there is nothing to continue",
+                            hint="to train longer, start a new run with checkpoint.resume set to its last checkpoint")
+        if not state.resumable:
+            raise UserError(f"run {record.id} is not over: job {record.job_id} is {state}",
+                            hint=f"a requeued job resumes by itself; to resubmit, end it first: hpcgpu cancel {record.id}")
+
+    def launch(self, plan: Plan, withheld: Mapping[str, str]) -> LaunchHandle:
+        """Submit; the handle carries the job id (also recorded in run.json). A refused job raises
+        UserError and has started nothing."""
         from submitit.core.utils import FailedJobError
 
+        from hpcgpu.backends.slurm.node_command import NodeCommand
+
+        # The node agent reads plan.json; secrets reach it through the job's environment
+        # (sbatch --export=ALL), never the script or a file.
+        command = NodeCommand(list(plan.container_prefix) + list(plan.node_argv), env={},
+                              rdzv_dir=Path(plan.run_dir) / "rdzv", grace_s=plan.request["grace_s"],
+                              rdzv_timeout_s=plan.request["rdzv_timeout_s"])
         executor = _executor(plan)
         said = io.StringIO()  # submitit prints sbatch's stderr on failure: say it once, in our error
         try:
-            with contextlib.redirect_stderr(said):
+            with _environment(withheld), contextlib.redirect_stderr(said):
                 job = executor.submit(command)
         except FailedJobError as e:  # sbatch refused (bad account, unknown feature, ...): nothing half-submitted
-            if not resumed:
-                shutil.rmtree(plan.run_dir, ignore_errors=True)
             raise UserError(f"sbatch refused the job: {_sbatch_error(e)}",
                             hint="nothing was submitted; fix the request (see `sinfo`, `scontrol show partition`)") from None
         sys.stderr.write(said.getvalue())
         update_record(Path(plan.run_dir), job_id=str(job.job_id))
-        return str(job.job_id)
+        return LaunchHandle(run_id=plan.run_id, job_id=str(job.job_id))
 
-    def status(self, record: RunRecord) -> str:
-        return self.job_info(record)["state"]
+    def describe(self, plan: Plan) -> str:
+        return describe_slurm(plan)
 
-    def job_info(self, record: RunRecord) -> dict:
-        """state, nodelist, restarts, reason: from scontrol while Slurm knows the job, else the run dir."""
+    def status(self, record: RunRecord) -> RunStatus:
+        """State, node list, restarts, reason: from scontrol while Slurm knows the job, else the run dir."""
         run_dir = Path(record.run_dir)
         saved = read_json(run_dir / "run.json") or {}
-        info = {"state": "", "nodelist": saved.get("nodelist", ""), "reason": "",
-                "restarts": max(int(saved.get("restarts") or 0), _restarts_in_run_dir(record))}
+        nodelist, reason = saved.get("nodelist", ""), ""
+        restarts = max(int(saved.get("restarts") or 0), _restarts_in_run_dir(record))
         fields = _show_job(record.job_id) if record.job_id and shutil.which("scontrol") else None
+        raw = ""
         if fields:
-            info["state"] = fields.get("JobState", "UNKNOWN")
-            info["restarts"] = max(info["restarts"], int(fields.get("Restarts") or 0))
+            raw = fields.get("JobState", "")
+            restarts = max(restarts, int(fields.get("Restarts") or 0))
             if fields.get("NodeList") not in (None, "", "(null)"):
-                info["nodelist"] = fields["NodeList"]
+                nodelist = fields["NodeList"]
             if fields.get("Reason") not in (None, "None"):
-                info["reason"] = fields["Reason"]
-            if (info["nodelist"], info["restarts"]) != (saved.get("nodelist", ""), saved.get("restarts")):
-                _remember(run_dir, nodelist=info["nodelist"], restarts=info["restarts"])
-        if info["state"] in ("", "COMPLETED"):  # forgotten, or ended: how it ended is in result.json
-            info["state"] = _state_from_result(record) or info["state"] or "UNKNOWN"
-        elif info["state"] == "FAILED" and _state_from_result(record, since=_epoch(fields.get("StartTime"))) == "STOPPED":
-            info["state"] = "STOPPED"  # checkpointed and stopped, but not requeued (e.g. timeouts used up)
-        return info
+                reason = fields["Reason"]
+            if (nodelist, restarts) != (saved.get("nodelist", ""), saved.get("restarts")):
+                _remember(run_dir, nodelist=nodelist, restarts=restarts)
+        state = SLURM_STATES.get(raw, RunState.UNKNOWN)
+        if raw and state is RunState.UNKNOWN:
+            reason = f"{raw} {reason}".strip()  # a state this version does not know: show Slurm's word
+        if raw in ("", "COMPLETED"):  # forgotten, or ended: how it ended is in result.json
+            result = read_result(run_dir)
+            state = state_from_exit(result["exit_code"]) if result else state if raw else RunState.UNKNOWN
+        elif state is RunState.FAILED:
+            result = read_result(run_dir, since=_epoch(fields.get("StartTime")))
+            if result and state_from_exit(result["exit_code"]) is RunState.STOPPED:
+                state = RunState.STOPPED  # checkpointed and stopped, but not requeued (e.g. timeouts used up)
+        return RunStatus(state=state, nodes=nodelist, restarts=restarts, reason=reason)
 
     def cancel(self, record: RunRecord) -> None:
         """scancel: the ranks get SIGTERM, checkpoint within KillWait, and the job ends (not requeued)."""
         if not record.job_id:
             raise UserError(f"run {record.id} has no Slurm job id yet")
-        state = self.job_info(record)["state"]
-        if state in ENDED:
+        state = self.status(record).state
+        if state.ended:
             raise UserError(f"run {record.id} (job {record.job_id}) has already ended: {state}")
         out = _run(["scancel", valid_job_id(record.job_id)])
         if out.returncode != 0:
             raise UserError(f"scancel {record.job_id} failed: {out.stderr.strip()}")
+
+
+@contextlib.contextmanager
+def _environment(values: Mapping[str, str]):
+    """These variables in os.environ while sbatch runs (it exports the environment), then as before."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _show_job(job_id: str) -> dict[str, str] | None:
@@ -203,14 +222,6 @@ def _remember(run_dir: Path, **facts) -> None:
         pass  # someone else's run dir, read-only: status still works
 
 
-def _state_from_result(record: RunRecord, since: float = 0.0) -> str:
-    """DONE / STOPPED / FAILED from node 0's result.json ('' if absent, or older than since)."""
-    result = read_json(Path(record.run_dir) / "result.json")
-    if result is None or float(result.get("ended") or 0) < since:
-        return ""
-    return {exitcodes.OK: "DONE", exitcodes.STOPPED_RESUMABLE: "STOPPED"}.get(result.get("exit_code"), "FAILED")
-
-
 def _epoch(slurm_time: str | None) -> float:
     """scontrol's local-time timestamp (2026-11-21T13:02:28) as seconds since the epoch; 0 if none."""
     try:
@@ -224,9 +235,3 @@ def _sbatch_error(error: Exception) -> str:
     text = str(error)
     lines = [ln.strip() for ln in text.splitlines() if "sbatch: error" in ln or "error:" in ln.lower()]
     return "; ".join(dict.fromkeys(lines)) or text.strip()
-
-
-def restore_secret_env(withheld: dict[str, str]) -> None:
-    """Put the spec's secret env values into this process's environment so sbatch exports them
-    (--export=ALL) without their values ever being written to the run dir or the script."""
-    os.environ.update(withheld)

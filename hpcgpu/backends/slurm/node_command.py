@@ -20,7 +20,7 @@ process of the step, the child included); ``requeues`` the restart counter (set 
 The child sees the task's environment (SLURM_*, SUBMITIT_*), then ``env``, then
 ``HPCGPU_RDZV_ENDPOINT=host:port``: a port that was free on node 0, whose host is the first of
 ``scontrol show hostnames $SLURM_JOB_NODELIST`` (the same value on every node), and
-``HPCGPU_RESTART_COUNT``: max(requeues done through checkpoint(), SLURM_RESTART_COUNT).
+``HPCGPU_JOB_RESTARTS``: max(requeues done through checkpoint(), SLURM_RESTART_COUNT) (node.job_restarts).
 Files in rdzv_dir, one set per attempt: ``<jobid>-<restart>.endpoint`` (host:port, written by
 node 0 with tmp + rename) and ``<jobid>-<restart>.head`` ("requeued" or "ended", node 0's exit).
 
@@ -54,7 +54,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from hpcgpu.contract.envnames import RDZV_ENDPOINT, RESTART_COUNT
+from hpcgpu.backends.slurm.node import job_key, job_restarts
+from hpcgpu.contract.envnames import JOB_RESTARTS, RDZV_ENDPOINT
 from hpcgpu.contract.ports import free_port, publish_endpoint, wait_file
 from hpcgpu.contract.exitcodes import STOPPED_RESUMABLE
 
@@ -89,14 +90,6 @@ def _log(message: str) -> None:
 def stop_signal() -> signal.Signals:
     """The signal submitit treats as preemption/timeout (SUBMITIT_PREEMPT_SIGNAL, default USR2)."""
     return signal.Signals[f"SIG{os.environ.get('SUBMITIT_PREEMPT_SIGNAL', 'USR2')}"]
-
-
-def job_key() -> str:
-    """The job's id as Slurm names it (array jobs: ARRAYID_TASKID), 'local' outside Slurm."""
-    array_id = os.environ.get("SLURM_ARRAY_JOB_ID")
-    if array_id:
-        return f"{array_id}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
-    return os.environ.get("SLURM_JOB_ID", "local")
 
 
 def head_hostname() -> str:
@@ -134,11 +127,6 @@ def wait_exit(pid: int, timeout_s: float) -> int | None:
         if returncode is not None or time.monotonic() >= deadline:
             return returncode
         time.sleep(0.05)
-
-
-def slurm_restart_count() -> int:
-    """SLURM_RESTART_COUNT (unset on the first run), as an int."""
-    return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
 
 
 class NodeCommand:
@@ -186,7 +174,7 @@ class NodeCommand:
 
     def restart_count(self) -> int:
         """How many times this job was restarted (requeues by us or by Slurm)."""
-        return max(self.requeues, slurm_restart_count())
+        return job_restarts(self.requeues)
 
     def is_head(self) -> bool:
         """Node 0 picks the rendezvous endpoint (and, as global rank 0, requeues)."""
@@ -220,7 +208,7 @@ class NodeCommand:
         env = dict(os.environ)
         env.update(self.env)
         env[RDZV_ENDPOINT] = endpoint
-        env[RESTART_COUNT] = str(self.restart_count())
+        env[JOB_RESTARTS] = str(self.restart_count())
         return env
 
     def head_marker_path(self) -> Path:

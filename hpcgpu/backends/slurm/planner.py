@@ -16,12 +16,23 @@ import shlex
 from pathlib import Path
 from typing import Any, Mapping
 
+from hpcgpu.contract import envnames
 from hpcgpu.contract.errors import UserError
-from hpcgpu.host.plan import Plan, build_plan
+from hpcgpu.contract.plan import Plan
+from hpcgpu.contract.text import has_control_chars
+from hpcgpu.host.facts import HostFacts
+from hpcgpu.host.plan import agent_command, core_plan, rank_table_text, with_parts
 from hpcgpu.host.spec import Spec
 
-#: control characters (newline, carriage return, NUL, ...) can end an #SBATCH line or a shell word
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Variables Slurm sets that the node agent reads; docker/podman do not inherit the environment,
+#: so these are passed by name when the node runs under Slurm (a name that is unset passes nothing).
+SLURM_ENV_NAMES = (
+    "CUDA_VISIBLE_DEVICES", "SLURMD_NODENAME", "SLURM_ARRAY_JOB_ID", "SLURM_GPUS_ON_NODE",
+    "SLURM_GPUS_PER_NODE", "SLURM_JOB_GPUS", "SLURM_JOB_ID", "SLURM_JOB_NODELIST",
+    "SLURM_JOB_NUM_NODES", "SLURM_LOCALID", "SLURM_NNODES", "SLURM_NODEID", "SLURM_NTASKS",
+    "SLURM_NTASKS_PER_NODE", "SLURM_PROCID", "SLURM_RESTART_COUNT", "SLURM_STEP_ID",
+    "SLURM_STEP_NODELIST", "SLURM_TASKS_PER_NODE",
+)
 
 #: sbatch options hpcgpu sets itself (or that break its one-task-per-node contract) -> what to use instead
 RESERVED_OPTIONS: dict[str, str] = {
@@ -81,7 +92,7 @@ def folder_path(run_dir: str) -> Path:
 
 def check_value(key: str, value: Any) -> Any:
     """Refuse a value with control characters: a newline would end its #SBATCH line (code injection)."""
-    if isinstance(value, str) and _CONTROL.search(value):
+    if has_control_chars(value):
         raise UserError(
             f"{key}: {value!r} contains a newline or another control character; in the sbatch script "
             "it would end the #SBATCH line and the rest would run as a shell command",
@@ -99,14 +110,6 @@ def check_run_dir(run_dir: str) -> str:
     return run_dir
 
 
-def ranks_per_node(spec: Spec) -> int:
-    """Ranks one node agent starts (the spec's layout is pinned by build_plan)."""
-    gpus = spec.resources.gpus_per_node
-    if not isinstance(gpus, int) or gpus == 0:
-        return spec.resources.procs_per_node
-    return 1 if spec.train.strategy == "dp" else gpus
-
-
 def _extra_options(extra: Mapping[str, Any]) -> dict[str, Any]:
     """slurm.extra -> sbatch options: reserved names refused, True a bare flag, False left out."""
     out: dict[str, Any] = {}
@@ -121,7 +124,8 @@ def _extra_options(extra: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def sbatch_parameters(spec: Spec, srun_args: tuple[str, ...] = ()) -> dict[str, Any]:
+def sbatch_parameters(spec: Spec, ranks_per_node: int, gpus_per_node: int,
+                      srun_args: tuple[str, ...] = ()) -> dict[str, Any]:
     """`_make_sbatch_string` keywords for the spec: one task per node, warning signal, requeue.
 
     Raises UserError naming the key for a value that could break out of its #SBATCH line.
@@ -132,7 +136,7 @@ def sbatch_parameters(spec: Spec, srun_args: tuple[str, ...] = ()) -> dict[str, 
         "nodes": res.nodes,
         "ntasks_per_node": 1,  # one node agent per node; it starts the ranks (torchrun's model)
         # at least a core per rank: with task/affinity or cgroups a task gets only what it asks for
-        "cpus_per_task": res.cpus_per_task or ranks_per_node(spec),
+        "cpus_per_task": res.cpus_per_task or ranks_per_node,
         # None leaves --time out (the partition's default applies); submitit would write --time=5
         "time": time_to_minutes(res.time) if res.time else None,
         "signal_delay_s": slurm.signal_before_s,
@@ -141,8 +145,8 @@ def sbatch_parameters(spec: Spec, srun_args: tuple[str, ...] = ()) -> dict[str, 
         "srun_args": ["--kill-on-bad-exit=1", *(check_value("container (srun argument)", a) for a in srun_args)],
         "additional_parameters": {"requeue": True},
     }
-    if isinstance(res.gpus_per_node, int) and res.gpus_per_node > 0:
-        params["gpus_per_node"] = res.gpus_per_node
+    if gpus_per_node > 0:
+        params["gpus_per_node"] = gpus_per_node
     if res.mem:
         params["additional_parameters"]["mem"] = res.mem  # submitit's own `mem` expects GB as a float
     for key in ("partition", "account", "qos", "constraint"):
@@ -184,41 +188,95 @@ def render_sbatch(params: dict[str, Any], folder: str, python: str) -> str:
     return _make_sbatch_string(command=submit_command(python, folder), folder=folder, **params)
 
 
-def build_slurm_plan(spec: Spec, *, run_id: str, run_dir: str, python: str, user_env: Mapping[str, str],
-                     node_python: str = "python3", container_prefix: tuple[str, ...] = (),
-                     srun_args: tuple[str, ...] = ()) -> Plan:
-    """The plan of a Slurm run, with its sbatch parameters and script in plan.extra. Pure.
+def container_parts(spec: Spec, facts: HostFacts, plan: Plan) -> tuple[str, ...]:
+    """The prefix that runs the node agent in the spec's container (pyxis: a nested step per node)."""
+    from hpcgpu.host.container import ContainerSettings, RunContext, container_prefix, pyxis_srun_args
 
-    `python` runs submitit's runner on the nodes (the submitting interpreter, on a shared file
-    system); `node_python` runs the node agent (python3 inside a container).
+    # the container is given the names of the variables the node agent reads (values stay in the env)
+    names = {*plan.env, *spec.env, envnames.RDZV_ENDPOINT, envnames.JOB_RESTARTS}
+    ctx = RunContext(code_dir=facts.cwd, run_dir=plan.run_dir,
+                     ckpt_dir=plan.ckpt_dir, env_names=tuple(sorted(names)),
+                     gpus=plan.gpus_per_node > 0, uid=facts.uid, gid=facts.gid,
+                     infiniband=facts.infiniband, scheduler_env_names=SLURM_ENV_NAMES)
+    settings = ContainerSettings.from_spec(spec.container)
+    if settings.runtime == "pyxis":  # a nested step per node, so the requeue stays on the host
+        return pyxis_node_prefix(tuple(pyxis_srun_args(settings, ctx, facts.environ)), facts.python)
+    return tuple(container_prefix(settings, ctx, facts.environ))
+
+
+def slurm_plan(spec: Spec, facts: HostFacts, *, run_id: str, run_dir: str, created: float = 0.0) -> Plan:
+    """The plan of a Slurm run: the node layout is the request (compute nodes' GPUs are not visible
+    here); its request holds the sbatch parameters, the exact script and the time limit. Pure.
+
+    facts.python runs submitit's runner on the nodes (the submitting interpreter, on a shared file
+    system) and the node agent; inside a container the agent runs with the image's python3.
     """
     check_run_dir(run_dir)
-    plan = build_plan(spec, backend="slurm", run_id=run_id, run_dir=run_dir, visible_gpus=None,
-                      user_env=user_env, python=node_python if container_prefix or srun_args else python,
-                      container_prefix=container_prefix)
-    params = sbatch_parameters(plan.spec, srun_args)
-    plan.extra.update(sbatch_parameters=params, python=python,
-                      sbatch=render_sbatch(params, submitit_folder(run_dir), python))
-    return plan
+    plan = core_plan(spec, facts, backend="slurm", run_id=run_id, run_dir=run_dir, visible_gpus=None,
+                     created=created)
+    if spec.container is not None:
+        plan = with_parts(plan, node_argv=agent_command("python3", run_dir))
+        plan = with_parts(plan, container_prefix=container_parts(spec, facts, plan))
+    params = sbatch_parameters(spec, plan.nproc_per_node, plan.gpus_per_node)
+    partition = params.get("partition") or default_partition(facts.partitions)
+    request = {
+        "sbatch_parameters": params,
+        "python": check_value("python", facts.python),
+        "sbatch": render_sbatch(params, submitit_folder(run_dir), facts.python),
+        "partition": partition,
+        # submitit's timeout-vs-preemption accounting; None: Slurm's tools are not here (dry run elsewhere)
+        "time_limit_min": time_limit_minutes(params, partition, facts.partitions),
+        "fit_problem": partition_fit_problem(spec.resources.nodes, plan.gpus_per_node, partition, list(facts.partitions),
+                                             cpus_per_task=params.get("cpus_per_task") or 0,
+                                             mem=spec.resources.mem) if partition and facts.partitions else "",
+        "grace_s": node_grace_s(spec),
+        "rdzv_timeout_s": spec.distributed.rdzv_timeout_s,
+        "max_timeout_requeues": spec.slurm.max_timeout_requeues,
+    }
+    return with_parts(plan, request=request)
+
+
+def default_partition(rows: tuple[str, ...]) -> str | None:
+    """The partition sinfo marks with '*' (None when there is none or sinfo was not asked)."""
+    return next((r.split("|")[0].rstrip("*") for r in rows if r.split("|")[0].endswith("*")), None)
+
+
+def time_limit_minutes(params: Mapping[str, Any], partition: str | None, rows: tuple[str, ...]) -> int | None:
+    """The job's time limit: resources.time, else the partition's default (or maximum) time,
+    UNLIMITED_MIN when it has none; None when the partitions are unknown here."""
+    if params.get("time"):
+        return int(params["time"])
+    if not rows:
+        return None
+    for row in rows:
+        name, *rest = row.split("|")
+        default_time, max_time = (rest + ["", "", "", "", "", ""])[4:6]
+        if name.rstrip("*") == partition:
+            return limit_to_minutes(default_time) or limit_to_minutes(max_time) or UNLIMITED_MIN
+    return UNLIMITED_MIN
 
 
 def describe_slurm(plan: Plan) -> str:
     """Dry run for Slurm: the script, then the rank -> node -> device table."""
-    spec = plan.spec
-    table = ["rank  node        local  device"]
-    table += [f"{r.rank:>4}  node-index {r.node:<2} {r.local_rank:>3}  {r.device}" for r in plan.rank_table]
+    spec, request = plan.spec, plan.request
     notes = []
-    if node_grace_s(spec) < spec.distributed.stop_grace_s:
-        notes.append(f"note: after the warning signal the node agent gets {node_grace_s(spec)} s to checkpoint "
-                     f"(distributed.stop_grace_s {spec.distributed.stop_grace_s} s, capped at "
-                     f"slurm.signal_before_s {spec.slurm.signal_before_s} s - 15 s so the requeue comes first)")
-    if not spec.resources.time:
-        notes.append("note: no resources.time: the partition's default time limit applies")
+    grace, stop_grace = request["grace_s"], spec["distributed"]["stop_grace_s"]
+    if grace < stop_grace:
+        notes.append(f"note: after the warning signal the node agent gets {grace} s to checkpoint "
+                     f"(distributed.stop_grace_s {stop_grace} s, capped at "
+                     f"slurm.signal_before_s {spec['slurm']['signal_before_s']} s - 15 s so the requeue comes first)")
+    limit = request["time_limit_min"]
+    if not spec["resources"]["time"]:
+        notes.append("note: no resources.time: the partition's default time limit applies"
+                     + (f" ({limit} min)" if limit and limit != UNLIMITED_MIN else " (none)" if limit else ""))
+    if request["fit_problem"]:
+        notes.append(f"note: the job cannot run: {request['fit_problem']}")
     return (
         f"run:      {plan.run_id} (slurm)\nrun dir:  {plan.run_dir}\n"
-        f"nodes:    {spec.resources.nodes} x {plan.layout.nproc} rank(s) on {plan.layout.device} = world size {plan.world_size}\n"
+        f"nodes:    {plan.nodes} x {plan.nproc_per_node} rank(s) on {plan.device_type} = world size {plan.world_size}"
+        f", {plan.process_group_backend}, {plan.precision}\n"
         f"each node runs: {shlex.join([*plan.container_prefix, *plan.node_argv])}\n\n"
-        f"--- sbatch script ---\n{plan.extra['sbatch']}--- end ---\n\n" + "\n".join(table) + "\n"
+        f"--- sbatch script ---\n{request['sbatch']}--- end ---\n\n" + rank_table_text(plan) + "\n"
         + "".join(f"{n}\n" for n in notes)
     )
 

@@ -1,0 +1,152 @@
+"""Every adjustment hpcgpu makes to torch elastic, in one place, each guarded by a feature check.
+
+torch elastic is the agent's engine (what torchrun runs). hpcgpu needs five things it does not do:
+forward Slurm's USR1/USR2, wait less than 30 s for survivors after a rank failure, treat a group
+that stopped cleanly (exit 75) as final under max_restarts, keep single-node stores on loopback,
+and give restarted ranks a fresh store. The public knobs are used where they exist (LaunchConfig
+fields, environment variables); the rest patches private internals, so each patch checks that
+what it replaces exists and otherwise warns once and leaves torch as it is
+(tests/agent/test_elastic.py pins each one against the installed torch).
+Imports torch lazily: only the node agent calls these.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from typing import Any, Callable
+
+from hpcgpu.contract import exitcodes
+
+# torch elastic only handles TERM/INT/HUP/QUIT by default; Slurm warns with USR1/USR2
+# before the time limit or preemption (pytorch/pytorch#154849).
+FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1,SIGUSR2"
+#: after a rank failed, how long the others get to exit on SIGTERM before SIGKILL. torch elastic
+#: waits a fixed 30 s here; with a peer gone they cannot checkpoint anyway, and a rank stuck
+#: outside a collective would hold the failure report (and any restart) for all of it.
+FAILURE_GRACE_S = 5
+
+_warned: set[str] = set()
+
+
+def warn_once(what: str, lost: str) -> None:
+    """One line on stderr: which adjustment this torch cannot take, and what the run loses."""
+    if what not in _warned:
+        _warned.add(what)
+        import torch
+
+        print(f"hpcgpu: warning: torch {torch.__version__} has no {what}; {lost}", file=sys.stderr, flush=True)
+
+
+def quiet_elastic_logs() -> None:
+    """hpcgpu prints its own summary of failures and signals; elastic's lines would repeat it less clearly.
+    Its loggers set their own levels (torch/distributed/elastic/utils/logging.py), so set each one."""
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("torch.distributed.elastic") or name.startswith("torch.distributed.launcher"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def launch_config(environ: dict, **fields: Any):
+    """torch's LaunchConfig with hpcgpu's signals and stop grace: as fields where this torch has them
+    (2.8+), else through the environment variables older versions read, else without (warned)."""
+    from torch.distributed.launcher.api import LaunchConfig
+
+    known = {f.name for f in dataclasses.fields(LaunchConfig)}
+    grace = fields.pop("shutdown_timeout")
+    if "signals_to_handle" in known:
+        fields["signals_to_handle"] = FORWARDED_SIGNALS
+    else:
+        environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = FORWARDED_SIGNALS
+        warn_once("LaunchConfig.signals_to_handle",
+                  "SIGUSR1/SIGUSR2 (Slurm's warning signals) reach the ranks only if this torch reads "
+                  "TORCHELASTIC_SIGNALS_TO_HANDLE (SIGTERM always does)")
+    if "shutdown_timeout" in known:
+        fields["shutdown_timeout"] = grace
+    else:
+        environ["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] = str(grace)
+    return LaunchConfig(**{k: v for k, v in fields.items() if k in known})
+
+
+def _patch(owner: Any, attr: str, make: Callable[[Any], Any], what: str, lost: str) -> None:
+    """Replace owner.attr by make(original) once; warn instead when this torch has no such attr."""
+    original = getattr(owner, attr, None)
+    if original is None:
+        warn_once(what, lost)
+        return
+    if getattr(original, "_hpcgpu", False):
+        return
+    patched = make(original)
+    patched._hpcgpu = True
+    setattr(owner, attr, patched)
+
+
+def limit_failure_teardown() -> None:
+    """Make torch elastic's teardown after a rank failure wait FAILURE_GRACE_S, not 30 s.
+
+    Only the failure path calls PContext.close without a timeout (SubprocessContext._poll);
+    stop signals go through the agent's shutdown with stop_grace_s, which is left alone.
+    """
+    from torch.distributed.elastic.multiprocessing.api import PContext
+
+    def make(original):
+        def close(self, death_sig=None, timeout=FAILURE_GRACE_S):
+            return original(self, death_sig, timeout)
+        return close
+
+    _patch(PContext, "close", make, "PContext.close",
+           "after a rank failure the others get torch's 30 s to exit")
+
+
+def make_clean_stops_final() -> None:
+    """A clean stop (every rank that exited said 75: checkpointed on a signal) ends the run even with
+    distributed.max_restarts > 0. torch elastic counts any non-zero exit as a failure to restart from,
+    so a signal that reached the ranks but not this agent (kill -TERM of a rank, a signal sent to the
+    ranks' process group) would resume and train on instead of stopping."""
+    from torch.distributed.elastic.agent.server.api import WorkerState
+    from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
+
+    def make(original):
+        def monitor(self, worker_group):
+            result = original(self, worker_group)
+            if result.state == WorkerState.FAILED and result.failures and all(
+                    f.exitcode == exitcodes.STOPPED_RESUMABLE for f in result.failures.values()):
+                self._remaining_restarts = 0
+            return result
+        return monitor
+
+    _patch(LocalElasticAgent, "_monitor_workers", make, "LocalElasticAgent._monitor_workers",
+           "with distributed.max_restarts > 0 a stop that reached only the ranks restarts them")
+
+
+def keep_rank_store_on_loopback(handler: Any, make_store: Callable[[str, int], Any]) -> None:
+    """The store the ranks share (MASTER_ADDR:MASTER_PORT) is made by the rendezvous handler: on a
+    single node, make it with make_store (listening on 127.0.0.1 only)."""
+    if not hasattr(handler, "_create_tcp_store_server"):
+        warn_once("DynamicRendezvousHandler._create_tcp_store_server",
+                  "the ranks' store of a single-node run listens on every interface")
+        return
+    handler._create_tcp_store_server = make_store
+
+
+def fresh_rank_store_per_attempt(handler: Any) -> None:
+    """torch keeps the ranks' store across restarts, but the ranks assume a fresh one per attempt
+    (torch/distributed/rendezvous.py: "We create a new TCPStore for every retry"): with the old
+    one, restarted gloo ranks read the dead attempt's addresses and fail with "Connection refused"."""
+    if not all(hasattr(handler, a) for a in ("_shared_tcp_store_server", "_bootstrap_store_info")):
+        return  # torch versions without the shared store create one per attempt themselves
+    join = handler.next_rendezvous
+
+    def next_rendezvous():
+        handler._shared_tcp_store_server = None
+        handler._bootstrap_store_info = None
+        return join()
+
+    handler.next_rendezvous = next_rendezvous
+
+
+def adjust_torch_elastic() -> None:
+    """Everything above that applies process-wide (the rendezvous parts apply per handler)."""
+    quiet_elastic_logs()
+    limit_failure_teardown()
+    make_clean_stops_final()

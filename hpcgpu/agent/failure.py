@@ -1,0 +1,55 @@
+"""What the node agent says when ranks fail: the first failing rank, its traceback, and a hint."""
+
+from __future__ import annotations
+
+import re
+import signal
+from typing import Optional
+
+
+def describe_failure(failures: dict, timeout_s: Optional[int] = None) -> str:
+    """Name the rank that failed first, with its traceback; ranks stopped because of it come after."""
+    # torch elastic adds the ranks that died on their own first and the ranks it then stopped
+    # with SIGTERM after them (dict order). Its timestamps are whole seconds, so they cannot tell
+    # a rank killed with SIGKILL from the peer whose collective failed a moment later.
+    def order(item):
+        position, (rank, f) = item
+        return (f.exitcode == -signal.SIGTERM, position)
+
+    (_, (first_rank, first)), *others = sorted(enumerate(failures.items()), key=order)
+    lines = [f"rank {first_rank} (local rank {first.local_rank}, pid {first.pid}) failed with {_how(first)}"]
+    msg = first.message
+    text = ""
+    if isinstance(msg, dict):
+        text = str(msg.get("extraInfo", {}).get("py_callstack") or msg.get("message", ""))
+        lines.append("  " + text.rstrip().replace("\n", "\n  "))
+    elif msg:
+        text = str(msg)
+        lines.append(f"  {msg}")
+    if others:
+        lines.append("then stopped: " + ", ".join(f"rank {r} ({_how(f)})" for _, (r, f) in others))
+    hint = _failure_hint(first, text, [r for _, (r, _f) in others], timeout_s)
+    if hint:
+        lines.append(f"hint: {hint}")
+    return "\n".join(lines)
+
+
+def _how(f) -> str:
+    return f"signal {f.signal_name()}" if f.exitcode < 0 else f"exit code {f.exitcode}"
+
+
+def _failure_hint(first, text: str, others: list, timeout_s: Optional[int]) -> str:
+    """One line on what a well-known failure means and what to do about it."""
+    if first.exitcode == -signal.SIGKILL:
+        return ("SIGKILL comes from outside the run: the kernel's out-of-memory killer (see `dmesg`), "
+                "a scheduler, or kill -9")
+    # gloo: "Timed out waiting 5000ms for recv"; NCCL: "Watchdog caught collective operation timeout"
+    if re.search(r"Timed out waiting \d+ ?ms|collective operation timeout", text):
+        stuck = ", ".join(f"rank {r}" for r in others) or "another rank"
+        return (f"a collective waited longer than distributed.timeout_s ({timeout_s} s) for {stuck}: that "
+                "rank is stuck (a collective only some ranks call, a deadlock, a slow data loader) or dead; "
+                "see its log. Raise distributed.timeout_s only if the work between collectives is that slow")
+    if "No space left on device" in text or "Errno 28" in text:
+        return ("a file system is full. A checkpoint appears only once it is complete, so the previous "
+                "one is intact: free space (or point checkpoint.dir at a bigger disk) and run again to resume")
+    return ""

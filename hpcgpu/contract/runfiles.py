@@ -1,0 +1,52 @@
+"""Files in a run directory that every layer reads or writes: private dirs, atomic JSON, result.json.
+
+Torch-free and pydantic-free (the node agent writes result.json; the host reads it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+#: how the run's last attempt ended, written by node 0's agent: {"exit_code": N, "ended": epoch s}
+RESULT_FILE = "result.json"
+
+
+def make_private_dir(path: Path) -> Path:
+    """Create a directory readable only by its owner (run dirs may hold checkpoints and env)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+    return path
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON so readers never see half a file; the file is private to the user."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Optional[dict[str, Any]]:
+    """The JSON in path, or None when missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_result(run_dir: Path, exit_code: int) -> None:
+    """Record how this attempt ended (`status` reads it after the scheduler forgot the job)."""
+    write_json_atomic(Path(run_dir) / RESULT_FILE, {"exit_code": exit_code, "ended": time.time()})
+
+
+def read_result(run_dir: Path, since: float = 0.0) -> Optional[dict[str, Any]]:
+    """result.json, or None when absent or written before `since` (an earlier attempt's)."""
+    result = read_json(Path(run_dir) / RESULT_FILE)
+    if result is None or float(result.get("ended") or 0) < since:
+        return None
+    return result

@@ -1,0 +1,211 @@
+"""The one launch and resume flow behind `run local`, `submit slurm` and `train` without a plan.
+
+spec -> facts (gathered once) -> backend.plan -> backend.preflight -> run dir with plan.json ->
+backend.launch. A dry run stops after the plan and prints it (as text, or as the very JSON that
+would be written). Bad input raises UserError before anything is created.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+from hpcgpu.backends import Backend, LaunchHandle, get_backend
+from hpcgpu.contract.errors import UserError
+from hpcgpu.contract.plan import Plan, plan_path
+from hpcgpu.contract.runfiles import RESULT_FILE, read_json, write_json_atomic
+from hpcgpu.host.facts import HostFacts, gather_facts
+from hpcgpu.host.runs import RunRecord, create_run_dir, find_run, new_run_id, register, update_record
+from hpcgpu.host.secrets import withheld
+from hpcgpu.host.spec import Spec, apply_overrides, dump_spec, env_overrides, load_spec
+
+#: how `--resume` continues a run of each backend (for the hint when the backends differ)
+RESUME_COMMANDS = {"local": "hpcgpu run local --resume {id}", "slurm": "hpcgpu submit slurm --resume {id}"}
+
+
+@dataclass(frozen=True)
+class Launched:
+    """A plan that was started, and what its backend said."""
+
+    plan: Plan
+    handle: LaunchHandle
+    backend: Backend
+
+
+# ---------------------------------------------------------------- the spec with its overrides
+
+
+def entry_from_command(cmd: tuple[str, ...]) -> dict[str, Any]:
+    """`-- train.py --lr 3` -> a script entry; `-- -m pkg.mod args` -> a module entry."""
+    import sys
+
+    if cmd[0] == "-m":
+        if len(cmd) < 2:
+            raise UserError("`-- -m` needs a module name, e.g. `-- -m mypkg.train`")
+        return {"module": cmd[1], "args": list(cmd[2:])}
+    if cmd[0] in ("python", "python3", sys.executable):
+        return entry_from_command(cmd[1:]) if len(cmd) > 1 else entry_from_command(("",))
+    return {"script": cmd[0], "args": list(cmd[1:])}
+
+
+def load_with_overrides(spec_file: Optional[str], flags: Mapping[str, Any], cmd: tuple[str, ...] = ()) -> tuple[Spec, str]:
+    """spec < HPCGPU_* environment < flags; `-- CMD` replaces the spec's entry."""
+    spec, source = load_spec(spec_file)
+    spec = apply_overrides(spec, env_overrides(dict(os.environ)))
+    overrides = dict(flags)
+    if cmd:
+        e = entry_from_command(cmd)
+        overrides.update({"entry.script": None, "entry.module": None, "entry.task": None, "entry.args": []})
+        overrides.update({f"entry.{k}": v for k, v in e.items()})
+        spec = _clear_entry(spec)
+    if cmd and source == "<bundled demo>" and not flags.get("name"):
+        # no spec file: name the run after the script or module, not "demo"
+        stem = Path(overrides.get("entry.script") or overrides.get("entry.module") or "job").stem
+        overrides["name"] = re.sub(r"[^A-Za-z0-9._-]", "-", stem).strip("-._")[:40] or "job"
+    spec = apply_overrides(spec, overrides)
+    check_entry_exists(spec)
+    return spec, source
+
+
+def _clear_entry(spec: Spec) -> Spec:
+    data = spec.model_dump(mode="json")
+    data["entry"] = {"script": "_"}  # replaced right after by the -- CMD overrides
+    return Spec.model_validate(data)
+
+
+def check_entry_exists(spec: Spec) -> None:
+    """A missing script is bad input: say so before anything starts."""
+    if spec.entry.script and not Path(spec.entry.script).is_file():
+        raise UserError(
+            f"entry.script {spec.entry.script!r} not found (looked in {os.getcwd()})",
+            hint="give the path relative to the directory you run hpcgpu from",
+        )
+
+
+def with_container(spec: Spec, image: Optional[str], default_runtime: str) -> Spec:
+    """--container IMAGE: only the image changes; the spec's runtime, binds and extra_args stay
+    (without a container section: default_runtime, podman locally, apptainer on Slurm)."""
+    if not image:
+        return spec
+    return apply_overrides(spec, {"container.image": image,
+                                  "container.runtime": None if spec.container else default_runtime})
+
+
+# ---------------------------------------------------------------- new runs
+
+
+def run_location(spec: Spec, facts: HostFacts) -> tuple[str, str]:
+    """A fresh run id and the absolute run dir it will get (nothing is created yet)."""
+    run_id = new_run_id(spec.name)
+    return run_id, os.path.join(os.path.normpath(os.path.join(facts.cwd, spec.logging.dir)), run_id)
+
+
+def plan_new(spec: Spec, backend_name: str, facts: Optional[HostFacts] = None) -> Plan:
+    """The plan of a new run (what --dry-run prints); creates nothing."""
+    facts = facts or gather_facts(backend_name)
+    run_id, run_dir = run_location(spec, facts)
+    return get_backend(backend_name).plan(spec, facts, run_id=run_id, run_dir=run_dir, created=time.time())
+
+
+def start(spec: Spec, backend_name: str, announce: Callable[[Plan], None] = lambda plan: None) -> Launched:
+    """Plan, check, create the run dir with plan.json, launch. A refused launch leaves no run dir."""
+    backend = get_backend(backend_name)
+    facts = gather_facts(backend_name)
+    plan = plan_new(spec, backend_name, facts)
+    backend.preflight(plan)
+    plan = _reserve_run_dir(plan, lambda: plan_new(spec, backend_name, facts))
+    materialize(plan, spec, facts)
+    announce(plan)
+    try:
+        handle = backend.launch(plan, withheld(spec.env))
+    except UserError:
+        shutil.rmtree(plan.run_dir, ignore_errors=True)  # nothing started: no trace but the error
+        raise
+    return Launched(plan, handle, backend)
+
+
+def _reserve_run_dir(plan: Plan, replan: Callable[[], Plan], tries: int = 5) -> Plan:
+    """The plan whose run dir this process created exclusively: two runs started in the same second
+    may draw the same id, and must not share a directory (replan draws a fresh id)."""
+    for _ in range(tries):
+        try:
+            Path(plan.run_dir).parent.mkdir(parents=True, exist_ok=True)
+            Path(plan.run_dir).mkdir(mode=0o700)
+            return plan
+        except FileExistsError:
+            plan = replan()
+    raise UserError(f"could not find a free run directory next to {plan.run_dir}")
+
+
+def materialize(plan: Plan, spec: Spec, facts: HostFacts) -> None:
+    """The run dir's subdirectories, plan.json, spec.yaml, and the run in the index."""
+    run_dir = create_run_dir(str(Path(plan.run_dir).parent), plan.run_id)
+    write_plan(plan)
+    (run_dir / "spec.yaml").write_text(dump_spec(spec))
+    register(RunRecord(id=plan.run_id, run_dir=str(run_dir), backend=plan.backend, created=plan.created,
+                       nodes=plan.nodes, pid=os.getpid()))
+    # a resume runs where the run started: relative script and data paths, and the code
+    # directory a container mounts, mean the same thing then
+    update_record(run_dir, cwd=facts.cwd)
+
+
+def write_plan(plan: Plan) -> None:
+    """plan.json, private to the user, replaced atomically."""
+    write_json_atomic(plan_path(plan.run_dir), plan.to_dict())
+
+
+# ---------------------------------------------------------------- resumed runs
+
+
+def resume_plan(ref: str, backend_name: str) -> tuple[RunRecord, Plan]:
+    """The run to continue and its new plan: the spec it was started with, this machine's facts now,
+    the same id and run dir. Changes into the directory the run was started from."""
+    record = find_run(ref)
+    if record.backend != backend_name:
+        how = RESUME_COMMANDS.get(record.backend, "").format(id=record.id)
+        raise UserError(f"run {record.id} ran on {record.backend}, not {backend_name}",
+                        hint=f"continue it with: {how}" if how else None)
+    spec, _ = load_spec(Path(record.run_dir) / "spec.yaml")
+    _return_to_launch_dir(record.run_dir)
+    facts = gather_facts(backend_name)
+    plan = get_backend(backend_name).plan(spec, facts, run_id=record.id, run_dir=record.run_dir, created=time.time())
+    return record, plan
+
+
+def resume(ref: str, backend_name: str, announce: Callable[[Plan], None] = lambda plan: None) -> Launched:
+    """Continue a run in its own run dir: its ranks resume from the newest valid checkpoint there.
+    Secret env values come from the environment (they were never written)."""
+    record, plan = resume_plan(ref, backend_name)
+    backend = get_backend(backend_name)
+    backend.preflight(plan, resuming=record)
+    run_dir = Path(record.run_dir)
+    before = read_json(run_dir / "run.json") or {}
+    # The previous attempt's result would read as this one's outcome: keep it under its own name.
+    result = run_dir / RESULT_FILE
+    kept = run_dir / (f"result-job{record.job_id}.json" if record.job_id else f"result-{int(before.get('restarts') or 0)}.json")
+    if result.exists():
+        result.replace(kept)
+    write_plan(plan)
+    update_record(run_dir, pid=os.getpid(), restarts=int(before.get("restarts") or 0) + 1)
+    announce(plan)
+    try:
+        handle = backend.launch(plan, {})
+    except UserError:  # refused before anything started: the run is as it was
+        if not result.exists() and kept.exists():
+            kept.replace(result)
+        write_json_atomic(run_dir / "run.json", before)
+        raise
+    return Launched(plan, handle, backend)
+
+
+def _return_to_launch_dir(run_dir: str) -> None:
+    """chdir to the directory the run was started from, when it is recorded and still there."""
+    cwd = (read_json(Path(run_dir) / "run.json") or {}).get("cwd")
+    if cwd and cwd != os.getcwd() and os.path.isdir(cwd):
+        print(f"hpcgpu: resuming in {cwd}, where the run was started", flush=True)
+        os.chdir(cwd)
