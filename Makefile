@@ -25,8 +25,9 @@ $(VENV)/.installed: pyproject.toml
 run: venv
 	$(HPCGPU) run local
 
+# Test tiers are markers (pyproject.toml), not directories; tests sit next to the code they test.
 test-unit: venv
-	$(PY) -m pytest -q tests/unit tests/golden $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow and not slurm and not container and not gpu" $(PYTEST_ARGS)
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slurm and not container and not gpu" $(PYTEST_ARGS)
@@ -45,4 +46,4 @@ docs: venv
 	$(PY) -c "from hpcgpu.host.specdoc import reference_markdown; open('docs/spec.md','w').write(reference_markdown())"
 
 test-gpu: venv
-	$(PY) -m pytest -q -m gpu tests/gpu $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)

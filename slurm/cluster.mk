@@ -22,4 +22,4 @@ slurm-status:
 
 ## test-slurm: the tests that need the cluster, failing (not skipping) when it is not up
 test-slurm: slurm-up
-	HPCGPU_REQUIRE_SLURM=1 $(PY) -m pytest -m slurm tests/slurm
+	HPCGPU_REQUIRE_SLURM=1 $(PY) -m pytest -q -m slurm $(PYTEST_ARGS)

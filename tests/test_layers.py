@@ -169,3 +169,50 @@ def test_what_each_layer_loads_in_practice(module, forbidden, prefixes):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("LOADED="), out.stdout
+
+
+def module_graph(root: Path) -> dict[str, set[str]]:
+    """module -> the hpcgpu modules it imports (inside functions too: a lazy import cycle is still a cycle)."""
+    names = {module_name(p, root): p for p in root.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for module, path in names.items():
+        deps = set()
+        for _, target, _top in imports(ast.parse(path.read_text(encoding="utf-8")), module, path.name == "__init__.py"):
+            while target.startswith("hpcgpu") and target not in names and "." in target:
+                target = target.rsplit(".", 1)[0]  # `from pkg.mod import name`: the module is pkg.mod
+            if target in names and target != module:
+                deps.add(target)
+        graph[module] = deps
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle (as a path that ends where it starts), or [] when there is none."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        state[node] = 1
+        stack.append(node)
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                return stack[stack.index(dep):] + [dep]
+            if dep not in state and (found := visit(dep)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return []
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return []
+
+
+def test_no_import_cycle():
+    graph = module_graph(PACKAGE)
+    # a package's __init__ importing its own submodules is how packages work, not a cycle to fix
+    for module in graph:
+        graph[module] = {d for d in graph[module] if not module.startswith(d + ".")}
+    assert find_cycle(graph) == [], "import cycle: " + " -> ".join(find_cycle(graph))
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the check can fail

@@ -6,7 +6,7 @@ that stopped cleanly (exit 75) as final under max_restarts, keep single-node sto
 and give restarted ranks a fresh store. The public knobs are used where they exist (LaunchConfig
 fields, environment variables); the rest patches private internals, so each patch checks that
 what it replaces exists and otherwise warns once and leaves torch as it is
-(tests/agent/test_elastic.py pins each one against the installed torch).
+(tests/agent/test_agent_elastic.py pins each one against the installed torch).
 Imports torch lazily: only the node agent calls these.
 """
 

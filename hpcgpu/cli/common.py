@@ -56,6 +56,24 @@ def check_json_flag(as_json: bool, dry_run: bool) -> None:
         raise UserError("--json prints the plan of a dry run", hint="add --dry-run (a real run writes <run dir>/plan.json)")
 
 
+#: what --resume combines with: the run's own spec decides the rest
+RESUME_COMPANIONS = frozenset({"resume_run", "dry_run", "as_json", "wait", "follow"})
+
+
+def refuse_options_with_resume() -> None:
+    """--resume continues a run with the spec it was started with: name every other option given."""
+    ctx = click.get_current_context()
+    given = []
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)
+        if param.name in RESUME_COMPANIONS or source is not click.core.ParameterSource.COMMANDLINE:
+            continue
+        given.append("-- CMD" if param.name == "command" else max(param.opts, key=len))
+    if given:
+        raise UserError(f"--resume continues a run with the spec it was started with; it takes no {', '.join(given)}",
+                        hint="start a new run to change the job, or give --resume RUN alone")
+
+
 def exit_after_agent(code: int) -> None:
     """Exit now, skipping interpreter teardown, once the in-process node agent is done and all is
     reported: torch's C++ threads (elastic, TCPStore) have been seen to abort during teardown

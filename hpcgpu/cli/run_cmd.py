@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from hpcgpu.cli.common import check_json_flag, exit_after_agent, parse_gpus, print_plan, spec_option, with_dry_run_options
-from hpcgpu.contract.errors import UserError
+from hpcgpu.cli.common import (check_json_flag, exit_after_agent, parse_gpus, print_plan, refuse_options_with_resume,
+                               spec_option, with_dry_run_options)
 
 
 @click.group()
@@ -47,9 +47,7 @@ def run_local(spec_file, gpus, nproc, name, max_restarts, container, dry_run, co
 
     check_json_flag(as_json, dry_run)
     if resume_run:
-        if any(v is not None for v in (spec_file, gpus, nproc, name, max_restarts, container)) or command:
-            raise UserError("--resume continues a run with the spec it was started with; it takes no other options",
-                            hint="start a new run instead to change the spec")
+        refuse_options_with_resume()
         if dry_run:
             from hpcgpu.backends import get_backend
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from hpcgpu.cli.common import check_json_flag, print_plan, spec_option
+from hpcgpu.cli.common import check_json_flag, print_plan, refuse_options_with_resume, spec_option
 from hpcgpu.contract.errors import UserError
 
 
@@ -62,14 +62,7 @@ def submit_slurm(spec_file, nodes, gpus_per_node, nproc_per_node, partition, acc
 
     check_json_flag(as_json, dry_run)
     if resume_run:
-        given = [f for f, v in (("-f", spec_file), ("--nodes", nodes), ("--gpus-per-node", gpus_per_node),
-                                ("--nproc-per-node", nproc_per_node), ("--partition", partition),
-                                ("--account", account), ("--qos", qos), ("--time", time_limit),
-                                ("--constraint", constraint), ("--mem", mem), ("--cpus-per-task", cpus_per_task),
-                                ("--container", container), ("--name", name), ("-- CMD", command)) if v]
-        if given:
-            raise UserError(f"--resume continues a run with the spec it was started with; it takes no {', '.join(given)}",
-                            hint="start a new run to change the job, or edit nothing and resume")
+        refuse_options_with_resume()
         if dry_run:
             _, plan = launch.resume_plan(resume_run, "slurm")
             return print_plan(plan, get_backend("slurm"), f"{plan.run_dir}/spec.yaml (resumed)", as_json)

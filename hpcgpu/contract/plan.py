@@ -18,6 +18,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Mapping
 
 from hpcgpu.contract.errors import UserError
@@ -77,6 +78,11 @@ class Plan:
     created: float = 0.0
     format: int = PLAN_FORMAT
 
+    def __post_init__(self) -> None:
+        # frozen all the way down: nothing that reads a plan can change what the next reader sees
+        for name in ("env", "request", "spec"):
+            object.__setattr__(self, name, _freeze(getattr(self, name)))
+
     @property
     def world_size(self) -> int:
         return len(self.ranks)
@@ -90,11 +96,34 @@ class Plan:
                         f"(it plans {self.nproc_per_node} rank(s) per node)")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain JSON data (dicts and lists)."""
+        out = {f.name: _thaw(getattr(self, f.name)) for f in fields(self)}
+        out["ranks"] = [asdict(r) for r in self.ranks]
+        return out
+
+    def spec_data(self) -> dict[str, Any]:
+        """The resolved spec as plain dicts and lists (a copy)."""
+        return _thaw(self.spec)
 
     def to_json(self) -> str:
         """The bytes written to plan.json and printed by --dry-run --json."""
         return json.dumps(self.to_dict(), indent=1) + "\n"
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
 
 
 def plan_from_dict(data: Mapping[str, Any]) -> Plan:

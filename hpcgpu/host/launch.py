@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Optional
 from hpcgpu.backends import Backend, LaunchHandle, get_backend
 from hpcgpu.contract.errors import UserError
 from hpcgpu.contract.plan import Plan, plan_path
-from hpcgpu.contract.runfiles import RESULT_FILE, read_json, write_json_atomic
+from hpcgpu.contract.runfiles import RESULT_FILE, read_json, write_json_atomic, write_private_text
 from hpcgpu.host.facts import HostFacts, gather_facts
 from hpcgpu.host.runs import RunRecord, create_run_dir, find_run, new_run_id, register, update_record
 from hpcgpu.host.secrets import withheld
@@ -62,7 +62,7 @@ def load_with_overrides(spec_file: Optional[str], flags: Mapping[str, Any], cmd:
         e = entry_from_command(cmd)
         overrides.update({"entry.script": None, "entry.module": None, "entry.task": None, "entry.args": []})
         overrides.update({f"entry.{k}": v for k, v in e.items()})
-        spec = _clear_entry(spec)
+        spec = _clear_entry(spec, "module" if "module" in e else "script")
     if cmd and source == "<bundled demo>" and not flags.get("name"):
         # no spec file: name the run after the script or module, not "demo"
         stem = Path(overrides.get("entry.script") or overrides.get("entry.module") or "job").stem
@@ -72,9 +72,11 @@ def load_with_overrides(spec_file: Optional[str], flags: Mapping[str, Any], cmd:
     return spec, source
 
 
-def _clear_entry(spec: Spec) -> Spec:
+def _clear_entry(spec: Spec, kind: str) -> Spec:
     data = spec.model_dump(mode="json")
-    data["entry"] = {"script": "_"}  # replaced right after by the -- CMD overrides
+    # a placeholder of the command's own kind: its override replaces it (None overrides are skipped,
+    # so a script placeholder would stay next to a module and fail validation)
+    data["entry"] = {kind: "_"}
     return Spec.model_validate(data)
 
 
@@ -146,7 +148,7 @@ def materialize(plan: Plan, spec: Spec, facts: HostFacts) -> None:
     """The run dir's subdirectories, plan.json, spec.yaml, and the run in the index."""
     run_dir = create_run_dir(str(Path(plan.run_dir).parent), plan.run_id)
     write_plan(plan)
-    (run_dir / "spec.yaml").write_text(dump_spec(spec))
+    write_private_text(run_dir / "spec.yaml", dump_spec(spec))
     register(RunRecord(id=plan.run_id, run_dir=str(run_dir), backend=plan.backend, created=plan.created,
                        nodes=plan.nodes, pid=os.getpid()))
     # a resume runs where the run started: relative script and data paths, and the code
@@ -156,7 +158,7 @@ def materialize(plan: Plan, spec: Spec, facts: HostFacts) -> None:
 
 def write_plan(plan: Plan) -> None:
     """plan.json, private to the user, replaced atomically."""
-    write_json_atomic(plan_path(plan.run_dir), plan.to_dict())
+    write_private_text(plan_path(plan.run_dir), plan.to_json())  # the very bytes --dry-run --json prints
 
 
 # ---------------------------------------------------------------- resumed runs

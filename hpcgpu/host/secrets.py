@@ -7,18 +7,20 @@ environment of what it starts (never a module global, never argv). Torch-free, p
 
 from __future__ import annotations
 
-import re
 from typing import Mapping
 
 from hpcgpu.contract.plan import REDACTED
 
-# Names that look like credentials: their values never reach the console, scripts or run dirs.
-_SECRET_NAME = re.compile(r"(TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH)", re.IGNORECASE)
+# Words that mark a credential when they are a whole part of a name (parts are split at '_'):
+# HF_TOKEN, WANDB_API_KEY, DB_PASSWORD, but not TOKENIZERS_PARALLELISM, KEYBOARD or AUTHOR, whose
+# values users set and must see (a substring match made them "secrets" that resumes refused).
+_SECRET_WORDS = frozenset({"TOKEN", "TOKENS", "KEY", "KEYS", "APIKEY", "SECRET", "SECRETS", "PASSWORD",
+                           "PASSWORDS", "PASSWD", "PASSPHRASE", "CREDENTIAL", "CREDENTIALS", "AUTH"})
 
 
 def is_secret(name: str) -> bool:
-    """True when a variable's name looks like it holds a credential."""
-    return bool(_SECRET_NAME.search(name))
+    """True when a part of a variable's name (split at '_') is a credential word, in any case."""
+    return any(part in _SECRET_WORDS for part in name.upper().split("_"))
 
 
 def redact(env: Mapping[str, str]) -> dict[str, str]:

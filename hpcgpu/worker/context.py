@@ -40,7 +40,7 @@ def from_env(env: Mapping[str, str]) -> WorkerContext:
     """Build the context from the plan the node agent names (defaults for a bare `python -m`)."""
     plan = load_plan(env[envnames.PLAN_FILE]) if env.get(envnames.PLAN_FILE) else None
     if plan is not None:
-        return WorkerContext(info=detect_rank(env), spec=SpecView(dict(plan.spec)), run_dir=Path(plan.run_dir),
+        return WorkerContext(info=detect_rank(env), spec=SpecView(plan.spec_data()), run_dir=Path(plan.run_dir),
                              ckpt_dir=Path(plan.ckpt_dir), plan=plan,
                              console_tty=env.get(envnames.CONSOLE_TTY) == "1")
     spec = spec_without_plan(env)

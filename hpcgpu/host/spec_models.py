@@ -1,0 +1,306 @@
+"""The job spec's pydantic v2 models: every key, its type, default, bounds and docstring.
+
+Loading, overrides and the JSON schema are in hpcgpu.host.spec (which re-exports these).
+Torch-free (the CLI imports this).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from hpcgpu.contract.specview import entry_kind
+from hpcgpu.contract.text import has_control_chars
+
+DEFAULT_SPEC_FILE = "hpcgpu.yaml"
+DEMO_TASK = "hpcgpu.examples.mlp:make_task"
+
+
+def _single_line(value: Any) -> Any:
+    """Refuse control characters: in an sbatch script a newline would end the #SBATCH line and
+    the rest would run as a shell command."""
+    if has_control_chars(value):
+        raise ValueError(f"{value!r} contains a newline or another control character; give a single-line value")
+    return value
+
+
+class _Model(BaseModel):
+    # Unknown keys are typos until proven otherwise: reject them. Field docstrings become schema
+    # descriptions only when a schema is asked for (json_schema): pydantic's use_attribute_docstrings
+    # parses this file's source at import, about 35 ms of every `run local` and `submit` start.
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class Entry(_Model):
+    """What each rank runs: exactly one of a script, a module or a built-in task."""
+
+    script: Optional[str] = None
+    """Path of a Python script, launched like `torchrun script.py args`."""
+    module: Optional[str] = None
+    """A module run like `python -m module args`."""
+    task: Optional[str] = None
+    """`package.module:function` returning a Task for the built-in Trainer."""
+    args: list[str] = Field(default_factory=list)
+    """Arguments passed to the script or module."""
+    task_args: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments passed to the task factory."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Entry":
+        given = [k for k in ("script", "module", "task") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of script, module or task (got {', '.join(given) or 'none'})"
+            )
+        if self.task and not re.fullmatch(r"[\w.]+:\w+", self.task):
+            raise ValueError(f"task must look like 'package.module:function', got {self.task!r}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return entry_kind(self.script, self.module)
+
+
+class Resources(_Model):
+    """How much hardware the job asks for."""
+
+    nodes: int = Field(1, ge=1)
+    """Number of nodes (one node agent per node)."""
+    gpus_per_node: Union[int, Literal["all"]] = "all"
+    """GPUs per node: a count, or `all` (every visible GPU; none on a CPU-only machine)."""
+    procs_per_node: int = Field(2, ge=1)
+    """Ranks per node when the job runs on CPUs (no GPUs requested or visible)."""
+    cpus_per_task: Optional[int] = Field(None, ge=1)
+    """CPU cores per node agent (Slurm --cpus-per-task)."""
+    mem: Optional[str] = None
+    """Memory per node, Slurm syntax (e.g. `64G`)."""
+    time: Optional[str] = None
+    """Wall-time limit, Slurm syntax (e.g. `04:00:00` or `1-00:00:00`)."""
+
+    @field_validator("gpus_per_node")
+    @classmethod
+    def _non_negative(cls, v: Any) -> Any:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("must be >= 0 or 'all'")
+        return v
+
+    @field_validator("mem")
+    @classmethod
+    def _mem_syntax(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not re.fullmatch(r"\d+[KMGT]?", v):
+            raise ValueError("memory looks like 64G, 512M or 8000 (MB)")
+        return v
+
+    @field_validator("time")
+    @classmethod
+    def _time_syntax(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not re.fullmatch(r"(\d+-)?\d{1,2}(:\d{2}){0,2}", v):
+            raise ValueError("time looks like MM, HH:MM:SS or D-HH:MM:SS")
+        return v
+
+
+class Distributed(_Model):
+    """Process group, rendezvous, restarts and stopping."""
+
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """`auto`: nccl when ranks have GPUs, else gloo."""
+    timeout_s: int = Field(600, ge=1)
+    """Collective timeout: a rank stuck longer than this fails the run instead of hanging."""
+    rdzv_timeout_s: int = Field(300, ge=1)
+    """How long nodes wait for each other at start."""
+    max_restarts: int = Field(0, ge=0)
+    """Restart all ranks this many times after a failure (they resume from the last checkpoint). A clean stop on a signal (exit 75) is never restarted."""
+    stop_grace_s: int = Field(120, ge=1)
+    """After a stop signal, how long ranks get to checkpoint before they are killed."""
+    stop_check_every: int = Field(10, ge=1)
+    """The Trainer agrees on stop requests every N steps (one small all-reduce): a stop lands within N steps."""
+
+
+class Train(_Model):
+    """Settings of the built-in Trainer (ignored for script and module entries)."""
+
+    strategy: Literal["ddp", "fsdp", "dp"] = "ddp"
+    """ddp: one rank per device; fsdp: shard parameters (fully_shard); dp: one process, all GPUs."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Mixed precision on GPUs; fp16 uses a gradient scaler."""
+    batch_size: int = Field(32, ge=1)
+    """Samples per device per micro-step."""
+    grad_accum: int = Field(1, ge=1)
+    """Micro-steps per optimizer step (gradients all-reduced once per step)."""
+    lr: float = Field(1e-3, gt=0)
+    """Base learning rate, before scaling."""
+    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
+    """Scale lr by world_size x grad_accum (linear), its square root, or not at all."""
+    epochs: int = Field(1, ge=1)
+    """Passes over the data (unless max_steps ends the run first)."""
+    max_steps: Optional[int] = Field(None, ge=1)
+    """Stop after this many optimizer steps."""
+    seed: int = 0
+    """Seed for model init, data order and dropout: same seed, same run."""
+    num_workers: int = Field(0, ge=0)
+    """DataLoader worker processes per rank."""
+    log_every: int = Field(10, ge=1)
+    """Log loss and throughput every N steps."""
+
+
+class Checkpoint(_Model):
+    """When and where rank 0 saves, and how runs resume."""
+
+    dir: Optional[str] = None
+    """Checkpoint directory (default: `<run dir>/checkpoints`)."""
+    every_steps: int = Field(100, ge=1)
+    """Save every N optimizer steps (and always at the end and on a stop request)."""
+    keep_last: int = Field(3, ge=2)
+    """Checkpoints kept; at least 2 so a crash while writing never leaves none."""
+    resume: str = "auto"
+    """`auto` (newest valid checkpoint), `never`, or a checkpoint path."""
+    async_save: bool = False
+    """Write in the background; the loop waits only for the copy off the GPU."""
+
+    @field_validator("keep_last", mode="before")
+    @classmethod
+    def _keep_two(cls, v: Any) -> Any:
+        if v == 1:
+            raise ValueError(
+                "keep_last must be >= 2: with 1, a crash while writing the new checkpoint "
+                "can leave no valid checkpoint at all"
+            )
+        return v
+
+
+class Logging(_Model):
+    """Where runs go and what they show."""
+
+    dir: str = "runs"
+    """Base directory of run directories (relative to the current directory)."""
+
+    @field_validator("dir")
+    @classmethod
+    def _one_line(cls, v: str) -> str:
+        return _single_line(v)
+    tensorboard: bool = True
+    """Write TensorBoard events on rank 0 to `<run dir>/tb`."""
+    progress: Literal["auto", "bar", "lines", "off"] = "auto"
+    """auto: a live bar on a terminal, plain periodic lines in a log file."""
+
+
+class Debug(_Model):
+    """Debug variables for NCCL and torch.distributed, set in one place."""
+
+    nccl: Literal["off", "warn", "info", "trace"] = "off"
+    """NCCL_DEBUG level; a per-rank NCCL_DEBUG_FILE goes to `<run dir>/logs`."""
+    nccl_subsys: list[str] = Field(default_factory=list)
+    """NCCL_DEBUG_SUBSYS, e.g. [INIT, NET]."""
+    torch_distributed: Literal["off", "info", "detail"] = "off"
+    """TORCH_DISTRIBUTED_DEBUG (detail also checks collectives match across ranks)."""
+    flight_recorder: bool = False
+    """Keep a trace of recent collectives and dump it to `<run dir>/flight` on a timeout."""
+
+
+class Slurm(_Model):
+    """Slurm submission settings (used by `hpcgpu submit slurm`)."""
+
+    partition: Optional[str] = None
+    """Partition (sbatch --partition); the cluster's default when unset."""
+    account: Optional[str] = None
+    """Account to charge (sbatch --account)."""
+    qos: Optional[str] = None
+    """Quality of service (sbatch --qos)."""
+    constraint: Optional[str] = None
+    """Node features required (sbatch --constraint), e.g. `h100`."""
+    signal_before_s: int = Field(180, ge=10)
+    """Ask Slurm for SIGUSR2 this many seconds before the time limit; leave distributed.stop_grace_s
+    plus ~15 s so the checkpoint and the requeue both happen before Slurm's kill."""
+    max_timeout_requeues: int = Field(3, ge=0)
+    """Requeues after hitting the time limit; preemptions are not capped."""
+    extra: dict[str, Union[str, int, bool]] = Field(default_factory=dict)
+    """Extra sbatch options, e.g. {exclusive: true, reservation: big}."""
+
+    @field_validator("extra")
+    @classmethod
+    def _option_names(cls, v: dict) -> dict:
+        for key, value in v.items():
+            if not re.fullmatch(r"[a-z][a-z0-9_-]*", key):
+                raise ValueError(f"sbatch option name {key!r} must be lowercase letters, digits, - or _")
+            _single_line(value)
+        return v
+
+    @field_validator("partition", "account", "qos", "constraint")
+    @classmethod
+    def _one_line(cls, v: Optional[str]) -> Optional[str]:
+        return _single_line(v)
+
+
+class Container(_Model):
+    """Run the node agent inside a container image."""
+
+    runtime: Literal["apptainer", "docker", "podman", "pyxis"] = "apptainer"
+    """Container runtime; pyxis means `srun --container-image` (Slurm only)."""
+    image: str
+    """Image reference (docker/podman/pyxis) or .sif path (apptainer)."""
+    binds: list[str] = Field(default_factory=list)
+    """Extra mounts, `SRC[:DST[:ro]]`."""
+    extra_args: list[str] = Field(default_factory=list)
+    """Extra arguments for the runtime, placed before the image."""
+    env_passthrough: list[str] = Field(default_factory=list)
+    """Names of more host variables to pass into the container (values never reach the command line)."""
+
+    @field_validator("env_passthrough")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"environment variable name {name!r} is not valid")
+        return v
+
+
+class Spec(_Model):
+    """One job: what to run, on what, and how."""
+
+    name: str = "hpcgpu"
+    """Job name (run directories and Slurm job names start with it)."""
+    entry: Entry = Field(default_factory=lambda: Entry(task=DEMO_TASK))
+    """What each rank runs (default: the bundled demo task)."""
+    resources: Resources = Field(default_factory=Resources)
+    """Nodes, GPUs, CPU ranks, memory and time."""
+    distributed: Distributed = Field(default_factory=Distributed)
+    """Backend, timeouts, restarts, stop grace."""
+    train: Train = Field(default_factory=Train)
+    """Built-in Trainer settings."""
+    checkpoint: Checkpoint = Field(default_factory=Checkpoint)
+    """Checkpointing and resume."""
+    logging: Logging = Field(default_factory=Logging)
+    """Run directories, TensorBoard, progress."""
+    debug: Debug = Field(default_factory=Debug)
+    """NCCL and torch.distributed debug variables."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Extra environment variables for every rank (they override hpcgpu's defaults)."""
+    slurm: Slurm = Field(default_factory=Slurm)
+    """Slurm submission settings."""
+    container: Optional[Container] = None
+    """Run inside a container image (unset: on the host)."""
+
+    @field_validator("name")
+    @classmethod
+    def _name_chars(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", v):
+            raise ValueError("name: letters, digits, '.', '_' or '-', at most 64, starting with a letter or digit")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, v: dict) -> dict:
+        for key in v:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                raise ValueError(f"environment variable name {key!r} is not valid")
+        return v
+
+    @model_validator(mode="after")
+    def _combinations(self) -> "Spec":
+        if self.train.strategy == "dp" and self.resources.nodes > 1:
+            raise ValueError("train.strategy dp runs one process on one node; use ddp or fsdp for nodes > 1")
+        if self.entry.kind != "task" and self.train.strategy == "dp":
+            raise ValueError("train.strategy dp applies to task entries only")
+        return self

@@ -1,0 +1,98 @@
+"""What the node agent says when ranks fail: the first failing rank with its traceback, the ranks
+stopped because of it after, and a hint for the well-known failures only."""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+from hpcgpu.agent.failure import describe_failure
+
+
+@dataclass
+class Failure:
+    """What torch elastic's ProcessFailure offers describe_failure."""
+
+    exitcode: int
+    local_rank: int
+    pid: int
+    message: Any = ""
+
+    def signal_name(self) -> str:
+        return signal.Signals(-self.exitcode).name if self.exitcode < 0 else "<N/A>"
+
+
+TERM = -signal.SIGTERM
+KILL = -signal.SIGKILL
+
+
+def tb(text: str) -> dict:
+    """torch elastic's error file content."""
+    return {"message": "RuntimeError", "extraInfo": {"py_callstack": text, "timestamp": "0"}}
+
+
+def test_the_rank_that_failed_first_is_named_first_and_sigtermed_ranks_after():
+    # torch elastic lists ranks it stopped with SIGTERM wherever; the one that died on its own leads
+    failures = {0: Failure(TERM, 0, 100), 1: Failure(TERM, 1, 101), 2: Failure(1, 0, 102, tb("Traceback\n  boom")),
+                3: Failure(TERM, 1, 103)}
+    lines = describe_failure(failures).splitlines()
+    assert lines[0] == "rank 2 (local rank 0, pid 102) failed with exit code 1"
+    assert lines[1:3] == ["  Traceback", "    boom"]
+    assert lines[3] == ("then stopped: rank 0 (signal SIGTERM), rank 1 (signal SIGTERM), "
+                        "rank 3 (signal SIGTERM)")
+    assert not any(ln.startswith("hint:") for ln in lines)
+
+
+def test_among_ranks_that_died_on_their_own_dict_order_decides():
+    failures = {3: Failure(1, 1, 13, "first"), 1: Failure(2, 1, 11, "second")}
+    text = describe_failure(failures)
+    assert text.startswith("rank 3 (local rank 1, pid 13) failed with exit code 1\n  first\n")
+    assert "then stopped: rank 1 (exit code 2)" in text
+
+
+def test_a_single_failure_has_no_then_stopped_line():
+    text = describe_failure({0: Failure(1, 0, 5, "oops")})
+    assert text == "rank 0 (local rank 0, pid 5) failed with exit code 1\n  oops"
+
+
+def test_a_message_dict_without_a_callstack_shows_its_message():
+    text = describe_failure({0: Failure(1, 0, 5, {"message": "ValueError: bad", "extraInfo": {}})})
+    assert "\n  ValueError: bad" in text
+
+
+def test_sigkill_gets_the_out_of_memory_hint():
+    text = describe_failure({1: Failure(KILL, 1, 7), 0: Failure(TERM, 0, 6)})
+    assert text.splitlines()[0] == "rank 1 (local rank 1, pid 7) failed with signal SIGKILL"
+    assert "hint: SIGKILL comes from outside the run: the kernel's out-of-memory killer" in text
+
+
+def test_a_gloo_timeout_names_the_stuck_ranks_and_the_timeout():
+    msg = tb("RuntimeError: [../gloo/transport/tcp/pair.cc:534] Timed out waiting 5000ms for recv operation")
+    text = describe_failure({0: Failure(1, 0, 5, msg), 1: Failure(TERM, 1, 6)}, timeout_s=5)
+    hint = text.splitlines()[-1]
+    assert hint.startswith("hint: a collective waited longer than distributed.timeout_s (5 s) for rank 1:")
+
+
+def test_an_nccl_watchdog_timeout_gets_the_same_hint():
+    msg = tb("[Rank 0] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=3, OpType=ALLREDUCE)")
+    text = describe_failure({0: Failure(-signal.SIGABRT, 0, 5, msg)}, timeout_s=600)
+    assert "hint: a collective waited longer than distributed.timeout_s (600 s) for another rank" in text
+
+
+def test_a_full_disk_gets_its_hint():
+    for message in (tb("OSError: [Errno 28] No space left on device: '/ckpt/step_10'"), "No space left on device"):
+        text = describe_failure({0: Failure(1, 0, 5, message)})
+        assert "hint: a file system is full" in text
+
+
+def test_an_ordinary_error_gets_no_hint():
+    for message in (tb("ValueError: shapes do not match"), "", {"message": "x", "extraInfo": {"py_callstack": None}}):
+        text = describe_failure({0: Failure(1, 0, 5, message), 1: Failure(TERM, 1, 6)}, timeout_s=5)
+        assert "hint:" not in text, message
+
+
+def test_a_timeout_mentioned_by_a_stopped_rank_does_not_count():
+    # only the first failure's text is read for hints
+    failures = {0: Failure(1, 0, 5, tb("ValueError")), 1: Failure(TERM, 1, 6, tb("Timed out waiting 5000ms"))}
+    assert "hint:" not in describe_failure(failures, timeout_s=5)

@@ -1,0 +1,76 @@
+"""The node agent's environment for the ranks (secret values from withheld, then the node's
+environment, else a clear refusal) and its reading of the ranks' exit markers."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from hpcgpu.agent.node import _stopped_markers, rank_environment
+from hpcgpu.contract.errors import UserError
+from hpcgpu.contract.plan import REDACTED
+from tests.helpers.plans import plan_for
+
+PLAN = plan_for("resources: {gpus_per_node: 0}\nenv: {HF_TOKEN: t0k, MY_FLAG: 'on', EMPTY: ''}\n")
+
+
+def test_the_plan_holds_the_secret_redacted_and_the_rest_as_is():
+    assert PLAN.env["HF_TOKEN"] == REDACTED and PLAN.env["MY_FLAG"] == "on"
+
+
+def test_withheld_values_come_first():
+    out = rank_environment(PLAN, {"HF_TOKEN": "from-env"}, {"HF_TOKEN": "from-launch"})
+    assert out["HF_TOKEN"] == "from-launch"
+
+
+def test_then_the_nodes_environment():
+    out = rank_environment(PLAN, {"HF_TOKEN": "from-env"}, {})
+    assert out["HF_TOKEN"] == "from-env"
+
+
+def test_non_secret_values_pass_through_unchanged():
+    out = rank_environment(PLAN, {"HF_TOKEN": "x", "MY_FLAG": "node-value"}, {"MY_FLAG": "withheld-value"})
+    # the plan's value, whatever the node's environment or withheld say (the plan decided it)
+    assert out["MY_FLAG"] == "on" and out["EMPTY"] == ""
+    assert out["HPCGPU_PLAN_FILE"] == PLAN.env["HPCGPU_PLAN_FILE"]
+    assert set(out) == set(PLAN.env)
+
+
+@pytest.mark.parametrize("environ", [{}, {"HF_TOKEN": REDACTED}])
+def test_a_secret_nobody_has_is_refused_naming_it(environ):
+    with pytest.raises(UserError) as info:
+        rank_environment(PLAN, environ, {"OTHER_TOKEN": "x"})
+    assert "env.HF_TOKEN" in info.value.message and "looks like a secret" in info.value.message
+    assert info.value.hint.startswith("export HF_TOKEN ")
+
+
+# ---------------------------------------------------------------- exit markers
+
+
+def marker(run_dir, rank, status, mtime):
+    path = run_dir / "exit" / f"rank{rank}.json"
+    path.write_text(json.dumps({"rank": rank, "status": status}))
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def test_only_stop_markers_of_this_attempt_count(tmp_path):
+    (tmp_path / "exit").mkdir()
+    since = 1_700_000_000.0
+    marker(tmp_path, 0, "stopped", since + 5)
+    marker(tmp_path, 1, "stopped", since - 5)  # an earlier attempt's
+    marker(tmp_path, 2, "done", since + 5)
+    marker(tmp_path, 3, "stopped", since)  # written at the very start of the attempt: counts
+    (tmp_path / "exit" / "rank4.json").write_text("{broken")
+    (tmp_path / "exit" / "notes.json").write_text(json.dumps({"status": "stopped"}))
+    found = sorted(m["rank"] for m in _stopped_markers(tmp_path, since))
+    assert found == [0, 3]
+
+
+def test_no_markers_or_no_exit_dir_is_none(tmp_path):
+    assert _stopped_markers(tmp_path, 0.0) == []
+    (tmp_path / "exit").mkdir()
+    marker(tmp_path, 0, "done", 10.0)
+    assert _stopped_markers(tmp_path, 0.0) == []

@@ -1,0 +1,54 @@
+"""RunState: the one map from an exit status to a state, and which states are over / resumable.
+The expected tables are written out by hand: they are the contract, not a copy of the code."""
+
+from __future__ import annotations
+
+import pytest
+
+from hpcgpu.contract.states import RunState, state_from_exit
+
+
+@pytest.mark.parametrize("code, state", [
+    (0, RunState.DONE),
+    (75, RunState.STOPPED),
+    (1, RunState.FAILED),
+    (2, RunState.FAILED),
+    (130, RunState.FAILED),
+    (-9, RunState.FAILED),
+    (74, RunState.FAILED),
+    (76, RunState.FAILED),
+    (128 + 15, RunState.FAILED),
+])
+def test_state_from_exit(code, state):
+    assert state_from_exit(code) is state
+
+
+#: state -> (ended, resumable)
+TABLE = {
+    RunState.PENDING: (False, False),
+    RunState.RUNNING: (False, False),
+    RunState.DONE: (True, False),
+    RunState.STOPPED: (True, True),
+    RunState.FAILED: (True, True),
+    RunState.CANCELLED: (True, True),
+    RunState.TIMEOUT: (True, True),
+    RunState.PREEMPTED: (True, True),
+    RunState.NODE_FAIL: (True, True),
+    RunState.OUT_OF_MEMORY: (True, True),
+    RunState.HELD: (False, False),
+    RunState.UNKNOWN: (False, True),
+}
+
+
+def test_the_table_covers_every_state():
+    assert set(TABLE) == set(RunState)
+
+
+@pytest.mark.parametrize("state", list(RunState), ids=str)
+def test_ended_and_resumable(state):
+    assert (state.ended, state.resumable) == TABLE[state]
+
+
+def test_states_print_as_their_value():
+    assert str(RunState.OUT_OF_MEMORY) == "OUT_OF_MEMORY" and f"{RunState.HELD}" == "HELD"
+    assert RunState("STOPPED") is RunState.STOPPED

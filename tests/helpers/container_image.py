@@ -1,0 +1,59 @@
+"""Fixtures for the container tests: the podman CPU test image, and how to run it on this machine. A
+pytest plugin, registered for the whole tree by tests/conftest.py; mark such tests `pytest.mark.container`.
+
+Skipped unless the image exists; with HPCGPU_REQUIRE_CONTAINER=1 (CI) a missing podman or image
+fails instead, so the tier cannot pass by skipping. Build the image with `make image-test`.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGE = os.environ.get("HPCGPU_TEST_IMAGE", "localhost/hpcgpu:test")
+
+
+def podman_machine_args() -> list[str]:
+    """HPCGPU_PODMAN_ARGS, or what containers/podman-args.sh says this machine needs."""
+    if "HPCGPU_PODMAN_ARGS" in os.environ:
+        return shlex.split(os.environ["HPCGPU_PODMAN_ARGS"])
+    out = subprocess.run([str(REPO / "containers" / "podman-args.sh")], capture_output=True, text=True, check=True)
+    return shlex.split(out.stdout)
+
+
+@pytest.fixture(scope="session")
+def test_image() -> str:
+    """The test image's name; skip (or fail under HPCGPU_REQUIRE_CONTAINER=1) when it is missing."""
+    problem = None
+    if shutil.which("podman") is None:
+        problem = "podman is not installed"
+    elif subprocess.run(["podman", "image", "exists", IMAGE], capture_output=True).returncode != 0:
+        problem = f"{IMAGE} does not exist (build it: make image-test)"
+    if problem:
+        if os.environ.get("HPCGPU_REQUIRE_CONTAINER") == "1":
+            pytest.fail(f"HPCGPU_REQUIRE_CONTAINER=1 but {problem}", pytrace=False)
+        pytest.skip(problem)
+    return IMAGE
+
+
+@pytest.fixture(scope="session")
+def machine_args() -> list[str]:
+    """Flags that go right after `podman run` on this machine (runtime, cgroups, ulimits)."""
+    return podman_machine_args()
+
+
+@pytest.fixture
+def podman_run(test_image, machine_args):
+    """Run `podman run --rm [machine flags] ARGS` and return the CompletedProcess (text, captured)."""
+
+    def run(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+        argv = ["podman", "run", "--rm", *machine_args, *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+
+    return run

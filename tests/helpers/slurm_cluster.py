@@ -1,0 +1,131 @@
+"""Fixtures for tests that need the local Slurm cluster (slurm/cluster.sh, `make slurm-up`): a pytest
+plugin, registered for the whole tree by tests/conftest.py. Mark such tests `pytest.mark.slurm`.
+
+Without the cluster the tests skip, unless HPCGPU_REQUIRE_SLURM=1 (CI, `make test`): then they
+fail, so a broken cluster can never pass as "all skipped". Without slurmdbd there is no sacct;
+job states come from `scontrol show job` (kept MinJobAge=600 s after the end) and squeue.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+NODES = ("node1", "node2")
+#: sinfo %t states in which a node runs (or can run) jobs
+USABLE = {"idle", "mix", "alloc", "comp"}
+#: JobState values after which a job never runs again (unless someone requeues it)
+FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+         "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+
+
+def cluster_problem() -> str | None:
+    """Why the cluster is not usable, or None when node1 and node2 both are."""
+    if shutil.which("sinfo") is None:
+        return "sinfo is not installed"
+    try:
+        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True,
+                             text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return "sinfo timed out after 20 s"
+    if out.returncode != 0:
+        return f"sinfo failed: {out.stderr.strip()}"
+    states = dict(line.split() for line in out.stdout.splitlines() if line.strip())
+    bad = {n: states.get(n, "missing") for n in NODES if states.get(n) not in USABLE}
+    return f"nodes not usable: {bad}" if bad else None
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> tuple[str, ...]:
+    """The node names of the running local cluster; skip (or fail in CI) when it is not up."""
+    problem = cluster_problem()
+    if problem is None:
+        return NODES
+    message = f"local Slurm cluster not available ({problem}): run `make slurm-up`"
+    if os.environ.get("HPCGPU_REQUIRE_SLURM") == "1":
+        pytest.fail(message + " [HPCGPU_REQUIRE_SLURM=1]", pytrace=False)
+    pytest.skip(message)
+
+
+@dataclass
+class JobInfo:
+    """The fields of `scontrol show job` the tests look at."""
+
+    job_id: str
+    state: str
+    reason: str
+    restarts: int
+    exit_code: str
+    raw: dict[str, str]
+
+
+def show_job(job_id: str) -> JobInfo | None:
+    """`scontrol show job -o`, parsed; None once the job has left slurmctld's memory."""
+    out = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True,
+                         text=True, timeout=20)
+    if out.returncode != 0:
+        return None
+    # Values have no spaces except in a few free-text fields the tests never read.
+    raw = dict(re.findall(r"(\S+?)=(\S*)", out.stdout))
+    return JobInfo(str(job_id), raw.get("JobState", ""), raw.get("Reason", ""),
+                   int(raw.get("Restarts", "0") or 0), raw.get("ExitCode", ""), raw)
+
+
+def wait_for_job(job_id: str, predicate, timeout_s: float, what: str) -> JobInfo:
+    """Poll the job every 0.2 s until predicate(info) holds; fail with its last state if not."""
+    deadline = time.monotonic() + timeout_s
+    info = None
+    while time.monotonic() < deadline:
+        info = show_job(job_id)
+        if info is not None and predicate(info):
+            return info
+        time.sleep(0.2)
+    pytest.fail(f"job {job_id}: {what} not reached within {timeout_s:.0f}s; last: "
+                f"{info.state + ' ' + info.reason if info else 'unknown'}", pytrace=False)
+
+
+def wait_job_final(job_id: str, timeout_s: float = 45) -> JobInfo:
+    """Wait until the job has ended (any final state)."""
+    return wait_for_job(job_id, lambda i: i.state in FINAL, timeout_s, "a final state")
+
+
+def sbatch(script: str, workdir: Path) -> str:
+    """Submit a batch script (text) from workdir; return the job id."""
+    path = workdir / "job.sh"
+    path.write_text(script)
+    out = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True,
+                         cwd=workdir, timeout=30)
+    assert out.returncode == 0, f"sbatch failed: {out.stderr}"
+    return out.stdout.strip().split(";")[0]
+
+
+class SlurmTools:
+    """The helpers above, handed to tests as a fixture (or import them from tests.helpers.slurm_cluster)."""
+
+    show_job = staticmethod(show_job)
+    wait_for_job = staticmethod(wait_for_job)
+    wait_job_final = staticmethod(wait_job_final)
+    sbatch = staticmethod(sbatch)
+    nodes = NODES
+
+
+@pytest.fixture
+def slurm(slurm_cluster) -> type[SlurmTools]:
+    """Helpers to submit and watch jobs on the running local cluster."""
+    return SlurmTools
+
+
+@pytest.fixture
+def cancel_jobs():
+    """A list to append job ids to; whatever is still queued at the end of the test is cancelled."""
+    jobs: list[str] = []
+    yield jobs
+    if jobs:
+        subprocess.run(["scancel", *jobs], capture_output=True, timeout=30)
