@@ -165,10 +165,13 @@ def _one_line(text: str) -> str:
 
 
 def _rel(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(REPO))
-    except ValueError:
-        return str(path)
+    """path relative to the checkout (as typed, then resolved): no machine's absolute paths in RESULTS.md."""
+    for candidate, root in ((Path(os.path.abspath(path)), Path(os.path.abspath(REPO))), (path.resolve(), REPO.resolve())):
+        try:
+            return str(candidate.relative_to(root))
+        except ValueError:
+            continue
+    return str(path)
 
 
 def command_line(argv: list[str], smoke: bool) -> tuple[str, str]:
