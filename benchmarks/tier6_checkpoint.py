@@ -88,7 +88,7 @@ def run(b: Bench, result: TierResult) -> None:
         f"save throughput ({total_mib} MiB state)", Stat("hpcgpu Checkpointer.save", "GB/s", gbps(times["sync"], file_bytes)),
         Stat("raw write+fsync", "GB/s", gbps(times["raw"], nbytes)), "hpcgpu / raw",
         note=f"state.pt is {file_bytes / MIB:.1f} MiB for {nbytes / MIB:.0f} MiB of tensors; throughput counts the "
-             f"file's bytes. Directory: {directory} (filesystem of the repo)."))
+             f"file's bytes. Directory: a temporary one under benchmarks/results/tmp (the repo's file system)."))
     result.figures.append(compare(
         "async save stall vs sync save", Stat("async stall", "s", times["async"]), Stat("sync save", "s", times["sync"]),
         "async stall / sync save",
