@@ -22,8 +22,30 @@ from hpcgpu.host.spec_models import (DEFAULT_SPEC_FILE, DEMO_TASK, Checkpoint, C
 # ---------------------------------------------------------------- loading
 
 
+#: bounds on loading a spec: far above any real spec, far below what exhausts a login node
+MAX_SPEC_BYTES = 1 << 20
+MAX_SPEC_NODES = 20_000
+
+
 class _SafeLineLoader(yaml.SafeLoader):
-    """SafeLoader (no Python object tags) that rejects duplicate keys."""
+    """SafeLoader (no Python object tags) that rejects duplicate keys, anchors and aliases (a few
+    hundred bytes of nested aliases expand to gigabytes: "billion laughs"), and more than
+    MAX_SPEC_NODES values."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._nodes = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise yaml.composer.ComposerError(
+                None, None, "YAML anchors and aliases (&name, *name) are not allowed in a spec", event.start_mark)
+        self._nodes += 1
+        if self._nodes > MAX_SPEC_NODES:
+            raise yaml.composer.ComposerError(
+                None, None, f"more than {MAX_SPEC_NODES} values: a spec is far smaller", event.start_mark)
+        return super().compose_node(parent, index)
 
 
 def _construct_mapping(loader: _SafeLineLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -57,7 +79,7 @@ def _key_lines(text: str) -> dict[tuple, int]:
                 walk(v, path + (i,))
 
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_SafeLineLoader)
     except yaml.YAMLError:
         return lines
     if root is not None:
@@ -83,13 +105,17 @@ def _format_errors(err: ValidationError, source: str, lines: dict[tuple, int]) -
 
 def parse_spec(text: str, source: str = "<spec>") -> Spec:
     """Parse and validate YAML text; raise UserError naming each bad key path and line."""
+    if len(text) > MAX_SPEC_BYTES:
+        raise UserError(f"{source}: {len(text)} characters: a spec may have at most {MAX_SPEC_BYTES} (1 MiB)",
+                        hint="put data in files the task reads, not in the spec")
     try:
         data = yaml.load(text, Loader=_SafeLineLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        hint = "hpcgpu loads YAML safely: Python object tags (!!python/...) are refused" if "tag" in problem else None
+        hint = ("hpcgpu loads YAML safely: Python object tags (!!python/...) are refused" if "tag" in problem
+                else "write the value out where the alias stood" if "alias" in problem else None)
         raise UserError(f"{source}:{where}: not valid YAML: {problem}", hint=hint) from None
     if data is None:
         data = {}
@@ -117,7 +143,17 @@ def load_spec(path: str | Path | None) -> tuple[Spec, str]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"spec file {str(p)!r} not found", hint="pass -f PATH, or run `hpcgpu init` to write one")
-    return parse_spec(p.read_text(encoding="utf-8"), str(p)), str(p)
+    if p.stat().st_size > MAX_SPEC_BYTES:  # before reading it: a 50 MB file would take minutes
+        raise UserError(f"spec file {str(p)!r} is {p.stat().st_size} bytes: a spec may have at most "
+                        f"{MAX_SPEC_BYTES} (1 MiB)", hint="is this the spec? data belongs in files the task reads")
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise UserError(f"spec file {str(p)!r} is not UTF-8 text: byte {e.start} (line {line}) is {raw[e.start]:#04x}",
+                        hint="save the spec as UTF-8") from None
+    return parse_spec(text, str(p)), str(p)
 
 
 def dump_spec(spec: Spec) -> str:

@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from hpcgpu.contract.procs import pid_alive
+from hpcgpu.contract.runfiles import make_private_dir
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -95,7 +96,7 @@ def fsync_dir(path: Path) -> None:
 
 def write_torch(obj: Any, path: Path) -> dict:
     """torch.save obj to path, fsync it, and return its manifest entry (bytes, sha256)."""
-    with open(path, "wb") as f:
+    with open(path, "wb", opener=_private) as f:
         w = _HashingWriter(f)
         torch.save(obj, w)
         f.flush()
@@ -113,13 +114,30 @@ def digest_file(path: Path) -> dict:
     return {"bytes": size, "sha256": sha.hexdigest()}
 
 
+#: checkpoint directories this process has saved into (to tell "vanished" from "not made yet")
+_saved_into: set[Path] = set()
+
+
+def _private(path: str, flags: int) -> int:
+    """open()'s opener for checkpoint files: owner-only (0600) whatever the umask."""
+    return os.open(path, flags, 0o600)
+
+
 def begin(ckpt_dir: Path, step: int) -> Path:
-    """Create and return the temporary directory a checkpoint of `step` is written into."""
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    """Create and return the temporary directory a checkpoint of `step` is written into. The
+    checkpoint directory and every step directory are owner-only (0700) whatever the umask: a
+    directory deleted mid-run comes back private too, with a warning."""
+    if not ckpt_dir.exists():
+        if ckpt_dir in _saved_into:
+            print(f"hpcgpu: warning: the checkpoint directory {ckpt_dir} vanished during the run (deleted?); "
+                  "making it again, owner-only, and saving there", flush=True)
+        make_private_dir(ckpt_dir)
+    _saved_into.add(ckpt_dir)
     tmp = ckpt_dir / f".{step_dir_name(step)}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp.mkdir(mode=0o700)
+    os.chmod(tmp, 0o700)
     return tmp
 
 
@@ -127,7 +145,9 @@ def commit(tmp: Path, step: int, files: dict[str, dict], meta: dict) -> Path:
     """Write the manifest last, then rename tmp to its step name: the checkpoint now exists."""
     manifest = {"format": FORMAT, "step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "files": files, **meta}
-    with open(tmp / MANIFEST, "w") as f:
+    for written in tmp.rglob("*"):  # shards torch.distributed.checkpoint wrote with the umask's mode
+        os.chmod(written, 0o700 if written.is_dir() else 0o600)
+    with open(tmp / MANIFEST, "w", opener=_private) as f:
         json.dump(manifest, f, indent=1, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())
