@@ -1,7 +1,8 @@
 """Stop requests from signals, agreed across ranks at a step boundary.
 
-SIGTERM, SIGUSR1 and SIGUSR2 (Slurm's warning before a time limit or preemption) and the first
-SIGINT ask for a clean stop: finish the step, checkpoint, exit 75. They are idempotent, since a rank
+SIGTERM, SIGHUP (the launching terminal or SSH session went away), SIGUSR1 and SIGUSR2 (Slurm's
+warning before a time limit or preemption) and the first SIGINT ask for a clean stop: finish the
+step, checkpoint, exit 75. They are idempotent, since a rank
 may get the same signal from the node agent and from `scancel --signal` directly. A second SIGINT
 means "now": flush and exit 130 without a checkpoint.
 """
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Optional
 if TYPE_CHECKING:
     import torch
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
 _lock = threading.Lock()
 _requested: Optional[str] = None  # name of the first signal that asked for a stop
@@ -34,7 +35,7 @@ def _handle(signum: int, frame) -> None:
     if os.getpid() != _main_pid:
         return
     name = signal.Signals(signum).name
-    if not _cooperative and signum in (signal.SIGTERM, signal.SIGINT):
+    if not _cooperative and signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         _default_action(signum)
     if signum == signal.SIGINT:
         _sigints += 1

@@ -77,6 +77,24 @@ def test_sigterm_mid_epoch_with_loader_workers_resumes_bit_for_bit(baseline, tmp
     assert_same_bits(final_state(baseline.base), final_state(tmp_path))
 
 
+def test_sighup_to_the_launcher_checkpoints_and_stops_like_sigterm(baseline, tmp_path):
+    # an SSH session that drops sends SIGHUP to the launcher; the ranks must checkpoint, not die
+    spec = demo_spec(entry=SLOW_TASK)
+    launch = start(tmp_path, spec)
+    run_dir = launch.run_dir()
+    wait_until(lambda: logged_step(run_dir) >= 8, 90, "step 8")
+    os.kill(launch.proc.pid, signal.SIGHUP)
+    stopped = launch.wait()
+
+    assert stopped.rc == exitcodes.STOPPED_RESUMABLE, stopped.explain()
+    e0, e1 = stopped.exit_record(0), stopped.exit_record(1)
+    assert e0["status"] == e1["status"] == "stopped" and e0["step"] == e1["step"]
+    assert "SIGHUP" in (e0["reason"], e1["reason"]), (e0, e1)
+    resumed = run(tmp_path, spec)
+    assert resumed.rc == 0, resumed.explain()
+    assert resumed.final_loss == baseline.final_loss
+
+
 def test_truncated_newest_checkpoint_is_reported_and_resume_falls_back(baseline, tmp_path):
     shutil.copytree(baseline.base / "checkpoints", tmp_path / "checkpoints")
     newest = tmp_path / "checkpoints" / "step_00000064"
