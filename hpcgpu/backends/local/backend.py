@@ -53,6 +53,36 @@ def local_container_prefix(spec: Spec, facts: HostFacts, plan: Plan) -> tuple[st
     return tuple(container_prefix(settings, ctx, facts.environ))
 
 
+#: held (flock) by the launcher of a local run for as long as it runs; holds the launcher's pid
+LAUNCH_LOCK = ".launch.lock"
+
+
+def hold_launch_lock(run_dir: str) -> int:
+    """Take the run's launch lock for the life of this process, or raise UserError naming its holder:
+    two launchers in one run dir would train twice into the same checkpoints. Returns the lock's fd
+    (not inherited by the ranks or a container: Python opens files non-inheritable)."""
+    import fcntl
+
+    path = os.path.join(run_dir, LAUNCH_LOCK)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        run_id = os.path.basename(os.path.normpath(run_dir))
+        raise UserError(f"run {run_id} is still running here (launcher pid {holder}): a second launch would "
+                        "train into the same run directory", hint=f"wait for it, or stop it first: hpcgpu cancel {run_id}")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def launch_lock_free(run_dir: str) -> None:
+    """Raise UserError when another launcher holds the run's launch lock (a check: nothing is kept)."""
+    os.close(hold_launch_lock(run_dir))
+
+
 class LocalBackend:
     """Runs on this machine and waits; `cancel` signals the launching process."""
 
@@ -67,7 +97,10 @@ class LocalBackend:
                           container_prefix=local_container_prefix(spec, facts, plan))
 
     def preflight(self, plan: Plan, *, resuming: Optional[RunRecord] = None) -> None:
-        """A missing runtime or image, or this run's container still running: say so before anything starts."""
+        """A missing runtime or image, this run's container still running, or (resuming) this run's
+        launcher still running: say so before anything starts."""
+        if resuming is not None:
+            launch_lock_free(plan.run_dir)
         container = plan.spec.get("container")
         if container:
             from hpcgpu.host.container import check_runtime, local_container_name
@@ -75,7 +108,8 @@ class LocalBackend:
             check_runtime(container["runtime"], container["image"], container_name=local_container_name(plan.run_dir))
 
     def launch(self, plan: Plan, withheld: Mapping[str, str]) -> LaunchHandle:
-        """Run to completion; the handle carries the node agent's exit status."""
+        """Run to completion, holding the run's launch lock; the handle carries the node agent's exit status."""
+        hold_launch_lock(plan.run_dir)  # released when this process exits, however it exits
         if plan.container_prefix:
             started = time.time()
             code = _run_in_container(plan, withheld)
