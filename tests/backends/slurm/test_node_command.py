@@ -242,6 +242,16 @@ def test_time_limit_warning_requeues_by_itself(slurm, cancel_jobs, child, tmp_pa
     # slurmctld checks time limits every 30 s, so the warning comes 2-32 s after the start.
     info = slurm.wait_for_job(job.job_id, lambda i: i.state == "COMPLETED", 56, "COMPLETED after a requeue")
     assert info.restarts == 1, logs(job)
-    assert [(tmp_path / f"stopped-{n}-0").read_text() for n in (0, 1)] == ["1", "1"]
+    # slurmctld's 30 s check decides when the warning lands: a node whose child had not yet installed
+    # its handler sees that child die of SIGUSR2 itself (a clean stop too). Either way each node
+    # stopped once: its child counted exactly one signal, or the node's log shows it handled the stop.
+    handled = {0: "requeuing as restart 1", 1: f"child stopped (-{int(signal.SIGUSR2)})"}
+    for n in (0, 1):
+        marker = tmp_path / f"stopped-{n}-0"
+        if marker.exists():
+            assert marker.read_text() == "1", logs(job)
+        else:
+            said = (job.task(n).stderr() or "") + (job.task(n).stdout() or "")
+            assert handled[n] in said, logs(job)
     # submitit logs to stdout; its "Requeued job" line may be cut off by the requeue's kill.
     assert "this job is timed-out" in job.task(0).stdout(), logs(job)
