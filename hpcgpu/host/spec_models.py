@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from hpcgpu.contract.specview import entry_kind
 from hpcgpu.contract.text import has_control_chars
@@ -63,6 +63,13 @@ class Entry(_Model):
         return entry_kind(self.script, self.module)
 
 
+#: resources fields in Slurm's syntax: the pattern a value must match, and what to say when it does not
+SLURM_SYNTAX = {
+    "mem": (r"\d+[KMGT]?", "memory looks like 64G, 512M or 8000 (MB)"),
+    "time": (r"(\d+-)?\d{1,2}(:\d{2}){0,2}", "time looks like MM, HH:MM:SS or D-HH:MM:SS"),
+}
+
+
 class Resources(_Model):
     """How much hardware the job asks for."""
 
@@ -86,18 +93,12 @@ class Resources(_Model):
             raise ValueError("must be >= 0 or 'all'")
         return v
 
-    @field_validator("mem")
+    @field_validator("mem", "time")
     @classmethod
-    def _mem_syntax(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and not re.fullmatch(r"\d+[KMGT]?", v):
-            raise ValueError("memory looks like 64G, 512M or 8000 (MB)")
-        return v
-
-    @field_validator("time")
-    @classmethod
-    def _time_syntax(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and not re.fullmatch(r"(\d+-)?\d{1,2}(:\d{2}){0,2}", v):
-            raise ValueError("time looks like MM, HH:MM:SS or D-HH:MM:SS")
+    def _slurm_syntax(cls, v: Optional[str], info: ValidationInfo) -> Optional[str]:
+        pattern, message = SLURM_SYNTAX[info.field_name]
+        if v is not None and not re.fullmatch(pattern, v):
+            raise ValueError(message)
         return v
 
 
