@@ -86,6 +86,7 @@ def install(cooperative: bool = True) -> None:
         _main_pid, _cooperative = os.getpid(), cooperative
     for sig in (*STOP_SIGNALS, signal.SIGINT):
         signal.signal(sig, _handle)
+    shield_loader_workers()
 
 
 def request(reason: str = "requested") -> None:
@@ -141,3 +142,53 @@ def _collective_device() -> "torch.device":
     if tdist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def shield_loader_workers() -> None:
+    """DataLoader workers serve on through stop signals; their rank stops them after its checkpoint.
+
+    torch elastic signals each rank's whole process group, and Slurm every process of the step, so
+    the workers get SIGTERM too. torch's worker SIGTERM handler exits unless the sender is the parent,
+    and the rank then fails with "DataLoader worker is killed by signal: Terminated" before it can
+    checkpoint. Workers run torch's _set_worker_signal_handlers first thing after the fork, so
+    wrapping it covers every loader of this rank (the Trainer's and a script's, persistent or not).
+    """
+    try:
+        from torch.utils.data._utils import signal_handling
+    except ImportError:  # a rank without torch never forks loader workers
+        return
+    original = getattr(signal_handling, "_set_worker_signal_handlers", None)
+    if original is None:
+        _note("hpcgpu: warning: this torch has no DataLoader worker signal hook; a stop signal sent to "
+              "the whole process group can kill loader workers before their rank checkpoints")
+        return
+    if getattr(original, "_hpcgpu", False):
+        return
+
+    def set_worker_signal_handlers(*args, **kwargs):
+        original(*args, **kwargs)
+        _serve_through_stops()
+
+    set_worker_signal_handlers._hpcgpu = True
+    signal_handling._set_worker_signal_handlers = set_worker_signal_handlers
+
+
+def _serve_through_stops() -> None:
+    """In a loader worker: ignore stop signals, but still exit on the parent's own SIGTERM.
+
+    The parent terminates its workers itself (multiprocessing does at interpreter exit, persistent
+    workers included), so SIGTERM cannot simply be ignored: it is blocked here, before the worker
+    starts any thread, and one thread waits for it and exits only when the sender is the parent,
+    as torch's own handler does. Other stop signals are ignored outright.
+    """
+    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_exit_on_parents_sigterm, args=(os.getppid(),), daemon=True,
+                     name="hpcgpu-worker-sigterm").start()
+
+
+def _exit_on_parents_sigterm(parent: int) -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            os._exit(0)

@@ -125,3 +125,24 @@ def test_sigkill_of_a_rank_then_resume_from_the_last_valid_checkpoint(baseline, 
     assert "resuming from" in resumed.log()
     assert resumed.final_loss == baseline.final_loss
     assert_same_bits(final_state(baseline.base), final_state(tmp_path))
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGUSR2])
+def test_stop_signal_to_the_launcher_with_loader_workers_checkpoints(baseline, tmp_path, stop_signal):
+    # `hpcgpu cancel`, `kill -TERM <launcher>`, `docker stop`: torch elastic signals each rank's
+    # whole process group, loader workers included; they must not die before their rank checkpoints
+    spec = demo_spec(entry=SLOW_TASK, train={"num_workers": 2})
+    launch = start(tmp_path, spec)
+    run_dir = launch.run_dir()
+    wait_until(lambda: logged_step(run_dir) >= 8, 90, "step 8")
+    os.kill(launch.proc.pid, stop_signal)
+    stopped = launch.wait()
+
+    assert stopped.rc == exitcodes.STOPPED_RESUMABLE, stopped.explain()
+    assert "is killed by signal" not in stopped.log()
+    e0, e1 = stopped.exit_record(0), stopped.exit_record(1)
+    assert e0["status"] == e1["status"] == "stopped" and e0["step"] == e1["step"]
+    assert e0["checkpoint"].endswith(ckpt.step_dir_name(e0["step"]))
+    resumed = run(tmp_path, spec)
+    assert resumed.rc == 0, resumed.explain()
+    assert resumed.final_loss == baseline.final_loss

@@ -83,3 +83,50 @@ def test_should_stop_without_a_process_group_is_the_local_flag(fresh_stop):
     assert stop.should_stop() is False
     stop.request("test")
     assert stop.should_stop() is True and stop.requested() == "test"
+
+
+
+LOADER_CHILD = textwrap.dedent("""
+    import os, signal, sys
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+    from hpcgpu.worker import stop
+
+    class SignalsItself(Dataset):
+        # torch elastic and Slurm signal every process of a rank's group, loader workers included
+        def __init__(self, sig):
+            self.sig = sig
+        def __len__(self):
+            return 4
+        def __getitem__(self, i):
+            if i == 1:
+                os.kill(os.getpid(), self.sig)
+            return torch.tensor([i])
+
+    if sys.argv[1] == "1":
+        stop.install(cooperative=True)
+    for name in ("SIGTERM", "SIGHUP", "SIGUSR2", "SIGINT"):
+        for persistent in (False, True):
+            loader = DataLoader(SignalsItself(getattr(signal, name)), num_workers=1, persistent_workers=persistent)
+            print(name, persistent, [int(b) for b in loader], flush=True)
+    print("stop requested:", stop.requested(), flush=True)
+""")
+
+
+def test_loader_workers_survive_every_stop_signal_once_stop_handlers_are_installed():
+    shielded = subprocess.run([sys.executable, "-c", LOADER_CHILD, "1"], capture_output=True, text=True,
+                              timeout=120)
+    # exiting at all proves the parent's own SIGTERM still ends a worker: multiprocessing terminates
+    # the persistent ones at interpreter exit and waits for them without a timeout
+    assert shielded.returncode == 0, shielded.stderr
+    lines = shielded.stdout.splitlines()
+    assert lines[:-1] == [f"{name} {persistent} [0, 1, 2, 3]" for name in ("SIGTERM", "SIGHUP", "SIGUSR2", "SIGINT")
+                          for persistent in (False, True)]
+    assert lines[-1] == "stop requested: None"  # a worker's signal is not its rank's stop request
+
+
+def test_without_the_shield_torch_kills_a_loader_worker_on_sigterm():
+    # the failure the shield prevents: proves the test above can fail
+    bare = subprocess.run([sys.executable, "-c", LOADER_CHILD, "0"], capture_output=True, text=True, timeout=120)
+    assert bare.returncode != 0
+    assert "is killed by signal: Terminated" in bare.stderr
