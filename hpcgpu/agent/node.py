@@ -157,7 +157,11 @@ def _run_ranks(plan: Plan, node: NodeFacts) -> int:
         # The ranks got the signal and stop_grace_s to save; those that saved left a marker.
         if _stopped_markers(run_dir, started):
             return exitcodes.STOPPED_RESUMABLE
-        print(f"hpcgpu: stopped by {e.sigval.name} before the ranks could checkpoint", file=sys.stderr)
+        # Still starting, or no save within the grace: not a failure, and nothing a resume cannot
+        # redo from the previous checkpoint (a Slurm node requeues on it; status says INTERRUPTED).
+        print(f"hpcgpu: stopped by {e.sigval.name} before the ranks could checkpoint (they were still "
+              f"starting, or did not save within distributed.stop_grace_s={dist['stop_grace_s']}s); "
+              "a resume continues from the previous checkpoint", file=sys.stderr)
         return 128 + int(e.sigval)
     except KeyboardInterrupt:
         _kill_children()

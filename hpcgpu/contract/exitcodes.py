@@ -1,5 +1,7 @@
 """Exit statuses of every hpcgpu command; documented in docs/checkpointing.md."""
 
+import signal
+
 OK = 0
 #: training failed (a rank raised or was killed); the summary names the rank
 FAILED = 1
@@ -8,3 +10,12 @@ USAGE = 2
 #: stopped cleanly on a signal (preemption, time limit, Ctrl-C) after a checkpoint: resumable.
 #: 75 is EX_TEMPFAIL from sysexits.h: "temporary failure, retry later".
 STOPPED_RESUMABLE = 75
+
+#: signals that ask a run to stop (hpcgpu.worker.stop's, plus Ctrl-C): a launcher or agent they end
+#: before a checkpoint exits 128 + the signal's number, as a shell reports it
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def stopped_by_signal(code: int) -> bool:
+    """128 + a stop signal: interrupted before a checkpoint, not failed."""
+    return code - 128 in {int(s) for s in STOP_SIGNALS}

@@ -16,11 +16,16 @@ class RunState(str, Enum):
     STOPPED = "STOPPED"
     """stopped cleanly after a checkpoint (exit 75): resumable"""
     FAILED = "FAILED"
+    INTERRUPTED = "INTERRUPTED"
+    """stopped by a signal (Ctrl-C, SIGTERM, a preemption) before its ranks could checkpoint: during
+    start-up, or they did not save within distributed.stop_grace_s; resumes from the previous checkpoint"""
     CANCELLED = "CANCELLED"
     TIMEOUT = "TIMEOUT"
     PREEMPTED = "PREEMPTED"
     NODE_FAIL = "NODE_FAIL"
     OUT_OF_MEMORY = "OUT_OF_MEMORY"
+    LOST = "LOST"
+    """the launcher ended without saying how (killed with SIGKILL, the machine restarted)"""
     HELD = "HELD"
     """held after a requeue (scontrol release or cancel ends it)"""
     UNKNOWN = "UNKNOWN"
@@ -41,9 +46,12 @@ class RunState(str, Enum):
 
 
 def state_from_exit(code: int) -> RunState:
-    """The state a node agent's exit status means: 0 DONE, 75 STOPPED, anything else FAILED."""
+    """The state a node agent's exit status means: 0 DONE, 75 STOPPED, 128 + a stop signal
+    INTERRUPTED (130: Ctrl-C), anything else FAILED (137, SIGKILL, is a kill, not a stop)."""
     if code == exitcodes.OK:
         return RunState.DONE
     if code == exitcodes.STOPPED_RESUMABLE:
         return RunState.STOPPED
+    if exitcodes.stopped_by_signal(code):
+        return RunState.INTERRUPTED
     return RunState.FAILED

@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping, Optional
 from hpcgpu.backends import Backend, LaunchHandle, get_backend
 from hpcgpu.contract.errors import UserError
 from hpcgpu.contract.plan import Plan, plan_path
+from hpcgpu.contract.procs import start_time
 from hpcgpu.contract.runfiles import RESULT_FILE, read_json, write_json_atomic, write_private_text
 from hpcgpu.host.facts import HostFacts, gather_facts
 from hpcgpu.host.runs import RunRecord, create_run_dir, find_run, new_run_id, register, update_record
@@ -150,7 +151,7 @@ def materialize(plan: Plan, spec: Spec, facts: HostFacts) -> None:
     write_plan(plan)
     write_private_text(run_dir / "spec.yaml", dump_spec(spec))
     register(RunRecord(id=plan.run_id, run_dir=str(run_dir), backend=plan.backend, created=plan.created,
-                       nodes=plan.nodes, pid=os.getpid()))
+                       nodes=plan.nodes, pid=os.getpid(), pid_start=start_time(os.getpid())))
     # a resume runs where the run started: relative script and data paths, and the code
     # directory a container mounts, mean the same thing then
     update_record(run_dir, cwd=facts.cwd)
@@ -193,7 +194,7 @@ def resume(ref: str, backend_name: str, announce: Callable[[Plan], None] = lambd
     if result.exists():
         result.replace(kept)
     write_plan(plan)
-    update_record(run_dir, pid=os.getpid(), restarts=int(before.get("restarts") or 0) + 1)
+    update_record(run_dir, pid=os.getpid(), pid_start=start_time(os.getpid()), restarts=int(before.get("restarts") or 0) + 1)
     announce(plan)
     try:
         handle = backend.launch(plan, {})

@@ -3,7 +3,7 @@
 A run directory holds everything about one run:
     plan.json       the plan every node and rank executes (hpcgpu.contract.plan)
     spec.yaml       the resolved spec, for people and `--resume`
-    run.json        what was launched: id, backend, job id / pid, nodes, created
+    run.json        what was launched: id, backend, job id / launcher pid and start time, nodes, created
     result.json     how the last attempt ended (written by node 0's agent: exit status, when)
     logs/           rank{N}.log per rank (appended across restarts), agent logs, NCCL logs
     checkpoints/    step-numbered checkpoints (unless checkpoint.dir points elsewhere)
@@ -54,6 +54,8 @@ class RunRecord:
     nodes: int = 1
     job_id: Optional[str] = None
     pid: Optional[int] = None
+    #: the launcher's start time (contract.procs.start_time): with pid, it names that process only
+    pid_start: Optional[int] = None
     host: str = field(default_factory=lambda: os.uname().nodename)
 
     def to_json(self) -> str:

@@ -13,11 +13,17 @@ from hpcgpu.contract.states import RunState, state_from_exit
     (75, RunState.STOPPED),
     (1, RunState.FAILED),
     (2, RunState.FAILED),
-    (130, RunState.FAILED),
+    (130, RunState.INTERRUPTED),  # Ctrl-C before a checkpoint: a person's stop, not a failure
     (-9, RunState.FAILED),
     (74, RunState.FAILED),
     (76, RunState.FAILED),
-    (128 + 15, RunState.FAILED),
+    (128 + 15, RunState.INTERRUPTED),  # SIGTERM
+    (128 + 1, RunState.INTERRUPTED),  # SIGHUP
+    (128 + 10, RunState.INTERRUPTED),  # SIGUSR1
+    (128 + 12, RunState.INTERRUPTED),  # SIGUSR2: Slurm's warning
+    (128 + 9, RunState.FAILED),  # SIGKILL is a kill, not a stop request
+    (128 + 6, RunState.FAILED),  # SIGABRT
+    (128 + 11, RunState.FAILED),  # SIGSEGV
 ])
 def test_state_from_exit(code, state):
     assert state_from_exit(code) is state
@@ -30,6 +36,8 @@ TABLE = {
     RunState.DONE: (True, False),
     RunState.STOPPED: (True, True),
     RunState.FAILED: (True, True),
+    RunState.INTERRUPTED: (True, True),
+    RunState.LOST: (True, True),
     RunState.CANCELLED: (True, True),
     RunState.TIMEOUT: (True, True),
     RunState.PREEMPTED: (True, True),

@@ -12,7 +12,7 @@ from typing import Mapping, Optional
 from hpcgpu.backends import LaunchHandle, RunStatus
 from hpcgpu.contract.errors import UserError
 from hpcgpu.contract.plan import Plan
-from hpcgpu.contract.procs import pid_alive
+from hpcgpu.contract.procs import is_process, pid_alive, signal_process
 from hpcgpu.contract.runfiles import read_result, write_result
 from hpcgpu.contract.states import RunState, state_from_exit
 from hpcgpu.host.facts import HostFacts
@@ -122,19 +122,33 @@ class LocalBackend:
         return LaunchHandle(run_id=plan.run_id, exit_code=code)
 
     def status(self, record: RunRecord) -> RunStatus:
+        """From result.json; else from the launcher: the process recorded as (pid, start time)
+        running is RUNNING, gone is LOST (a reused pid is another process, never this run)."""
         result = read_result(Path(record.run_dir))
         if result is not None:
             return RunStatus(state_from_exit(result["exit_code"]))
-        if record.pid and pid_alive(record.pid) and record.host == os.uname().nodename:
+        if record.host != os.uname().nodename:
+            return RunStatus(RunState.UNKNOWN, reason=f"launched on {record.host}: ask there")
+        if record.pid_start is None and record.pid and pid_alive(record.pid):
+            # run.json from an hpcgpu that did not record start times
+            return RunStatus(RunState.UNKNOWN, reason=f"launcher pid {record.pid} cannot be told from a "
+                             "process that reused its pid")
+        if record.pid and is_process(record.pid, record.pid_start):
             return RunStatus(RunState.RUNNING)
-        return RunStatus(RunState.UNKNOWN)
+        return RunStatus(RunState.LOST, reason=f"its launcher (pid {record.pid}) ended without recording how "
+                         "the run ended (killed with SIGKILL, or the machine restarted)")
 
     def describe(self, plan: Plan) -> str:
         return describe_plan(plan)
 
     def cancel(self, record: RunRecord) -> None:
-        """SIGTERM the launcher: ranks checkpoint and stop (exit 75)."""
+        """SIGTERM the launcher: ranks checkpoint and stop (exit 75). An ended run is left alone, and
+        so is whatever process now has its launcher's pid."""
         if record.host != os.uname().nodename:
             raise UserError(f"run {record.id} runs on {record.host}; cancel it there")
-        if record.pid and pid_alive(record.pid):
-            os.kill(record.pid, signal.SIGTERM)
+        state = self.status(record)
+        if state.state is not RunState.RUNNING:
+            why = f": {state.reason}" if state.reason else ""
+            raise UserError(f"run {record.id} is not running ({state.state}{why}); nothing was signalled")
+        if not signal_process(record.pid, record.pid_start, signal.SIGTERM):
+            raise UserError(f"run {record.id} ended just now; nothing was signalled")

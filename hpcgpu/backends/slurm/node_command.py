@@ -25,7 +25,8 @@ Files in rdzv_dir, one set per attempt: ``<jobid>-<restart>.endpoint`` (host:por
 node 0 with tmp + rename) and ``<jobid>-<restart>.head`` ("requeued" or "ended", node 0's exit).
 
 Outcome on each node: child exit 0 -> returns {node, host, returncode, restarts}. Exit 75
-(exitcodes.STOPPED_RESUMABLE) or death by the stop signal, after the stop signal -> node 0's
+(exitcodes.STOPPED_RESUMABLE), death by the stop signal or 128 + the stop signal (the node agent
+stopped before its ranks could checkpoint: a stop during start-up), after the stop signal -> node 0's
 ``checkpoint()`` (called by submitit's handler) returns a DelayedSubmission of the next attempt and
 submitit runs ``scontrol requeue`` and exits; other nodes wait for that (bounded) and exit 75,
 writing no result. The same exit without submitit's requeue (SIGTERM preemption, scancel, no
@@ -298,8 +299,10 @@ class NodeCommand:
         _log(f"node 0 {outcome or 'did not say how it ended'}")
 
     def _stopped_by_signal(self, returncode: int) -> bool:
-        """75, or killed by the stop signal itself (a child without a handler for it)."""
-        return returncode in (STOPPED_RESUMABLE, -stop_signal())
+        """75, or the stop signal ended the child before a checkpoint: killed by it (no handler yet)
+        or the node agent's 128 + signal (its ranks were still starting). A stop before the first
+        checkpoint loses nothing a requeue cannot redo, so it must not end the requeue chain."""
+        return returncode in (STOPPED_RESUMABLE, -stop_signal(), 128 + stop_signal())
 
     # --- preemption ----------------------------------------------------------------------------
 

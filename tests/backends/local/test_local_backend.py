@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 
 import pytest
 
 from hpcgpu.backends import get_backend, node_facts
 from hpcgpu.contract.errors import UserError
+from hpcgpu.contract.procs import start_time
 from hpcgpu.contract.runfiles import write_result
 from hpcgpu.contract.states import RunState
 from hpcgpu.host.container import ContainerSettings, check_runtime
@@ -66,13 +68,62 @@ def test_pyxis_is_refused_for_a_local_run():
 
 def test_status_comes_from_result_json_then_from_the_launching_process(tmp_path):
     backend = get_backend("local")
-    record = RunRecord(id="r", run_dir=str(tmp_path), backend="local", created=0.0, pid=os.getpid())
+    record = RunRecord(id="r", run_dir=str(tmp_path), backend="local", created=0.0, pid=os.getpid(),
+                       pid_start=start_time(os.getpid()))
     assert backend.status(record).state is RunState.RUNNING  # this process launched it and lives
-    dead = RunRecord(id="r", run_dir=str(tmp_path), backend="local", created=0.0, pid=2 ** 22 + 7)
-    assert backend.status(dead).state is RunState.UNKNOWN
-    for code, state in ((0, RunState.DONE), (75, RunState.STOPPED), (1, RunState.FAILED), (137, RunState.FAILED)):
+    dead = RunRecord(id="r", run_dir=str(tmp_path), backend="local", created=0.0, pid=2 ** 22 + 7, pid_start=5)
+    lost = backend.status(dead)
+    assert lost.state is RunState.LOST and "pid 4194311" in lost.reason and "ended without" in lost.reason
+    for code, state in ((0, RunState.DONE), (75, RunState.STOPPED), (1, RunState.FAILED), (137, RunState.FAILED),
+                        (143, RunState.INTERRUPTED), (130, RunState.INTERRUPTED), (140, RunState.INTERRUPTED)):
         write_result(tmp_path, code)
         assert backend.status(record).state is state
+
+
+@pytest.fixture
+def bystander():
+    """A process that is not hpcgpu's, as one that reused an ended launcher's pid would be."""
+    proc = subprocess.Popen(["sleep", "60"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_a_reused_launcher_pid_is_neither_running_nor_cancelled(tmp_path, bystander):
+    # the launcher (recorded as pid + start time) ended; its pid now belongs to someone else's process
+    record = RunRecord(id="r", run_dir=str(tmp_path), backend="local", created=0.0, pid=bystander.pid,
+                       pid_start=start_time(bystander.pid) - 1)
+    status = get_backend("local").status(record)
+    assert status.state is RunState.LOST, status
+    with pytest.raises(UserError, match=r"run r is not running \(LOST: its launcher \(pid \d+\) ended"):
+        get_backend("local").cancel(record)
+    assert bystander.poll() is None  # not signalled
+
+
+def test_cancel_of_a_finished_run_says_so_and_signals_nothing(tmp_path, bystander):
+    record = RunRecord(id="r", run_dir=str(tmp_path), backend="local", created=0.0, pid=bystander.pid,
+                       pid_start=start_time(bystander.pid))
+    write_result(tmp_path, 0)
+    with pytest.raises(UserError, match=r"run r is not running \(DONE\); nothing was signalled"):
+        get_backend("local").cancel(record)
+    assert bystander.poll() is None
+
+
+def test_cancel_of_a_running_run_sends_sigterm_to_its_launcher(tmp_path, bystander):
+    record = RunRecord(id="r", run_dir=str(tmp_path), backend="local", created=0.0, pid=bystander.pid,
+                       pid_start=start_time(bystander.pid))
+    get_backend("local").cancel(record)
+    assert bystander.wait(timeout=10) == -signal.SIGTERM
+
+
+def test_a_record_without_a_start_time_is_not_trusted_while_its_pid_lives(tmp_path, bystander):
+    # run.json written before start times were recorded: a live pid may be anyone's
+    record = RunRecord(id="r", run_dir=str(tmp_path), backend="local", created=0.0, pid=bystander.pid)
+    status = get_backend("local").status(record)
+    assert status.state is RunState.UNKNOWN and "cannot be told" in status.reason
+    with pytest.raises(UserError, match="nothing was signalled"):
+        get_backend("local").cancel(record)
+    assert bystander.poll() is None
 
 
 def test_cancel_refuses_a_run_of_another_host(tmp_path):

@@ -5,6 +5,7 @@ twice into the same checkpoints and overwrite run.json's pid)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -51,3 +52,25 @@ def test_resuming_a_running_run_is_refused_and_leaves_it_running(tmp_path):
     os.kill(launch.proc.pid, signal.SIGTERM)
     assert launch.wait().rc == exitcodes.STOPPED_RESUMABLE
     launch_lock_free(str(run_dir))  # the launcher is gone: a resume may start now
+
+
+@pytest.mark.slow
+def test_a_launcher_killed_with_sigkill_leaves_a_lost_run_that_cancel_leaves_alone(tmp_path):
+    slow = {"task": "hpcgpu.examples.mlp:make_task", "task_args": {"n_samples": 1024, "delay_s": 0.03}}
+    launch = start(tmp_path, demo_spec(entry=slow))
+    run_dir = launch.run_dir()
+    wait_until(lambda: logged_step(run_dir) >= 2, 90, "step 2")
+    env = {**os.environ, "HPCGPU_HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO)}
+
+    def hpcgpu(*args):
+        return subprocess.run([sys.executable, "-m", "hpcgpu", *args], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120)
+
+    assert "RUNNING" in hpcgpu("status", str(run_dir)).stdout
+    os.kill(launch.proc.pid, signal.SIGKILL)  # no result.json: nobody is left to write it
+    launch.proc.wait()
+    status = hpcgpu("status", str(run_dir))
+    assert re.search(r"^state:\s+LOST$", status.stdout, re.MULTILINE), status.stdout
+    assert f"its launcher (pid {launch.proc.pid}) ended without recording how" in status.stdout
+    cancel = hpcgpu("cancel", str(run_dir))
+    assert cancel.returncode == 2 and "is not running (LOST" in cancel.stderr, cancel.stdout + cancel.stderr

@@ -129,6 +129,28 @@ def test_preemption_checkpoints_requeues_once_and_resumes_to_the_same_loss(slurm
     assert fields["nodes"] == "node[1-2]"
 
 
+@pytest.mark.parametrize("moment", ["agent started", "rank started"])
+def test_preemption_during_start_up_requeues_and_the_restart_finishes(slurm, cancel_jobs, baseline, tmp_path,
+                                                                      moment):
+    # USR2 before any rank can checkpoint (the node agent just started, or a rank is still importing)
+    # is still a stop: the job must be requeued, not failed out of the chain
+    spec = write_spec(tmp_path, TRAIN)
+    run_id, job_id, run_dir = submit(["-f", str(spec), *TWO_NODES], tmp_path, tmp_path / "home", cancel_jobs)
+    if moment == "agent started":
+        wait_for_text(run_dir / "submitit" / f"{job_id}_0_log.out", r"started pid \d+", 90,
+                      lambda: node_logs(run_dir))
+    else:
+        wait_for_text(run_dir / "logs" / "rank0.log", r"^==== hpcgpu rank 0/2 ", 90, lambda: node_logs(run_dir))
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
+
+    slurm.wait_for_job(job_id, lambda i: i.state == "PENDING" and i.restarts == 1, 90, "requeued")
+    time.sleep(2)  # a StartTime=now in the requeue's own second fails the job ("credential revoked")
+    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True, timeout=30)
+    info = slurm.wait_job_final(job_id, timeout_s=120)
+    assert info.state == "COMPLETED" and info.restarts == 1, node_logs(run_dir)
+    assert final_loss(run_dir) == baseline
+
+
 def test_status_logs_and_cancel_from_another_directory(slurm, cancel_jobs, tmp_path):
     spec = write_spec(tmp_path / "project", {**TRAIN, "entry": {**TRAIN["entry"], "task_args": {"n_samples": 8192, "delay_s": 0.15}}})
     home = tmp_path / "home"
