@@ -68,12 +68,27 @@ def run_local(spec_file, gpus, nproc, name, max_restarts, container, dry_run, co
     finish(launch.start(spec, "local", announce=lambda plan: _announce(plan, source)))
 
 
+def outcome_line(code: int, resume: str) -> str:
+    """How a run ended, in words, from the node agent's exit status (contract.states' map)."""
+    import signal
+
+    from hpcgpu.contract.states import RunState, state_from_exit
+
+    state = state_from_exit(code)
+    if state is RunState.DONE:
+        return "done"
+    if state is RunState.STOPPED:
+        return f"stopped after a checkpoint; continue with: {resume}"
+    if state is RunState.INTERRUPTED:
+        return (f"interrupted by {signal.Signals(code - 128).name} before its ranks could checkpoint; "
+                f"continue from the previous checkpoint with: {resume}")
+    return f"failed (exit {code})"
+
+
 def finish(launched) -> None:
     """Say how the run ended and where everything is; exit with the node agent's status."""
     plan, code = launched.plan, launched.handle.exit_code
-    what = {0: "done", 75: f"stopped after a checkpoint; continue with: hpcgpu run local --resume {plan.run_id}"}.get(
-        code, f"failed (exit {code})")
-    click.echo(f"hpcgpu: {plan.run_id} {what}")
+    click.echo(f"hpcgpu: {plan.run_id} {outcome_line(code, f'hpcgpu run local --resume {plan.run_id}')}")
     click.echo(f"  logs:        {plan.run_dir}/logs/rank<N>.log  (hpcgpu logs {plan.run_id} --rank N)")
     click.echo(f"  checkpoints: {plan.ckpt_dir}")
     click.echo(f"  tensorboard: tensorboard --logdir {plan.run_dir}/tb")

@@ -61,16 +61,23 @@ class ConsoleFollower:
             return
         offset, path = text.strip().split(" ", 1)
         if self._file:
-            self._copy()
+            # The previous source up to its end; when a new attempt appends to the same file, its end
+            # is the announced offset (what lies beyond is the new attempt's, copied once, below).
+            same_file = self._file.name == path
+            while self._copy(limit=int(offset) if same_file else None):
+                pass
             self._file.close()
         self._source = text
         self._file = open(path, "rb")
         self._file.seek(int(offset))
 
-    def _copy(self) -> bool:
+    def _copy(self, limit: Optional[int] = None) -> bool:
         if not self._file:
             return False
-        data = self._file.read(1 << 16)
+        size = 1 << 16 if limit is None else min(1 << 16, limit - self._file.tell())
+        if size <= 0:
+            return False
+        data = self._file.read(size)
         if data:
             self._out.write(data)
             self._out.flush()

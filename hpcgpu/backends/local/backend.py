@@ -113,7 +113,13 @@ class LocalBackend:
         if plan.container_prefix:
             started = time.time()
             code = _run_in_container(plan, withheld)
-            if read_result(Path(plan.run_dir), since=started) is None:
+            recorded = read_result(Path(plan.run_dir), since=started)
+            if recorded is not None:
+                # the agent inside said how the run ended; a signal that reached the container while
+                # it was being torn down afterwards does not change that
+                code = recorded["exit_code"]
+            else:
+                code = 128 - code if code < 0 else code  # killed by a signal: as a shell reports it
                 write_result(Path(plan.run_dir), code)  # the container ended before its agent could say how
         else:
             from hpcgpu.agent.node import run_node  # imports torch: only now, never for --help

@@ -155,6 +155,33 @@ def test_sigterm_to_the_host_command_checkpoints_inside_and_resume_continues(pro
     assert [r["containerenv"] for r in where(run_dir)] == [True] * 4  # 2 ranks x 2 attempts, all inside
 
 
+def test_a_signal_after_the_run_finished_does_not_turn_done_into_failed(project):
+    # a `docker stop` or Ctrl-C that lands while the container is being torn down, after the agent
+    # inside recorded the run as done: the run is done, and the command says so and exits 0
+    write_spec(project["dir"], SPEC)
+    log_file = open(project["dir"] / "late.log", "w")
+    launcher = subprocess.Popen([sys.executable, "-m", "hpcgpu", "run", "local", "--nproc", "2", "--container",
+                                 project["image"]], cwd=project["dir"], env=project["env"], stdout=log_file,
+                                stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 150
+        while not list(project["dir"].glob("runs/*/result.json")):
+            assert launcher.poll() is None and time.monotonic() < deadline, _text([project["dir"]], "late.log")
+            time.sleep(0.02)
+        launcher.send_signal(signal.SIGTERM)  # a zombie ignores it: the assertions hold whenever it lands
+        rc = launcher.wait(timeout=90)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+        log_file.close()
+    output = (project["dir"] / "late.log").read_text()
+    assert rc == 0, output
+    assert re.search(r"^hpcgpu: ctr-\S+ done$", output, re.M), output
+    (run_dir,) = run_dirs(project)
+    assert json.loads((run_dir / "result.json").read_text())["exit_code"] == 0
+
+
 def test_missing_image_is_refused_before_anything_starts(project):
     write_spec(project["dir"], SPEC)
     out = hpcgpu(project, "run", "local", "--nproc", "2", "--container", "localhost/hpcgpu:no-such-tag", timeout=60)
