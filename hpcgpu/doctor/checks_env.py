@@ -8,6 +8,7 @@ from typing import Mapping
 from hpcgpu.doctor.checks_gpu import nvml_text
 from hpcgpu.doctor.probe import Probe
 from hpcgpu.doctor.result import FAIL, WARN, CheckResult, Skip, check, fail, ok, warn
+from hpcgpu.host.secrets import marked_names, redact
 
 ONE_TASK_HINT = ("hpcgpu runs ONE task per node and starts one rank per GPU itself: use "
                  "--ntasks-per-node=1 (hpcgpu submit slurm does), with --gpus-per-node=N")
@@ -146,21 +147,24 @@ def interface_matches(spec: str, names: list[str]) -> list[str]:
     return [n for n in names if n not in hit] if exclude else hit
 
 
-def _interface_problems(p: Probe, nics: list[str], ib: list[str]) -> list[tuple[str, str, str]]:
+def _interface_problems(p: Probe, nics: list[str], ib: list[str],
+                        shown: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """Variables naming missing interfaces; messages quote values from shown (secrets redacted)."""
     env, found = p.env, []
     for var in ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME"):
         if env.get(var) and not interface_matches(env[var], nics):
-            found.append((FAIL, f"{var}={env[var]} matches no interface ({', '.join(nics)})",
+            found.append((FAIL, f"{var}={shown[var]} matches no interface ({', '.join(nics)})",
                           f"set {var} to one of {', '.join(nics)} (see `ip -br addr`) or unset it"))
     hcas = [h.lstrip("^=").split(":")[0] for h in env.get("NCCL_IB_HCA", "").split(",") if h]
     if hcas and not env["NCCL_IB_HCA"].startswith("^") and not any(
             i.startswith(h) for h in hcas for i in ib):
-        found.append((WARN, f"NCCL_IB_HCA={env['NCCL_IB_HCA']} matches no InfiniBand device",
+        found.append((WARN, f"NCCL_IB_HCA={shown['NCCL_IB_HCA']} matches no InfiniBand device",
                       f"InfiniBand devices here: {', '.join(ib) or 'none'}"))
     return found
 
 
-def _flag_problems(env: Mapping[str, str], ib: list[str]) -> list[tuple[str, str, str]]:
+def _flag_problems(env: Mapping[str, str], ib: list[str], shown: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """Variables that disable fast paths; messages quote values from shown (secrets redacted)."""
     found = []
     if env.get("NCCL_P2P_DISABLE") == "1":
         found.append((WARN, "NCCL_P2P_DISABLE=1: GPU-to-GPU copies go through host memory",
@@ -176,7 +180,7 @@ def _flag_problems(env: Mapping[str, str], ib: list[str]) -> list[tuple[str, str
                       "use NCCL_DEBUG=INFO or WARN"))
     for var in ("NCCL_ALGO", "NCCL_PROTO"):
         if env.get(var):
-            found.append((WARN, f"{var}={env[var]} overrides NCCL's tuning",
+            found.append((WARN, f"{var}={shown[var]} overrides NCCL's tuning",
                           f"unset {var} unless you are benchmarking"))
     return found
 
@@ -188,8 +192,10 @@ def check_nccl_env(p: Probe) -> CheckResult:
         if p.path("/sys/class/net").is_dir() else []
     ib_dir = p.path("/sys/class/infiniband")
     ib = sorted(d.name for d in ib_dir.iterdir()) if ib_dir.is_dir() else []
-    nccl_vars = {k: v for k, v in sorted(p.env.items()) if k.startswith(("NCCL_", "GLOO_"))}
-    problems = _interface_problems(p, nics, ib) + _flag_problems(p.env, ib)
+    # values as the run's files show them (secrets redacted): a report is pasted into public issues
+    nccl_vars = redact({k: v for k, v in sorted(p.env.items()) if k.startswith(("NCCL_", "GLOO_"))},
+                       marked_names(p.env))
+    problems = _interface_problems(p, nics, ib, nccl_vars) + _flag_problems(p.env, ib, nccl_vars)
     data = {"set": nccl_vars, "interfaces": nics}
     if not problems:
         listed = ", ".join(f"{k}={v}" for k, v in nccl_vars.items())

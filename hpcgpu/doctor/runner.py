@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import replace
+from typing import Callable, Mapping
 
 from hpcgpu.doctor import checks_cluster as cl
 from hpcgpu.doctor import checks_env as env
@@ -11,6 +12,7 @@ from hpcgpu.doctor import checks_software as sw
 from hpcgpu.doctor import checks_system as sys_
 from hpcgpu.doctor.probe import Probe
 from hpcgpu.doctor.result import CheckResult
+from hpcgpu.host.secrets import marked_names, scrub
 
 # torch-free checks first: they still report when importing torch is what is broken
 STATIC_CHECKS: tuple[Callable[[Probe], CheckResult], ...] = (
@@ -40,6 +42,15 @@ def selected_checks(functional: bool = True, slurm: bool = False
     return checks
 
 
+def scrubbed(result: CheckResult, env: Mapping[str, str]) -> CheckResult:
+    """result with the values of env's secret variables (host.secrets; HPCGPU_SECRET_ENV marks more)
+    replaced by <redacted> wherever they appear: a check may quote a variable or a tool's output,
+    and the report is meant to be pasted into a public issue."""
+    marked = marked_names(env)
+    return replace(result, detail=scrub(result.detail, env, marked), hint=scrub(result.hint, env, marked),
+                   data=scrub(result.data, env, marked))
+
+
 def run_doctor(probe: Probe, functional: bool = True, slurm: bool = False,
                on_start: Callable[[int, int, str], None] | None = None) -> list[CheckResult]:
     """Run every selected check against probe; on_start(i, n, name) announces each one."""
@@ -48,7 +59,7 @@ def run_doctor(probe: Probe, functional: bool = True, slurm: bool = False,
         for i, fn in enumerate(checks, 1):
             if on_start:
                 on_start(i, len(checks), fn.check_name)  # type: ignore[attr-defined]
-            results.append(fn(probe))
+            results.append(scrubbed(fn(probe), probe.env))
     finally:
         probe.close()
     return results

@@ -7,10 +7,10 @@ when it takes effect, so nobody has to guess where a variable came from.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Collection, Mapping
 
 from hpcgpu.contract.plan import REDACTED
-from hpcgpu.host.secrets import is_secret
+from hpcgpu.host.secrets import shown
 
 if TYPE_CHECKING:
     from hpcgpu.host.spec import Debug
@@ -61,15 +61,17 @@ class MergedEnv:
     notes: list[str]
 
 
-def merge_under(defaults: list[EnvDefault], spec_env: Mapping[str, str], user_env: Mapping[str, str]) -> MergedEnv:
-    """Defaults < spec `env:` < the user's own environment: hpcgpu never overrides what the user set."""
+def merge_under(defaults: list[EnvDefault], spec_env: Mapping[str, str], user_env: Mapping[str, str],
+                marked: Collection[str] = ()) -> MergedEnv:
+    """Defaults < spec `env:` < the user's own environment: hpcgpu never overrides what the user set.
+    The notes show secret values (host.secrets; marked: the spec's secret_env) as REDACTED."""
     added: dict[str, str] = {}
     notes: list[str] = []
     for d in defaults:
         if d.name in user_env:
-            notes.append(f"{d.name}: keeping your value {_show(d.name, user_env[d.name])} (hpcgpu would set {d.value}: {d.why})")
+            notes.append(f"{d.name}: keeping your value {shown(d.name, user_env[d.name], marked)} (hpcgpu would set {d.value}: {d.why})")
         elif d.name in spec_env:
-            notes.append(f"{d.name}={_show(d.name, spec_env[d.name])} from the spec's env (default {d.value}: {d.why})")
+            notes.append(f"{d.name}={shown(d.name, spec_env[d.name], marked)} from the spec's env (default {d.value}: {d.why})")
         else:
             added[d.name] = d.value
             notes.append(f"{d.name}={d.value} ({d.why})")
@@ -79,7 +81,3 @@ def merge_under(defaults: list[EnvDefault], spec_env: Mapping[str, str], user_en
             continue
         added[name] = value
     return MergedEnv(added=added, notes=notes)
-
-
-def _show(name: str, value: str) -> str:
-    return REDACTED if is_secret(name) else value

@@ -125,7 +125,7 @@ def start(spec: Spec, backend_name: str, announce: Callable[[Plan], None] = lamb
     materialize(plan, spec, facts)
     announce(plan)
     try:
-        handle = backend.launch(plan, withheld(spec.env))
+        handle = backend.launch(plan, withheld(spec.env, spec.secret_env))
     except UserError:
         shutil.rmtree(plan.run_dir, ignore_errors=True)  # nothing started: no trace but the error
         raise

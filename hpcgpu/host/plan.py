@@ -87,7 +87,7 @@ def rank_env(spec: Spec, run_dir: str, ckpt_dir: str, user_env: Mapping[str, str
     if spec.resources.nodes == 1:
         # gloo listens on the address the host name resolves to (often the LAN); one node needs loopback only
         defaults.append(EnvDefault("GLOO_SOCKET_IFNAME", "lo", "single node: gloo connections stay on loopback"))
-    merged = merge_under(defaults, spec.env, user_env)
+    merged = merge_under(defaults, spec.env, user_env, spec.secret_env)
     merged.added.update({
         envnames.RUN_DIR: run_dir,
         envnames.PLAN_FILE: f"{run_dir}/{PLAN_FILE}",
@@ -123,7 +123,7 @@ def core_plan(spec: Spec, facts: HostFacts, *, backend: str, run_id: str, run_di
         gpus_per_node=layout.gpus,
         process_group_backend=pg_backend, precision=spec.train.precision,
         ranks=rank_devices(spec.resources.nodes, layout.nproc, layout.device, pg_backend),
-        env=redact(merged.added), env_notes=tuple(merged.notes),
+        env=redact(merged.added, spec.secret_env), env_notes=tuple(merged.notes),
         node_argv=agent_command(facts.python, run_dir), container_prefix=(), request={},
         spec=resolved_data(pinned), created=created,
     )

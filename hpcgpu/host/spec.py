@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from hpcgpu.contract.errors import UserError
 from hpcgpu.contract.specview import RESOLVED_HEADER
-from hpcgpu.host.secrets import redact
+from hpcgpu.host.secrets import SECRET_ENV_VARIABLE, marked_names, redact
 from hpcgpu.host.spec_models import (DEFAULT_SPEC_FILE, DEMO_TASK, Checkpoint, Container, Debug, Distributed,  # noqa: F401
                                      Entry, Logging, Resources, Slurm, Spec, Train, _Model)
 
@@ -157,7 +157,7 @@ def load_spec(path: str | Path | None) -> tuple[Spec, str]:
 
 
 def dump_spec(spec: Spec) -> str:
-    """The resolved spec as YAML (what nodes and ranks read); values of secret-looking `env:` names
+    """The resolved spec as YAML (what nodes and ranks read); secret `env:` values (host.secrets)
     are written as <redacted> (they reach the ranks through the environment, never a file)."""
     return RESOLVED_HEADER + yaml.safe_dump(resolved_data(spec), sort_keys=False)
 
@@ -165,7 +165,7 @@ def dump_spec(spec: Spec) -> str:
 def resolved_data(spec: Spec) -> dict[str, Any]:
     """The spec as plain JSON data, secret env values REDACTED: what spec.yaml and plan.json hold."""
     data = spec.model_dump(mode="json")
-    data["env"] = redact(data["env"])
+    data["env"] = redact(data["env"], spec.secret_env)
     return data
 
 
@@ -215,6 +215,11 @@ ENV_OVERRIDES: dict[str, str] = {
 }
 
 
+#: list keys an override adds to rather than replaces: HPCGPU_SECRET_ENV=A on top of a spec's
+#: `secret_env: [B]` must not unmark B (its value would then be written)
+ADDITIVE_KEYS = frozenset({"secret_env"})
+
+
 class _EnvOverrides(dict):
     """Overrides read from HPCGPU_* variables: errors name the variables, not "command-line options"."""
 
@@ -222,9 +227,13 @@ class _EnvOverrides(dict):
 
 
 def env_overrides(environ: dict[str, str]) -> dict[str, Any]:
-    """The spec overrides given by HPCGPU_* variables (values are coerced by validation)."""
+    """The spec overrides given by HPCGPU_* variables (values are coerced by validation);
+    HPCGPU_SECRET_ENV's names are added to the spec's secret_env."""
     found = _EnvOverrides({key: environ[name] for name, key in ENV_OVERRIDES.items() if environ.get(name)})
     found.variables = tuple(name for name in ENV_OVERRIDES if environ.get(name))
+    if marked_names(environ):
+        found["secret_env"] = list(marked_names(environ))
+        found.variables += (SECRET_ENV_VARIABLE,)
     return found
 
 
@@ -240,6 +249,8 @@ def apply_overrides(spec: Spec, overrides: dict[str, Any]) -> Spec:
             if not isinstance(node.get(part), dict):
                 node[part] = {}
             node = node[part]
+        if dotted in ADDITIVE_KEYS and isinstance(node.get(last), list) and isinstance(value, list):
+            value = node[last] + [v for v in value if v not in node[last]]
         node[last] = value
     try:
         return Spec.model_validate(data)

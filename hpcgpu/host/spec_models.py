@@ -278,6 +278,8 @@ class Spec(_Model):
     """NCCL and torch.distributed debug variables."""
     env: dict[str, str] = Field(default_factory=dict)
     """Extra environment variables for every rank (they override hpcgpu's defaults)."""
+    secret_env: list[str] = Field(default_factory=list)
+    """Names of variables whose values are secrets, besides names with a credential word (TOKEN, KEY, PASSWORD, ...) and values with credentials in a URL (`scheme://user:pw@host`): files and output show `<redacted>`, the ranks get the value through their environment (export it to resume). `HPCGPU_SECRET_ENV=NAME,NAME` adds names."""
     slurm: Slurm = Field(default_factory=Slurm)
     """Slurm submission settings."""
     container: Optional[Container] = None
@@ -290,9 +292,9 @@ class Spec(_Model):
             raise ValueError("name: letters, digits, '.', '_' or '-', at most 64, starting with a letter or digit")
         return v
 
-    @field_validator("env")
+    @field_validator("env", "secret_env")
     @classmethod
-    def _env_names(cls, v: dict) -> dict:
+    def _env_names(cls, v: dict | list) -> dict | list:
         for key in v:
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
                 raise ValueError(f"environment variable name {key!r} is not valid")

@@ -60,9 +60,11 @@ def spec_without_plan(env: Mapping[str, str]) -> SpecView:
         import yaml
 
         return SpecView(yaml.safe_load(text) or {})
-    from hpcgpu.host.spec import load_spec  # noqa: layer-exception (see docstring)
+    from hpcgpu.host.spec import load_spec, resolved_data  # noqa: layer-exception (see docstring)
 
-    return SpecView(load_spec(path)[0].model_dump(mode="json"))
+    # resolved_data, not model_dump: this view is what checkpoints record, and a hand-written
+    # spec's secret env values must not end up in them
+    return SpecView(resolved_data(load_spec(path)[0]))
 
 
 def planned_device(ctx: WorkerContext) -> Optional[str]:

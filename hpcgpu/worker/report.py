@@ -13,7 +13,7 @@ from hpcgpu.worker.state import spec_changes
 # Keys that may change between attempts without changing the training itself.
 _HARMLESS = ("checkpoint.", "logging.", "distributed.max_restarts", "distributed.stop_grace_s",
              "distributed.timeout_s", "distributed.rdzv_timeout_s", "debug.", "slurm.", "container",
-             "train.log_every", "train.num_workers", "resources.time", "resources.mem", "env.")
+             "train.log_every", "train.num_workers", "resources.time", "resources.mem", "env.", "secret_env")
 
 
 def resume_changes(state: dict, spec_json: str, world_size: int) -> list[str]:
