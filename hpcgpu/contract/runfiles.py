@@ -25,10 +25,19 @@ def make_private_dir(path: Path) -> Path:
 def write_private_text(path: Path, text: str) -> None:
     """Write text so readers never see half a file; the file is private to the user (0600)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        # a full disk fails the write or the close: leave no half-written temporary behind, and
+        # name the file the caller asked for, not the temporary (same errno, same OSError subclass)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise OSError(e.errno, e.strerror, str(path)) from e
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:

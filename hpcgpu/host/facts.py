@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -36,6 +37,13 @@ class HostFacts:
     """the launching environment: the user's own values win over hpcgpu's defaults"""
     partitions: tuple[str, ...] = ()
     """`sinfo -h -o SINFO_FORMAT` rows (Slurm plans only; empty when sinfo is not here)"""
+    cpus: Optional[int] = None
+    """CPU cores this process may run on (its affinity mask); None when not looked at"""
+    max_open_files: Optional[int] = None
+    """RLIMIT_NOFILE soft limit (`ulimit -n`), inherited by the node agent; None when unlimited or not looked at"""
+    max_user_procs: Optional[int] = None
+    """RLIMIT_NPROC soft limit (`ulimit -u`, counts the user's threads); None when unlimited, not enforced
+    (root) or not looked at"""
 
 
 def sinfo_rows(timeout_s: float = 20) -> tuple[str, ...]:
@@ -59,4 +67,22 @@ def gather_facts(backend: str, environ: Optional[Mapping[str, str]] = None) -> H
         infiniband=os.path.isdir("/dev/infiniband"),
         environ=environ,
         partitions=sinfo_rows() if backend == "slurm" else (),
+        cpus=usable_cpus(),
+        max_open_files=soft_limit(resource.RLIMIT_NOFILE),
+        # the kernel does not enforce RLIMIT_NPROC on root
+        max_user_procs=soft_limit(resource.RLIMIT_NPROC) if os.getuid() != 0 else None,
     )
+
+
+def usable_cpus() -> int:
+    """The cores this process may use (taskset, cgroup cpusets), not the machine's total."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS has no sched_getaffinity
+        return os.cpu_count() or 1
+
+
+def soft_limit(which: int) -> Optional[int]:
+    """A resource's soft limit, None when unlimited."""
+    soft, _ = resource.getrlimit(which)
+    return None if soft == resource.RLIM_INFINITY else soft

@@ -7,6 +7,7 @@ would be written). Bad input raises UserError before anything is created.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -121,8 +122,7 @@ def start(spec: Spec, backend_name: str, announce: Callable[[Plan], None] = lamb
     facts = gather_facts(backend_name)
     plan = plan_new(spec, backend_name, facts)
     backend.preflight(plan)
-    plan = _reserve_run_dir(plan, lambda: plan_new(spec, backend_name, facts))
-    materialize(plan, spec, facts)
+    plan = create_run(plan, spec, facts, lambda: plan_new(spec, backend_name, facts))
     announce(plan)
     try:
         handle = backend.launch(plan, withheld(spec.env, spec.secret_env))
@@ -132,12 +132,90 @@ def start(spec: Spec, backend_name: str, announce: Callable[[Plan], None] = lamb
     return Launched(plan, handle, backend)
 
 
+def create_run(plan: Plan, spec: Spec, facts: HostFacts, replan: Callable[[], Plan]) -> Plan:
+    """Reserve the run dir and write the run's files; on any OSError (full disk, quota, read-only,
+    permissions) remove everything this created and raise UserError naming the file and the cause."""
+    base = os.path.dirname(plan.run_dir)
+    check_runs_base(spec.logging.dir, base)
+    created: list[str] = []
+    reserved: Optional[str] = None
+    try:
+        created = make_dirs(base)
+        plan = _reserve_run_dir(plan, replan)
+        reserved = plan.run_dir
+        materialize(plan, spec, facts)
+        return plan
+    except OSError as e:
+        if reserved:
+            shutil.rmtree(reserved, ignore_errors=True)
+        for path in reversed(created):  # the base dirs this run created, deepest first, if still empty
+            try:
+                os.rmdir(path)
+            except OSError:
+                break
+        raise UserError(*storage_error_text(e, spec.logging.dir, base)) from None
+
+
+def check_runs_base(logging_dir: str, base: str) -> None:
+    """logging.dir must be a directory or not exist yet: a dangling link or a file there would
+    otherwise read as "no free run directory" or a traceback."""
+    where = f"logging.dir {logging_dir!r}" + (f" ({base})" if logging_dir != base else "")
+    hint = "point logging.dir (or HPCGPU_LOG_DIR) at a directory, or remove what is in the way"
+    if os.path.islink(base) and not os.path.exists(base):
+        raise UserError(f"{where} is a symbolic link to {os.readlink(base)!r}, which does not exist", hint=hint)
+    if os.path.lexists(base) and not os.path.isdir(base):
+        raise UserError(f"{where} is a file, not a directory", hint=hint)
+
+
+def make_dirs(path: str) -> list[str]:
+    """Create path and its missing parents (0700 for the new ones); return those created, outermost
+    first, so a failed start can remove exactly them."""
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    created = []
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            if not os.path.isdir(path):  # a file or a dangling link where a directory must go
+                raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory", path) from None
+            continue  # another run created it meanwhile
+        created.append(path)
+    return created
+
+
+def storage_error_text(e: OSError, logging_dir: str, base: str) -> tuple[str, str]:
+    """The message and hint for a run that could not be written: the file, the cause, the fix."""
+    path = str(e.filename or "?")
+    # on the way to or inside logging.dir (the base, one of its parents, a run dir file), else the index
+    on_base = path == base or base.startswith(path.rstrip(os.sep) + os.sep) or path.startswith(base + os.sep)
+    key = f"logging.dir {logging_dir!r}" if on_base else "the run index (HPCGPU_HOME)"
+    message = f"cannot write the run ({key}): {path}: {e.strerror or e}"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "free space (or quota) on that filesystem, or point logging.dir (HPCGPU_LOG_DIR) elsewhere"
+    elif e.errno == errno.EFBIG:
+        hint = "a file-size limit was hit (`ulimit -f`, or the filesystem's): raise it, or point logging.dir elsewhere"
+    elif e.errno == errno.EROFS:
+        hint = "that filesystem is read-only: point logging.dir (HPCGPU_LOG_DIR) at a writable directory"
+    elif e.errno in (errno.EACCES, errno.EPERM):
+        hint = "you may not write there: fix its permissions, or point logging.dir (HPCGPU_LOG_DIR) elsewhere"
+    else:
+        hint = "point logging.dir (HPCGPU_LOG_DIR) at a writable directory"
+    if key.startswith("the run index"):
+        hint = "set HPCGPU_HOME to a writable directory with free space"
+    return message + "; nothing was started and no run directory was left", hint
+
+
 def _reserve_run_dir(plan: Plan, replan: Callable[[], Plan], tries: int = 5) -> Plan:
     """The plan whose run dir this process created exclusively: two runs started in the same second
-    may draw the same id, and must not share a directory (replan draws a fresh id)."""
+    may draw the same id, and must not share a directory (replan draws a fresh id). The base exists."""
     for _ in range(tries):
         try:
-            Path(plan.run_dir).parent.mkdir(parents=True, exist_ok=True)
             Path(plan.run_dir).mkdir(mode=0o700)
             return plan
         except FileExistsError:

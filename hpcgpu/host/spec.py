@@ -99,8 +99,24 @@ def _format_errors(err: ValidationError, source: str, lines: dict[tuple, int]) -
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key; see `hpcgpu spec schema` for the allowed keys"
+        if e["type"] == "int_parsing_size":  # pydantic's words for a number past 64 bits: say the range
+            msg = _range_text(loc)
         out.append(f"  {key}{where}: {msg}")
     return "\n".join(out)
+
+
+def _range_text(loc: tuple) -> str:
+    """`Input should be less than or equal to N`, the words of every other range error, for the field at loc."""
+    model, field = Spec, None
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            break
+        model = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, _Model) else None
+        if model is None:
+            break
+    highest = next((m.le for m in getattr(field, "metadata", ()) if getattr(m, "le", None) is not None), None)
+    return f"Input should be less than or equal to {highest}" if highest is not None else "Input should be a smaller number"
 
 
 def parse_spec(text: str, source: str = "<spec>") -> Spec:

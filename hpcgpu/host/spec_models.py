@@ -26,11 +26,31 @@ def _single_line(value: Any) -> Any:
     return value
 
 
+#: Upper bounds of the numeric keys. Every number reaches a C-level call (a timedelta, a C int, a torch
+#: generator, sbatch): an unbounded one, e.g. `timeout_s: 1e20`, is accepted here and crashes the ranks
+#: later with OverflowError. Each bound is far above any real use and far below any overflow.
+#: waits (collective and rendezvous timeouts, the stop grace): a week; timedelta overflows near 1e14 s
+MAX_WAIT_S = 7 * 24 * 3600
+#: step counts (epochs, max_steps, every N steps): a billion
+MAX_STEPS = 10**9
+#: train.seed: 32 bits either way, numpy's seed range; the loader seeds torch with seed * 1000003 (< 2**63)
+MAX_SEED = 2**32 - 1
+#: Slurm's `--signal=B:USR2@N` takes N up to 65535 s
+MAX_SIGNAL_BEFORE_S = 65535
+#: ranks (or CPUs) on one node: more than any node has hardware threads
+MAX_PER_NODE = 4096
+#: GPUs in one node
+MAX_GPUS_PER_NODE = 64
+#: nodes of one job
+MAX_NODES = 65536
+
+
 class _Model(BaseModel):
     # Unknown keys are typos until proven otherwise: reject them. Field docstrings become schema
     # descriptions only when a schema is asked for (json_schema): pydantic's use_attribute_docstrings
     # parses this file's source at import, about 35 ms of every `run local` and `submit` start.
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # No inf or nan: `lr: .inf` would pass `gt=0` and turn every weight into nan.
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class Entry(_Model):
@@ -73,13 +93,13 @@ SLURM_SYNTAX = {
 class Resources(_Model):
     """How much hardware the job asks for."""
 
-    nodes: int = Field(1, ge=1)
+    nodes: int = Field(1, ge=1, le=MAX_NODES)
     """Number of nodes (one node agent per node)."""
     gpus_per_node: Union[int, Literal["all"]] = "all"
-    """GPUs per node: a count, or `all` (every visible GPU; none on a CPU-only machine)."""
-    procs_per_node: int = Field(2, ge=1)
-    """Ranks per node when the job runs on CPUs (no GPUs requested or visible)."""
-    cpus_per_task: Optional[int] = Field(None, ge=1)
+    """GPUs per node: a count from 0 to 64, or `all` (every visible GPU; none on a CPU-only machine)."""
+    procs_per_node: int = Field(2, ge=1, le=MAX_PER_NODE)
+    """Ranks per node when the job runs on CPUs (no GPUs requested or visible); a local run also refuses more than this machine can hold (CPU cores, process and open-file limits)."""
+    cpus_per_task: Optional[int] = Field(None, ge=1, le=MAX_PER_NODE)
     """CPU cores per node agent (Slurm --cpus-per-task)."""
     mem: Optional[str] = None
     """Memory per node, Slurm syntax (e.g. `64G`)."""
@@ -91,6 +111,8 @@ class Resources(_Model):
     def _non_negative(cls, v: Any) -> Any:
         if isinstance(v, int) and v < 0:
             raise ValueError("must be >= 0 or 'all'")
+        if isinstance(v, int) and v > MAX_GPUS_PER_NODE:
+            raise ValueError(f"must be <= {MAX_GPUS_PER_NODE} (GPUs in one node) or 'all'")
         return v
 
     @field_validator("mem", "time")
@@ -107,15 +129,15 @@ class Distributed(_Model):
 
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     """`auto`: nccl when ranks have GPUs, else gloo."""
-    timeout_s: int = Field(600, ge=1)
-    """Collective timeout: a rank stuck longer than this fails the run instead of hanging."""
-    rdzv_timeout_s: int = Field(300, ge=1)
-    """How long nodes wait for each other at start."""
-    max_restarts: int = Field(0, ge=0)
+    timeout_s: int = Field(600, ge=1, le=MAX_WAIT_S)
+    """Collective timeout: a rank stuck longer than this fails the run instead of hanging. At most a week."""
+    rdzv_timeout_s: int = Field(300, ge=1, le=MAX_WAIT_S)
+    """How long nodes wait for each other at start. At most a week."""
+    max_restarts: int = Field(0, ge=0, le=1000)
     """Restart all ranks this many times after a failure (they resume from the last checkpoint). A clean stop on a signal (exit 75) is never restarted."""
-    stop_grace_s: int = Field(120, ge=1)
-    """After a stop signal, how long ranks get to checkpoint before they are killed."""
-    stop_check_every: int = Field(10, ge=1)
+    stop_grace_s: int = Field(120, ge=1, le=MAX_WAIT_S)
+    """After a stop signal, how long ranks get to checkpoint before they are killed. At most a week."""
+    stop_check_every: int = Field(10, ge=1, le=MAX_STEPS)
     """The Trainer agrees on stop requests every N steps (one small all-reduce): a stop lands within N steps."""
 
 
@@ -126,23 +148,23 @@ class Train(_Model):
     """ddp: one rank per device; fsdp: shard parameters (fully_shard); dp: one process, all GPUs."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Mixed precision on GPUs; fp16 uses a gradient scaler."""
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, le=2**20)
     """Samples per device per micro-step."""
-    grad_accum: int = Field(1, ge=1)
+    grad_accum: int = Field(1, ge=1, le=2**16)
     """Micro-steps per optimizer step (gradients all-reduced once per step)."""
-    lr: float = Field(1e-3, gt=0)
-    """Base learning rate, before scaling."""
+    lr: float = Field(1e-3, gt=0, le=1e4)
+    """Base learning rate, before scaling. Finite, at most 1e4: a larger one is a typo (3e4 for 3e-4)."""
     lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
     """Scale lr by world_size x grad_accum (linear), its square root, or not at all."""
-    epochs: int = Field(1, ge=1)
+    epochs: int = Field(1, ge=1, le=MAX_STEPS)
     """Passes over the data (unless max_steps ends the run first)."""
-    max_steps: Optional[int] = Field(None, ge=1)
+    max_steps: Optional[int] = Field(None, ge=1, le=MAX_STEPS)
     """Stop after this many optimizer steps."""
-    seed: int = 0
-    """Seed for model init, data order and dropout: same seed, same run."""
-    num_workers: int = Field(0, ge=0)
+    seed: int = Field(0, ge=-MAX_SEED, le=MAX_SEED)
+    """Seed for model init, data order and dropout: same seed, same run. 32 bits either sign (numpy's range)."""
+    num_workers: int = Field(0, ge=0, le=256)
     """DataLoader worker processes per rank."""
-    log_every: int = Field(10, ge=1)
+    log_every: int = Field(10, ge=1, le=MAX_STEPS)
     """Log loss and throughput every N steps."""
 
 
@@ -151,9 +173,9 @@ class Checkpoint(_Model):
 
     dir: Optional[str] = None
     """Checkpoint directory (default: `<run dir>/checkpoints`)."""
-    every_steps: int = Field(100, ge=1)
+    every_steps: int = Field(100, ge=1, le=MAX_STEPS)
     """Save every N optimizer steps (and always at the end and on a stop request)."""
-    keep_last: int = Field(3, ge=2)
+    keep_last: int = Field(3, ge=2, le=MAX_STEPS)
     """Checkpoints kept; at least 2 so a crash while writing never leaves none."""
     resume: str = "auto"
     """`auto` (newest valid checkpoint), `never`, or a checkpoint path."""
@@ -211,10 +233,10 @@ class Slurm(_Model):
     """Quality of service (sbatch --qos)."""
     constraint: Optional[str] = None
     """Node features required (sbatch --constraint), e.g. `h100`."""
-    signal_before_s: int = Field(180, ge=10)
+    signal_before_s: int = Field(180, ge=10, le=MAX_SIGNAL_BEFORE_S)
     """Ask Slurm for SIGUSR2 this many seconds before the time limit; leave distributed.stop_grace_s
-    plus ~15 s so the checkpoint and the requeue both happen before Slurm's kill."""
-    max_timeout_requeues: int = Field(3, ge=0)
+    plus ~15 s so the checkpoint and the requeue both happen before Slurm's kill. At most 65535 (Slurm's limit)."""
+    max_timeout_requeues: int = Field(3, ge=0, le=1000)
     """Requeues after hitting the time limit; preemptions are not capped."""
     extra: dict[str, Union[str, int, bool]] = Field(default_factory=dict)
     """Extra sbatch options, e.g. {exclusive: true, reservation: big}."""

@@ -31,7 +31,29 @@ def _type_of(prop: dict[str, Any]) -> str:
         return f"list of {_type_of(prop.get('items', {}))}"
     if prop.get("type") == "object":
         return "mapping"
-    return prop.get("type", "any")
+    return prop.get("type", "any") + _range_of(prop)
+
+
+def _range_of(prop: dict[str, Any]) -> str:
+    """`, 1 to 604800` for a bounded number: the range the loader enforces, next to the type."""
+    def text(n: Any) -> str:
+        return f"{n:g}" if isinstance(n, float) else str(n)
+
+    parts = []
+    if "minimum" in prop:
+        parts.append(f">= {text(prop['minimum'])}")
+    if "exclusiveMinimum" in prop:
+        parts.append(f"> {text(prop['exclusiveMinimum'])}")
+    if "maximum" in prop:
+        parts.append(f"<= {text(prop['maximum'])}")
+    if "minimum" in prop and "maximum" in prop:
+        return f", {text(prop['minimum'])} to {text(prop['maximum'])}"
+    return f", {' and '.join(parts)}" if parts else ""
+
+
+def _one_line(text: str) -> str:
+    """A docstring in one table cell: a newline would end the markdown row."""
+    return " ".join(text.split())
 
 
 def _default(prop: dict[str, Any], required: bool) -> str:
@@ -56,5 +78,5 @@ def reference_markdown() -> str:
     for key, model in sections:
         out += ["", f"## `{key}`", "", model.get("description", "").strip(), "", "| key | type | default | meaning |", "|---|---|---|---|"]
         for sub, prop in model["properties"].items():
-            out.append(f"| `{key}.{sub}` | {_type_of(prop)} | {_default(prop, sub in model.get('required', []))} | {prop.get('description', '').strip()} |")
+            out.append(f"| `{key}.{sub}` | {_type_of(prop)} | {_default(prop, sub in model.get('required', []))} | {_one_line(prop.get('description', ''))} |")
     return "\n".join(out) + "\n"

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 from hpcgpu.backends import LaunchHandle, RunStatus
+from hpcgpu.backends.local.capacity import check_ranks_fit
 from hpcgpu.contract.errors import UserError
 from hpcgpu.contract.plan import Plan
 from hpcgpu.contract.procs import is_process, pid_alive, signal_process
@@ -91,6 +92,7 @@ class LocalBackend:
     def plan(self, spec: Spec, facts: HostFacts, *, run_id: str, run_dir: str, created: float = 0.0) -> Plan:
         plan = core_plan(spec, facts, backend=self.name, run_id=run_id, run_dir=run_dir,
                          visible_gpus=facts.visible_gpus, created=created)
+        check_ranks_fit(plan.nproc_per_node, plan.device_type, facts)
         if spec.container is None:
             return plan
         return with_parts(plan, node_argv=agent_command("python3", run_dir),
