@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from hpcgpu.contract import exitcodes
 
@@ -112,11 +112,20 @@ def make_clean_stops_final() -> None:
             if result.state == WorkerState.FAILED and result.failures and all(
                     f.exitcode == exitcodes.STOPPED_RESUMABLE for f in result.failures.values()):
                 self._remaining_restarts = 0
+            elif result.state in (WorkerState.FAILED, WorkerState.UNHEALTHY) and self._remaining_restarts > 0:
+                # torch elastic restarts the ranks next; it would say so only in its own (quieted) log
+                most = worker_group.spec.max_restarts
+                _on_restart(result.failures, most - self._remaining_restarts + 1, most + 1)
             return result
         return monitor
 
     _patch(LocalElasticAgent, "_monitor_workers", make, "LocalElasticAgent._monitor_workers",
            "with distributed.max_restarts > 0 a stop that reached only the ranks restarts them")
+
+
+#: called as (failures, failed attempt, attempts in all) before torch elastic restarts the ranks;
+#: the node agent sets it per run (adjust_torch_elastic), the patched monitor reads it
+_on_restart: Callable[[dict, int, int], None] = lambda failures, attempt, attempts: None
 
 
 def keep_rank_store_on_loopback(handler: Any, make_store: Callable[[str, int], Any]) -> None:
@@ -145,8 +154,12 @@ def fresh_rank_store_per_attempt(handler: Any) -> None:
     handler.next_rendezvous = next_rendezvous
 
 
-def adjust_torch_elastic() -> None:
-    """Everything above that applies process-wide (the rendezvous parts apply per handler)."""
+def adjust_torch_elastic(on_restart: Optional[Callable[[dict, int, int], None]] = None) -> None:
+    """Everything above that applies process-wide (the rendezvous parts apply per handler);
+    on_restart reports a failed attempt that torch elastic is about to restart."""
+    global _on_restart
+    if on_restart is not None:
+        _on_restart = on_restart
     quiet_elastic_logs()
     limit_failure_teardown()
     make_clean_stops_final()

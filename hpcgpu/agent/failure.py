@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import re
 import signal
+from pathlib import Path
 from typing import Optional
 
+#: lines of a failed rank's own log shown when it left no traceback (os._exit, a C-level crash)
+LOG_TAIL_LINES = 12
 
-def describe_failure(failures: dict, timeout_s: Optional[int] = None) -> str:
-    """Name the rank that failed first, with its traceback; ranks stopped because of it come after."""
+
+def describe_failure(failures: dict, timeout_s: Optional[int] = None, run_dir: Optional[Path] = None) -> str:
+    """Name the rank that failed first, with its traceback (else the end of its log, in run_dir);
+    ranks stopped because of it come after."""
     # torch elastic adds the ranks that died on their own first and the ranks it then stopped
     # with SIGTERM after them (dict order). Its timestamps are whole seconds, so they cannot tell
     # a rank killed with SIGKILL from the peer whose collective failed a moment later.
@@ -26,6 +31,11 @@ def describe_failure(failures: dict, timeout_s: Optional[int] = None) -> str:
     elif msg:
         text = str(msg)
         lines.append(f"  {msg}")
+    if not text.strip().startswith("Traceback") and run_dir is not None:
+        tail = log_tail(Path(run_dir) / "logs" / f"rank{first_rank}.log", LOG_TAIL_LINES)
+        if tail:
+            lines.append(f"  last lines of its log ({Path(run_dir) / 'logs' / f'rank{first_rank}.log'}):")
+            lines.extend(f"  | {line}" for line in tail)
     if others:
         lines.append("then stopped: " + ", ".join(f"rank {r} ({_how(f)})" for _, (r, f) in others))
     hint = _failure_hint(first, text, [r for _, (r, _f) in others], timeout_s)
@@ -53,3 +63,14 @@ def _failure_hint(first, text: str, others: list, timeout_s: Optional[int]) -> s
         return ("a file system is full. A checkpoint appears only once it is complete, so the previous "
                 "one is intact: free space (or point checkpoint.dir at a bigger disk) and run again to resume")
     return ""
+
+
+def log_tail(path: Path, n: int) -> list[str]:
+    """The last n lines of a log (read from its end: a rank log may be large); [] when unreadable."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            return f.read().decode(errors="replace").splitlines()[-n:]
+    except OSError:
+        return []

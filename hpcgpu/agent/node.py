@@ -25,7 +25,7 @@ from hpcgpu.contract.console import ConsoleFollower
 from hpcgpu.contract.errors import UserError
 from hpcgpu.contract.node import NodeFacts
 from hpcgpu.contract.plan import REDACTED, Plan
-from hpcgpu.contract.runfiles import make_private_dir, write_result
+from hpcgpu.contract.runfiles import count_elastic_restart, make_private_dir, write_result
 
 
 def _stopped_markers(run_dir: Path, since: float) -> list[dict]:
@@ -133,10 +133,20 @@ def _run_ranks(plan: Plan, node: NodeFacts) -> int:
     from hpcgpu.agent.failure import describe_failure
     from hpcgpu.agent.rendezvous import describe_rdzv_failure, register_rendezvous
 
-    adjust_torch_elastic()
-    register_rendezvous()
     run_dir = Path(plan.run_dir)
     dist = plan.spec["distributed"]
+
+    def on_restart(failures: dict, attempt: int, attempts: int) -> None:
+        """Say which rank failed and how, that the ranks restart, and count it for `status`."""
+        print(f"hpcgpu: attempt {attempt} of {attempts} failed:\n"
+              f"{describe_failure(failures, dist['timeout_s'], run_dir)}\n"
+              f"hpcgpu: restarting the ranks (attempt {attempt + 1} of {attempts}, distributed.max_restarts="
+              f"{attempts - 1}); they resume from the newest checkpoint", file=sys.stderr, flush=True)
+        if node.is_head:
+            count_elastic_restart(run_dir)
+
+    adjust_torch_elastic(on_restart)
+    register_rendezvous()
     config = _launch_config(plan, node, os.environ)  # type: ignore[arg-type]
     started = time.time()
     follower = ConsoleFollower(run_dir, sys.stdout.buffer).start()
@@ -147,7 +157,7 @@ def _run_ranks(plan: Plan, node: NodeFacts) -> int:
         if all(f.exitcode == exitcodes.STOPPED_RESUMABLE for f in e.failures.values()):
             return exitcodes.STOPPED_RESUMABLE
         follower.stop()
-        print(f"hpcgpu: training failed\n{describe_failure(e.failures, dist['timeout_s'])}", file=sys.stderr)
+        print(f"hpcgpu: training failed\n{describe_failure(e.failures, dist['timeout_s'], run_dir)}", file=sys.stderr)
         return exitcodes.FAILED
     except RendezvousError as e:
         follower.stop()

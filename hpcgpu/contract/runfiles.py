@@ -13,6 +13,8 @@ from typing import Any, Optional
 
 #: how the run's last attempt ended, written by node 0's agent: {"exit_code": N, "ended": epoch s}
 RESULT_FILE = "result.json"
+#: how many times node 0's agent restarted the ranks after a failure (distributed.max_restarts), all launches
+RESTARTS_FILE = "elastic_restarts.json"
 
 
 def make_private_dir(path: Path) -> Path:
@@ -64,3 +66,15 @@ def read_result(run_dir: Path, since: float = 0.0) -> Optional[dict[str, Any]]:
     if result is None or float(result.get("ended") or 0) < since:
         return None
     return result
+
+
+def count_elastic_restart(run_dir: Path) -> int:
+    """One more restart of the ranks by the node agent; the new total (`status` adds it up)."""
+    total = elastic_restarts(run_dir) + 1
+    write_json_atomic(Path(run_dir) / RESTARTS_FILE, {"restarts": total, "time": time.time()})
+    return total
+
+
+def elastic_restarts(run_dir: Path) -> int:
+    """How many times the node agent restarted this run's ranks after a failure, over all launches."""
+    return int((read_json(Path(run_dir) / RESTARTS_FILE) or {}).get("restarts") or 0)

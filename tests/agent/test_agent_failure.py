@@ -96,3 +96,23 @@ def test_a_timeout_mentioned_by_a_stopped_rank_does_not_count():
     # only the first failure's text is read for hints
     failures = {0: Failure(1, 0, 5, tb("ValueError")), 1: Failure(TERM, 1, 6, tb("Timed out waiting 5000ms"))}
     assert "hint:" not in describe_failure(failures, timeout_s=5)
+
+
+def test_a_rank_that_left_no_traceback_is_shown_by_the_end_of_its_own_log(tmp_path):
+    # os._exit(3), a C-level crash: no error file, so its own last lines are all there is to go on
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "rank1.log").write_text("".join(f"line {i}\n" for i in range(30)) + "CUDA error: bad\n")
+    failures = {1: Failure(3, 1, 11, "To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html"),
+                0: Failure(TERM, 0, 10)}
+    lines = describe_failure(failures, run_dir=tmp_path).splitlines()
+    assert lines[0] == "rank 1 (local rank 1, pid 11) failed with exit code 3"
+    assert lines[2] == f"  last lines of its log ({tmp_path / 'logs' / 'rank1.log'}):"
+    assert lines[3:15] == [f"  | line {i}" for i in range(19, 30)] + ["  | CUDA error: bad"]
+    assert lines[15] == "then stopped: rank 0 (signal SIGTERM)"
+
+
+def test_a_traceback_is_not_followed_by_the_log(tmp_path):
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "rank0.log").write_text("noise\n")
+    text = describe_failure({0: Failure(1, 0, 5, tb("Traceback\n  boom"))}, run_dir=tmp_path)
+    assert "last lines" not in text and "noise" not in text

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -97,6 +98,15 @@ def test_max_restarts_restarts_and_resumes_from_the_last_checkpoint(tmp_path):
     assert f"resuming from {done.run_dir() / 'checkpoints' / 'step_00000005'}: step 5," in log, log[-3000:]
     summary = json.loads((done.run_dir() / "summary.json").read_text())
     assert summary["status"] == "done" and summary["steps"] == 12
+    # the console says which rank failed and how (its own last lines: os._exit leaves no traceback),
+    # and that the ranks restart; rank 0's header of each attempt shows once
+    assert "hpcgpu: attempt 1 of 2 failed:\nrank 1 (local rank 1" in done.stderr, done.text
+    assert "failed with exit code 3" in done.stderr and "last lines of its log" in done.stderr, done.text
+    assert "| ==== hpcgpu rank 1/2" in done.stderr, done.text  # from rank 1's own log
+    assert "hpcgpu: restarting the ranks (attempt 2 of 2, distributed.max_restarts=1)" in done.stderr, done.text
+    assert done.stdout.count("attempt 2 (elastic restart 1") == 1, done.text
+    status = hpcgpu(["status", str(done.run_dir())], tmp_path)
+    assert re.search(r"^restarts:\s+1$", status.stdout, re.M), status.stdout
 
 
 def test_a_signal_to_one_rank_stops_the_run_even_with_max_restarts(tmp_path):

@@ -14,7 +14,7 @@ from hpcgpu.backends.local.capacity import check_ranks_fit
 from hpcgpu.contract.errors import UserError
 from hpcgpu.contract.plan import Plan
 from hpcgpu.contract.procs import is_process, pid_alive, signal_process
-from hpcgpu.contract.runfiles import read_result, write_result
+from hpcgpu.contract.runfiles import elastic_restarts, read_json, read_result, write_result
 from hpcgpu.contract.states import RunState, state_from_exit
 from hpcgpu.host.facts import HostFacts
 from hpcgpu.host.plan import agent_command, core_plan, describe_plan, with_parts
@@ -132,9 +132,12 @@ class LocalBackend:
     def status(self, record: RunRecord) -> RunStatus:
         """From result.json; else from the launcher: the process recorded as (pid, start time)
         running is RUNNING, gone is LOST (a reused pid is another process, never this run)."""
-        result = read_result(Path(record.run_dir))
+        run_dir = Path(record.run_dir)
+        # restarts: each --resume (run.json) and each restart of the ranks after a failure
+        restarts = int((read_json(run_dir / "run.json") or {}).get("restarts") or 0) + elastic_restarts(run_dir)
+        result = read_result(run_dir)
         if result is not None:
-            return RunStatus(state_from_exit(result["exit_code"]))
+            return RunStatus(state_from_exit(result["exit_code"]), restarts=restarts)
         if record.host != os.uname().nodename:
             return RunStatus(RunState.UNKNOWN, reason=f"launched on {record.host}: ask there")
         if record.pid_start is None and record.pid and pid_alive(record.pid):
@@ -142,8 +145,8 @@ class LocalBackend:
             return RunStatus(RunState.UNKNOWN, reason=f"launcher pid {record.pid} cannot be told from a "
                              "process that reused its pid")
         if record.pid and is_process(record.pid, record.pid_start):
-            return RunStatus(RunState.RUNNING)
-        return RunStatus(RunState.LOST, reason=f"its launcher (pid {record.pid}) ended without recording how "
+            return RunStatus(RunState.RUNNING, restarts=restarts)
+        return RunStatus(RunState.LOST, restarts=restarts, reason=f"its launcher (pid {record.pid}) ended without recording how "
                          "the run ended (killed with SIGKILL, or the machine restarted)")
 
     def describe(self, plan: Plan) -> str:
