@@ -186,11 +186,27 @@ def test_a_group_that_stopped_cleanly_is_not_restarted(monitor):
     (WorkerState.SUCCEEDED, ()),
     (WorkerState.HEALTHY, ()),
 ])
-def test_other_outcomes_keep_their_restarts(monitor, state, codes):
+def test_other_outcomes_keep_their_restarts(monitor, monkeypatch, state, codes):
     agent = fake_agent()
+    reports = []
+    monkeypatch.setattr(elastic, "_on_restart", lambda *args: reports.append(args))
     monitor.next = result(state, *codes)
-    assert LocalElasticAgent._monitor_workers(agent, None) is monitor.next
+    group = types.SimpleNamespace(spec=types.SimpleNamespace(max_restarts=3))
+    assert LocalElasticAgent._monitor_workers(agent, group) is monitor.next
     assert agent._remaining_restarts == 3
+    # a failure torch elastic is about to restart is reported as attempt 1 of 4 (3 restarts left)
+    expected = [(monitor.next.failures, 1, 4)] if state == WorkerState.FAILED else []
+    assert reports == expected
+
+
+def test_the_last_attempt_s_failure_is_not_reported_as_a_restart(monitor, monkeypatch):
+    agent = fake_agent()
+    agent._remaining_restarts = 0
+    reports = []
+    monkeypatch.setattr(elastic, "_on_restart", lambda *args: reports.append(args))
+    monitor.next = result(WorkerState.FAILED, 1)
+    LocalElasticAgent._monitor_workers(agent, types.SimpleNamespace(spec=types.SimpleNamespace(max_restarts=3)))
+    assert reports == []
 
 
 def test_adjust_torch_elastic_applies_both_patches(monkeypatch):
