@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from pathlib import Path
@@ -21,9 +20,11 @@ def _checkpoint_dir(run_dir: Path) -> Path:
 
 
 def _latest_checkpoint_step(run_dir: Path):
-    """The newest complete checkpoint's step (ones being written are hidden .step_* directories)."""
-    steps = [int(m.group(1)) for p in _checkpoint_dir(run_dir).glob("step_*") if (m := re.fullmatch(r"step_(\d+)", p.name))]
-    return max(steps) if steps else None
+    """The newest committed checkpoint's step (ones being written are hidden .step_* directories)."""
+    from hpcgpu.contract.checkpoints import list_checkpoints
+
+    found = list_checkpoints(_checkpoint_dir(run_dir))
+    return found[0][0] if found else None
 
 
 def run_state(record) -> dict:
