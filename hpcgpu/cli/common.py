@@ -56,8 +56,19 @@ def check_json_flag(as_json: bool, dry_run: bool) -> None:
         raise UserError("--json prints the plan of a dry run", hint="add --dry-run (a real run writes <run dir>/plan.json)")
 
 
+allow_restart_option = click.option(
+    "--allow-restart-from-zero", "allow_restart", is_flag=True,
+    help="With --resume: go on although every checkpoint of the run is corrupt or incomplete (the run "
+         "starts over from step 0). Without it such a resume is refused (exit 2): its progress is lost.")
+
 #: what --resume combines with: the run's own spec decides the rest
-RESUME_COMPANIONS = frozenset({"resume_run", "dry_run", "as_json", "wait", "follow"})
+RESUME_COMPANIONS = frozenset({"resume_run", "dry_run", "as_json", "wait", "follow", "allow_restart"})
+
+
+def check_allow_restart_flag(allow_restart: bool, resume_run: Optional[str]) -> None:
+    if allow_restart and not resume_run:
+        raise UserError("--allow-restart-from-zero goes with --resume RUN (a new run starts at step 0 anyway)",
+                        hint="add --resume RUN, or drop --allow-restart-from-zero")
 
 
 def refuse_options_with_resume() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from pathlib import Path
@@ -21,9 +20,11 @@ def _checkpoint_dir(run_dir: Path) -> Path:
 
 
 def _latest_checkpoint_step(run_dir: Path):
-    """The newest complete checkpoint's step (ones being written are hidden .step_* directories)."""
-    steps = [int(m.group(1)) for p in _checkpoint_dir(run_dir).glob("step_*") if (m := re.fullmatch(r"step_(\d+)", p.name))]
-    return max(steps) if steps else None
+    """The newest committed checkpoint's step (ones being written are hidden .step_* directories)."""
+    from hpcgpu.contract.checkpoints import list_checkpoints
+
+    found = list_checkpoints(_checkpoint_dir(run_dir))
+    return found[0][0] if found else None
 
 
 def run_state(record) -> dict:
@@ -87,33 +88,118 @@ def status(run, limit, as_json) -> int:
     return 0
 
 
+#: seconds between backend status calls while following a log: a Slurm status runs scontrol, so
+#: keep it rare there; result.json, read every poll, says first that an attempt ended
+STATUS_EVERY_S = {"local": 1.0, "slurm": 5.0}
+#: seconds between reads of a followed log that had nothing new
+POLL_S = 0.2
+
+
+class EndWatch:
+    """Tells cheaply whether a run has ended. result.json (node 0's agent writes it as an attempt
+    ends) is read on every call; the backend, which decides (a Slurm job may be requeued after a
+    stopped attempt), is asked when result.json changes, else at most every STATUS_EVERY_S."""
+
+    def __init__(self, record, backend=None, clock=time.monotonic):
+        from hpcgpu.backends import get_backend
+
+        self.record, self.clock = record, clock
+        self.backend = backend or get_backend(record.backend)
+        self.every = STATUS_EVERY_S.get(record.backend, 2.0)
+        self._next_ask, self._result_seen = 0.0, None
+
+    def ended(self):
+        """The run's RunStatus once it has ended, else None (also when its backend cannot be asked)."""
+        from hpcgpu.contract.runfiles import read_result
+
+        result = read_result(Path(self.record.run_dir))
+        stamp = result.get("ended") if result else None
+        now = self.clock()
+        if stamp == self._result_seen and now < self._next_ask:
+            return None
+        self._result_seen, self._next_ask = stamp, now + self.every
+        try:
+            status = self.backend.status(self.record)
+        except Exception:  # an unreachable scheduler: keep following, as `tail -f` would
+            return None
+        return status if status.state.ended else None
+
+
+def _copy_new(f) -> bool:
+    """Copy what is left in the open log f to stdout; whether there was anything."""
+    copied = False
+    while chunk := f.read(1 << 16):
+        sys.stdout.buffer.write(chunk)
+        copied = True
+    sys.stdout.flush()
+    return copied
+
+
+def _missing_log(record, rank: int, path: Path) -> UserError:
+    have = sorted(p.name for p in path.parent.glob("rank*.log"))
+    hint = f"logs present: {', '.join(have) or 'none yet'}"
+    if record.backend == "slurm" and record.job_id:
+        hint += (f"; before the ranks start, each node logs to {record.run_dir}/submitit/"
+                 f"{record.job_id}_<node>_log.out (a pending job has none yet: hpcgpu status {record.id})")
+    return UserError(f"no log for rank {rank} in {path.parent}", hint=hint)
+
+
+def _ended_line(record, status) -> str:
+    why = f" ({status.reason})" if status.reason else ""
+    return f"hpcgpu: run {record.id} ended: {status.state}{why}"
+
+
+def follow_log(record, rank: int, path: Path, watch: EndWatch) -> int:
+    """`logs -f`: wait for the log while the run has not ended (a pending job has none yet), print
+    it as it grows, and once the run has ended print what is left and return 0, saying on stderr
+    how it ended. Raises the missing-log UserError when the run ended without this rank's log."""
+    if not path.exists():
+        ended = watch.ended()
+        if ended is None:
+            click.echo(f"hpcgpu: waiting for {path.name} of run {record.id} (not written yet)", err=True)
+        while ended is None and not path.exists():
+            time.sleep(POLL_S)
+            ended = watch.ended()
+        if not path.exists():
+            raise _missing_log(record, rank, path)
+    with open(path, "rb") as f:
+        while True:
+            if _copy_new(f):
+                continue
+            ended = watch.ended()
+            if ended is not None:
+                _copy_new(f)  # the ranks wrote their last lines before the agent recorded the end
+                click.echo(_ended_line(record, ended), err=True)
+                return 0
+            time.sleep(POLL_S)
+
+
 @click.command()
 @click.argument("run")
 @click.option("--rank", type=click.IntRange(min=0), default=0, show_default=True, help="Which rank's log.")
-@click.option("-f", "--follow", is_flag=True, help="Keep printing as the log grows (Ctrl-C to stop).")
+@click.option("-f", "--follow", is_flag=True,
+              help="Keep printing as the log grows until the run ends (Ctrl-C stops following, not the run); "
+                   "waits for a log not written yet while the run is pending or starting.")
 def logs(run, rank, follow) -> int:
-    """Print a rank's log (appended across restarts and requeues)."""
+    """Print a rank's log (appended across restarts and requeues).
+
+    With -f: exits 0 once the run has ended and its log is printed, naming on stderr how it ended.
+    """
     from hpcgpu.host.runs import find_run
 
     record = find_run(run)
     path = Path(record.run_dir) / "logs" / f"rank{rank}.log"
+    if follow:
+        try:
+            return follow_log(record, rank, path, EndWatch(record))
+        except KeyboardInterrupt:
+            click.echo(f"\nhpcgpu: stopped following; run {record.id} goes on", err=True)
+            return 130
     if not path.exists():
-        have = sorted(p.name for p in path.parent.glob("rank*.log"))
-        hint = f"logs present: {', '.join(have) or 'none yet'}"
-        if record.backend == "slurm" and record.job_id:
-            hint += (f"; before the ranks start, each node logs to {record.run_dir}/submitit/"
-                     f"{record.job_id}_<node>_log.out (a pending job has none yet: hpcgpu status {record.id})")
-        raise UserError(f"no log for rank {rank} in {path.parent}", hint=hint)
+        raise _missing_log(record, rank, path)
     with open(path, "rb") as f:
-        while True:
-            chunk = f.read(1 << 16)
-            if chunk:
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.flush()
-            elif not follow:
-                return 0
-            else:
-                time.sleep(0.2)
+        _copy_new(f)
+    return 0
 
 
 @click.command()

@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from hpcgpu.cli.common import (check_json_flag, exit_after_agent, parse_gpus, print_plan, refuse_options_with_resume,
-                               spec_option, with_dry_run_options)
+from hpcgpu.cli.common import (allow_restart_option, check_allow_restart_flag, check_json_flag, exit_after_agent,
+                               parse_gpus, print_plan, refuse_options_with_resume, spec_option, with_dry_run_options)
 
 
 @click.group()
@@ -23,11 +23,13 @@ def run() -> None:
 @click.option("--max-restarts", type=click.IntRange(min=0), default=None, help="Restart all ranks up to N times after a failure.")
 @click.option("--container", default=None, metavar="IMAGE", help="Run the node agent inside this image (runtime from the spec, default podman locally).")
 @click.option("--resume", "resume_run", default=None, metavar="RUN",
-              help="Continue RUN (id, id prefix or run dir) in its own run dir, from its newest valid checkpoint.")
+              help="Continue RUN (id, id prefix or run dir) in its own run dir, from its newest valid checkpoint "
+                   "(refused when every checkpoint is broken: see --allow-restart-from-zero).")
+@allow_restart_option
 @with_dry_run_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- SCRIPT ARGS... | -- -m MODULE ARGS...]")
 def run_local(spec_file, gpus, nproc, name, max_restarts, container, dry_run, command, resume_run=None,
-              as_json=False) -> int:
+              as_json=False, allow_restart=False) -> int:
     """Run the spec's job on this machine: one node agent, one rank per GPU (or --nproc CPU ranks).
 
     \b
@@ -40,20 +42,23 @@ def run_local(spec_file, gpus, nproc, name, max_restarts, container, dry_run, co
       hpcgpu run local --dry-run --json      # ... as the plan.json the run would execute
       hpcgpu run local --resume demo-2026    # continue a stopped run where it left off
 
-    Exit status: 0 done, 1 a rank failed, 2 bad input (nothing started),
+    Exit status: 0 done, 1 a rank failed, 2 bad input (nothing started; also --resume of a run
+    whose checkpoints are all broken, without --allow-restart-from-zero),
     75 stopped cleanly on a signal after a checkpoint (rerun to resume).
     """
     from hpcgpu.host import launch
 
     check_json_flag(as_json, dry_run)
+    check_allow_restart_flag(allow_restart, resume_run)
     if resume_run:
         refuse_options_with_resume()
         if dry_run:
             from hpcgpu.backends import get_backend
 
-            _, plan = launch.resume_plan(resume_run, "local")
+            _, plan = launch.resume_plan(resume_run, "local", allow_restart)
             return print_plan(plan, get_backend("local"), f"{plan.run_dir}/spec.yaml (resumed)", as_json)
-        finish(launch.resume(resume_run, "local", announce=lambda plan: _announce(plan, f"{plan.run_dir}/spec.yaml (resumed)")))
+        finish(launch.resume(resume_run, "local", announce=lambda plan: _announce(plan, f"{plan.run_dir}/spec.yaml (resumed)"),
+                             allow_restart=allow_restart))
     flags = {"name": name, "distributed.max_restarts": max_restarts}
     if nproc is not None:
         flags.update({"resources.gpus_per_node": 0, "resources.procs_per_node": nproc})

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from hpcgpu.cli.common import check_json_flag, print_plan, refuse_options_with_resume, spec_option
+from hpcgpu.cli.common import (allow_restart_option, check_allow_restart_flag, check_json_flag, print_plan,
+                               refuse_options_with_resume, spec_option)
 from hpcgpu.contract.errors import UserError
 
 
@@ -38,11 +39,13 @@ def submit() -> None:
 @click.option("--follow", is_flag=True, help="Like --wait, printing rank 0's log as it grows.")
 @click.option("--resume", "resume_run", default=None, metavar="RUN",
               help="Submit a new job that continues RUN (cancelled, stopped, timed out) from its newest "
-                   "checkpoint, with the spec it was started with. Combines only with --dry-run/--wait/--follow.")
+                   "checkpoint, with the spec it was started with. Combines only with --dry-run/--wait/--follow "
+                   "(and --allow-restart-from-zero).")
+@allow_restart_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- SCRIPT ARGS...]")
 def submit_slurm(spec_file, nodes, gpus_per_node, nproc_per_node, partition, account, qos, time_limit,
                  constraint, mem, cpus_per_task, container, name, dry_run, wait, follow, command,
-                 resume_run=None, as_json=False) -> int:
+                 resume_run=None, as_json=False, allow_restart=False) -> int:
     """Submit the spec's job to Slurm: one task per node, each starting that node's ranks.
 
     \b
@@ -61,12 +64,13 @@ def submit_slurm(spec_file, nodes, gpus_per_node, nproc_per_node, partition, acc
     from hpcgpu.host import launch
 
     check_json_flag(as_json, dry_run)
+    check_allow_restart_flag(allow_restart, resume_run)
     if resume_run:
         refuse_options_with_resume()
         if dry_run:
-            _, plan = launch.resume_plan(resume_run, "slurm")
+            _, plan = launch.resume_plan(resume_run, "slurm", allow_restart)
             return print_plan(plan, get_backend("slurm"), f"{plan.run_dir}/spec.yaml (resumed)", as_json)
-        launched = launch.resume(resume_run, "slurm")
+        launched = launch.resume(resume_run, "slurm", allow_restart=allow_restart)
         click.echo(f"hpcgpu: resuming {launched.plan.run_id}")
         return _submitted(launched, wait, follow)
     flags = {"name": name, "resources.nodes": nodes, "resources.cpus_per_task": cpus_per_task,

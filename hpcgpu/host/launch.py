@@ -11,12 +11,14 @@ import errno
 import os
 import re
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 from hpcgpu.backends import Backend, LaunchHandle, get_backend
+from hpcgpu.contract.checkpoints import list_checkpoints, progress_lost
 from hpcgpu.contract.errors import UserError
 from hpcgpu.contract.plan import Plan, plan_path
 from hpcgpu.contract.procs import start_time
@@ -28,6 +30,8 @@ from hpcgpu.host.spec import Spec, apply_overrides, dump_spec, env_overrides, lo
 
 #: how `--resume` continues a run of each backend (for the hint when the backends differ)
 RESUME_COMMANDS = {"local": "hpcgpu run local --resume {id}", "slurm": "hpcgpu submit slurm --resume {id}"}
+#: the flag with which `--resume` goes on although every checkpoint of the run is broken
+ALLOW_RESTART_FLAG = "--allow-restart-from-zero"
 
 
 @dataclass(frozen=True)
@@ -243,9 +247,10 @@ def write_plan(plan: Plan) -> None:
 # ---------------------------------------------------------------- resumed runs
 
 
-def resume_plan(ref: str, backend_name: str) -> tuple[RunRecord, Plan]:
+def resume_plan(ref: str, backend_name: str, allow_restart: bool = False) -> tuple[RunRecord, Plan]:
     """The run to continue and its new plan: the spec it was started with, this machine's facts now,
-    the same id and run dir. Changes into the directory the run was started from."""
+    the same id and run dir. Changes into the directory the run was started from. Refuses (UserError)
+    a run whose checkpoints are all broken unless allow_restart (see check_progress_kept)."""
     record = find_run(ref)
     if record.backend != backend_name:
         how = RESUME_COMMANDS.get(record.backend, "").format(id=record.id)
@@ -255,13 +260,42 @@ def resume_plan(ref: str, backend_name: str) -> tuple[RunRecord, Plan]:
     _return_to_launch_dir(record.run_dir)
     facts = gather_facts(backend_name)
     plan = get_backend(backend_name).plan(spec, facts, run_id=record.id, run_dir=record.run_dir, created=time.time())
+    note = check_progress_kept(record, plan, allow_restart)
+    if note:  # on stderr: `--dry-run --json` prints nothing but the plan on stdout
+        print(note, file=sys.stderr, flush=True)
     return record, plan
 
 
-def resume(ref: str, backend_name: str, announce: Callable[[Plan], None] = lambda plan: None) -> Launched:
+def check_progress_kept(record: RunRecord, plan: Plan, allow_restart: bool) -> Optional[str]:
+    """Before a resume: the ranks would set every broken checkpoint aside and start from step 0, and a
+    run that lost all its progress must not restart as if nothing happened. Refuses (UserError) when
+    the run has checkpoints but none looks complete (manifest and file sizes: cheap, no torch; the
+    ranks still check SHA-256), unless allow_restart. Returns a note for the user, or None."""
+    if (plan.spec.get("checkpoint") or {}).get("resume", "auto") != "auto":
+        return None  # `never` starts over by choice; a named checkpoint that is broken fails in the ranks
+    ckpt_dir = Path(plan.ckpt_dir)
+    problems = progress_lost(ckpt_dir)
+    if problems is None:
+        if list_checkpoints(ckpt_dir):
+            return None
+        # nothing was lost: the run stopped before its first save
+        return f"hpcgpu: run {record.id} has no checkpoint in {ckpt_dir} yet: it starts again at step 0"
+    details = "".join(f"\n  {line}" for line in problems)
+    if allow_restart:
+        return (f"hpcgpu: warning: every checkpoint of run {record.id} is corrupt or incomplete; starting it "
+                f"over from step 0 ({ALLOW_RESTART_FLAG}):{details}")
+    how = RESUME_COMMANDS.get(record.backend, "hpcgpu ... --resume {id}").format(id=record.id)
+    raise UserError(
+        f"every checkpoint of run {record.id} is corrupt or incomplete: resuming would start from step 0 "
+        f"and all its progress would be lost; nothing was started. In {ckpt_dir}:{details}",
+        hint=f"to start it over from step 0 anyway: {how} {ALLOW_RESTART_FLAG}")
+
+
+def resume(ref: str, backend_name: str, announce: Callable[[Plan], None] = lambda plan: None,
+           allow_restart: bool = False) -> Launched:
     """Continue a run in its own run dir: its ranks resume from the newest valid checkpoint there.
     Secret env values come from the environment (they were never written)."""
-    record, plan = resume_plan(ref, backend_name)
+    record, plan = resume_plan(ref, backend_name, allow_restart)
     backend = get_backend(backend_name)
     backend.preflight(plan, resuming=record)
     run_dir = Path(record.run_dir)

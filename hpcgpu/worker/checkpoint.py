@@ -19,30 +19,28 @@ import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 
+# the directory layout and manifest rules live in contract.checkpoints (the host reads them too)
+from hpcgpu.contract.checkpoints import (CORRUPT_SUFFIX, FORMAT, MANIFEST, CheckpointError, check_sizes,  # noqa: F401
+                                         list_checkpoints, read_manifest, step_dir_name, why_broken)
 from hpcgpu.contract.procs import pid_alive
 from hpcgpu.contract.runfiles import make_private_dir
 
-FORMAT = 1
-MANIFEST = "manifest.json"
 STATE = "state.pt"
 SHARDS = "shards"  # FSDP: torch.distributed.checkpoint files (see checkpoint_dcp.py)
-_STEP_DIR = re.compile(r"step_(\d{8,})")
 _CHUNK = 1 << 22
 
 Report = Callable[[str], None]
 
 
-class CheckpointError(Exception):
-    """A checkpoint that cannot be used, with the reason."""
+class Skipped(NamedTuple):
+    """A checkpoint resume passed over, and why."""
 
-
-def step_dir_name(step: int) -> str:
-    """`step_00000100`: zero-padded so names sort by step."""
-    return f"step_{step:08d}"
+    path: Path
+    reason: str
 
 
 #: chunks at least this big (a tensor's storage) are hashed in a helper thread while they are written
@@ -176,44 +174,18 @@ def save_state(ckpt_dir: Path, step: int, state: dict, meta: Optional[dict] = No
         raise
 
 
-def read_manifest(path: Path) -> dict:
-    """The manifest of checkpoint directory `path`; CheckpointError if missing or unreadable."""
-    try:
-        manifest = json.loads((path / MANIFEST).read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no {MANIFEST} (incomplete: the save did not finish)") from None
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable {MANIFEST} ({e})") from None
-    if manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
-        raise CheckpointError(f"{path}: {MANIFEST} has an unknown format {manifest.get('format')!r}")
-    return manifest
-
-
 def verify(path: Path) -> dict:
     """Check every file against the manifest (size, then SHA-256); return the manifest."""
-    manifest = read_manifest(path)
+    manifest = check_sizes(path)
     for name, want in manifest["files"].items():
-        f = path / name
-        if not f.is_file():
-            raise CheckpointError(f"{path}: {name} is missing")
-        size = f.stat().st_size
-        if size != want["bytes"]:
-            raise CheckpointError(f"{path}: {name} has {size} bytes, the manifest says {want['bytes']} (truncated)")
-        if digest_file(f)["sha256"] != want["sha256"]:
+        if digest_file(path / name)["sha256"] != want["sha256"]:
             raise CheckpointError(f"{path}: {name} does not match its checksum (corrupt)")
     return manifest
 
 
-def list_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
-    """Committed-looking checkpoint directories, newest step first (not verified)."""
-    if not ckpt_dir.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if p.is_dir() and (m := _STEP_DIR.fullmatch(p.name))]
-    return sorted(found, reverse=True)
-
-
 def latest_valid(ckpt_dir: Path, report: Report = print, skipped: Optional[list] = None) -> Optional[Path]:
-    """The newest checkpoint that verifies; each one skipped is reported and added to `skipped`."""
+    """The newest checkpoint that verifies; each one skipped is reported and added to `skipped`
+    (as a Skipped: path and reason)."""
     for _, path in list_checkpoints(ckpt_dir):
         try:
             verify(path)
@@ -221,17 +193,29 @@ def latest_valid(ckpt_dir: Path, report: Report = print, skipped: Optional[list]
         except CheckpointError as e:
             report(f"hpcgpu: skipping checkpoint {e}; trying the previous one")
             if skipped is not None:
-                skipped.append(path)
+                skipped.append(Skipped(path, why_broken(e, path)))
     return None
 
 
 def quarantine(path: Path) -> Path:
     """Rename a broken checkpoint to `<name>.corrupt` so pruning and resume ignore it (kept for a look)."""
-    target = path.with_name(path.name + ".corrupt")
+    target = path.with_name(path.name + CORRUPT_SUFFIX)
     if target.exists():
         shutil.rmtree(target, ignore_errors=True)
     path.rename(target)
     return target
+
+
+def all_lost_warning(ckpt_dir: Path, set_aside: list[Skipped]) -> str:
+    """The warning of a resume that found checkpoints but could use none: it starts from step 0, and
+    that must not pass as a quiet first run. `set_aside`: where each broken one went, and why."""
+    bar = "hpcgpu: " + "!" * 78
+    n = len(set_aside)
+    lines = [bar, f"hpcgpu: WARNING: {n} checkpoint{'s' if n != 1 else ''} found in {ckpt_dir}; none could be used:"]
+    lines += [f"hpcgpu:   {s.path.name}: {s.reason}" for s in set_aside]
+    lines += [f"hpcgpu: each was set aside as <name>{CORRUPT_SUFFIX} (kept for a look; delete them to free the space)",
+              "hpcgpu: WARNING: starting from step 0: all progress of this run is lost", bar]
+    return "\n".join(lines)
 
 
 def resolve_resume(setting: str, ckpt_dir: Path, report: Report = print,

@@ -26,7 +26,8 @@ class WorkerContext:
     plan: Optional[Plan] = None  # None under a launcher that is not hpcgpu (plain torchrun, srun, python)
     console_tty: bool = False
     resume_from: Optional[Path] = None
-    skipped: list = field(default_factory=list)  # broken checkpoints passed over by resume
+    skipped: list = field(default_factory=list)  # broken checkpoints passed over by resume (ckpt.Skipped)
+    lost_all: bool = False  # checkpoints existed but none could be used: this run restarts from step 0
     device: Optional[object] = None  # torch.device once the process group is up
     resolved: bool = False  # resume_from has been looked up
 
@@ -104,9 +105,14 @@ def agree_resume(ctx: WorkerContext) -> Optional[Path]:
         tdist.broadcast_object_list(choice, src=0)
         ctx.resume_from = Path(choice[0]) if choice[0] else None
     if ctx.info.is_main:
-        for path in ctx.skipped:
-            if path.exists():
-                print(f"hpcgpu: moved broken checkpoint aside: {ckpt.quarantine(path)}", flush=True)
+        moved = [ckpt.Skipped(ckpt.quarantine(s.path), s.reason) for s in ctx.skipped if s.path.exists()]
+        if ctx.resume_from is None and moved:
+            # not a first run: every checkpoint was broken, and all progress is gone; say so loudly
+            ctx.lost_all = True
+            print(ckpt.all_lost_warning(ctx.ckpt_dir, moved), flush=True)
+        else:
+            for s in moved:
+                print(f"hpcgpu: moved broken checkpoint aside: {s.path}", flush=True)
     ctx.skipped.clear()
     return ctx.resume_from
 

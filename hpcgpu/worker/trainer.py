@@ -116,7 +116,8 @@ class Trainer:
     def _resume(self) -> None:
         path = agree_resume(self.ctx)
         if path is None:
-            self.ctx.print0("hpcgpu: no checkpoint to resume from: starting at step 0")
+            if not self.ctx.lost_all:  # else agree_resume has just warned that all progress is lost
+                self.ctx.print0("hpcgpu: no checkpoint to resume from: starting at step 0")
             return
         state = ckpt.load_state(path)
         if (self.cfg.strategy == "fsdp") != ckpt.is_sharded(path):

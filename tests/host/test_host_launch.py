@@ -269,3 +269,62 @@ def test_flags_beat_hpcgpu_environment_overrides_which_beat_the_spec(home, monke
     monkeypatch.setenv("HPCGPU_NPROC", "3")
     spec, _ = launch.load_with_overrides(None, {"name": "fromflag"})
     assert spec.name == "fromflag" and spec.resources.procs_per_node == 3
+
+
+# ---------------------------------------------------------------- resume of a run whose checkpoints are all broken
+
+
+def fake_checkpoint(ckpt_dir: Path, step: int, size: int = 64, truncate_to=None) -> Path:
+    """A checkpoint as the ranks commit it (a file, then the manifest with its size), written without
+    torch; truncate_to cuts the file afterwards, as a full disk or a killed copy would."""
+    from hpcgpu.contract.checkpoints import FORMAT, MANIFEST, step_dir_name
+
+    path = ckpt_dir / step_dir_name(step)
+    path.mkdir(parents=True)
+    (path / "state.pt").write_bytes(b"x" * size)
+    (path / MANIFEST).write_text(json.dumps({"format": FORMAT, "step": step,
+                                             "files": {"state.pt": {"bytes": size, "sha256": "0" * 64}}}))
+    if truncate_to is not None:
+        (path / "state.pt").write_bytes(b"x" * truncate_to)
+    return path
+
+
+def test_a_resume_whose_checkpoints_are_all_broken_is_refused_and_changes_nothing(home):
+    run_dir = started(home)
+    ckpt_dir = run_dir / "checkpoints"
+    fake_checkpoint(ckpt_dir, 10, truncate_to=3)
+    (fake_checkpoint(ckpt_dir, 20) / "manifest.json").unlink()  # a save cut short before its commit
+    (ckpt_dir / "step_00000005.corrupt").mkdir()
+    write_result(run_dir, 75)
+    before = {name: (run_dir / name).read_text() for name in ("run.json", "plan.json", "result.json")}
+    launched_before = list(DummyBackend.launched)
+
+    with pytest.raises(UserError) as info:
+        launch.resume(run_dir.name, "dummy")
+    message = str(info.value)
+    assert f"every checkpoint of run {run_dir.name} is corrupt or incomplete: resuming would start from step 0" in message
+    assert "step_00000020: no manifest.json" in message and "step_00000010: state.pt has 3 bytes" in message
+    assert "step_00000005.corrupt: set aside" in message
+    assert f"--resume {run_dir.name} --allow-restart-from-zero" in info.value.hint
+    assert DummyBackend.launched == launched_before
+    assert {name: (run_dir / name).read_text() for name in before} == before
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["step_00000005.corrupt", "step_00000010", "step_00000020"]
+
+    launched = launch.resume(run_dir.name, "dummy", allow_restart=True)  # the user says so: go on
+    assert DummyBackend.launched[-1] == launched.plan
+
+
+def test_a_resume_with_one_complete_checkpoint_or_none_at_all_goes_on(home, capsys):
+    run_dir = started(home)
+    launch.resume(run_dir.name, "dummy")  # stopped before its first save: nothing was lost
+    assert "has no checkpoint in" in capsys.readouterr().err
+    fake_checkpoint(run_dir / "checkpoints", 10)
+    fake_checkpoint(run_dir / "checkpoints", 20, truncate_to=1)
+    launch.resume(run_dir.name, "dummy")  # the ranks fall back to step 10
+    assert capsys.readouterr().err == ""
+
+
+def test_a_resume_of_a_run_that_never_resumes_from_checkpoints_is_not_checked(home):
+    plan = launch.start(parse_spec(SPEC + "checkpoint: {resume: never}\n"), "dummy").plan
+    fake_checkpoint(Path(plan.ckpt_dir), 10, truncate_to=1)
+    launch.resume(plan.run_id, "dummy")

@@ -72,8 +72,47 @@ def test_truncated_newest_is_reported_and_the_previous_one_used(tmp_path):
     (newest / ckpt.STATE).write_bytes(data[: len(data) // 2])
     reports, skipped = [], []
     assert ckpt.latest_valid(tmp_path, reports.append, skipped) == tmp_path / "step_00000010"
-    assert skipped == [newest]
+    assert [s.path for s in skipped] == [newest] and "truncated" in skipped[0].reason
     assert "step_00000020" in reports[0] and "truncated" in reports[0]
+
+
+def test_resume_with_every_checkpoint_broken_warns_loudly_that_all_progress_is_lost(tmp_path, capsys):
+    from hpcgpu.contract.specview import SpecView
+    from hpcgpu.worker.context import WorkerContext, agree_resume
+    from hpcgpu.worker.rank import RankInfo
+
+    truncated = ckpt.save_state(tmp_path, 10, state(10))
+    data = (truncated / ckpt.STATE).read_bytes()
+    (truncated / ckpt.STATE).write_bytes(data[: len(data) // 2])
+    flipped = ckpt.save_state(tmp_path, 20, state(20))
+    data = bytearray((flipped / ckpt.STATE).read_bytes())
+    data[-10] ^= 0xFF
+    (flipped / ckpt.STATE).write_bytes(bytes(data))
+    ctx = WorkerContext(info=RankInfo(0, 0, 1, 1, 0, "single"), spec=SpecView({}), run_dir=tmp_path, ckpt_dir=tmp_path)
+    assert ckpt.resolve_resume("auto", tmp_path, quiet, ctx.skipped) is None
+
+    assert agree_resume(ctx) is None and ctx.lost_all
+    out = capsys.readouterr().out
+    assert f"2 checkpoints found in {tmp_path}; none could be used" in out
+    assert "step_00000020.corrupt: state.pt does not match its checksum (corrupt)" in out
+    assert "step_00000010.corrupt: state.pt has" in out and "(truncated)" in out
+    assert "starting from step 0: all progress of this run is lost" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000010.corrupt", "step_00000020.corrupt"]
+
+
+def test_a_broken_newest_with_a_good_previous_one_is_no_loss(tmp_path, capsys):
+    from hpcgpu.contract.specview import SpecView
+    from hpcgpu.worker.context import WorkerContext, agree_resume
+    from hpcgpu.worker.rank import RankInfo
+
+    good = ckpt.save_state(tmp_path, 10, state(10))
+    broken = ckpt.save_state(tmp_path, 20, state(20))
+    (broken / ckpt.MANIFEST).unlink()
+    ctx = WorkerContext(info=RankInfo(0, 0, 1, 1, 0, "single"), spec=SpecView({}), run_dir=tmp_path, ckpt_dir=tmp_path)
+    ctx.resume_from = ckpt.resolve_resume("auto", tmp_path, quiet, ctx.skipped)
+    assert agree_resume(ctx) == good and not ctx.lost_all
+    out = capsys.readouterr().out
+    assert "moved broken checkpoint aside" in out and "progress" not in out
 
 
 def test_corrupt_bytes_of_the_same_size_fail_the_checksum(tmp_path):

@@ -111,6 +111,23 @@ def test_truncated_newest_checkpoint_is_reported_and_resume_falls_back(baseline,
     assert_same_bits(final_state(baseline.base), final_state(tmp_path))
 
 
+def test_every_checkpoint_truncated_restarts_from_step_0_with_a_loud_warning(baseline, tmp_path):
+    shutil.copytree(baseline.base / "checkpoints", tmp_path / "checkpoints")
+    found = ckpt.list_checkpoints(tmp_path / "checkpoints")
+    for _, path in found:
+        data = (path / ckpt.STATE).read_bytes()
+        (path / ckpt.STATE).write_bytes(data[: len(data) // 3])
+
+    resumed = run(tmp_path, demo_spec())
+    assert resumed.rc == 0, resumed.explain()
+    log = resumed.log()
+    assert f"{len(found)} checkpoints found in" in log and "none could be used" in log
+    assert "starting from step 0: all progress of this run is lost" in log
+    assert "no checkpoint to resume from" not in log and "resuming from" not in log
+    assert all(path.with_name(path.name + ".corrupt").is_dir() for _, path in found)
+    assert resumed.final_loss == baseline.final_loss  # trained again from the start, exactly
+
+
 def test_sigkill_of_a_rank_then_resume_from_the_last_valid_checkpoint(baseline, tmp_path):
     spec = demo_spec(entry=SLOW_TASK, checkpoint={"every_steps": 3})  # saves often: a kill may hit one
     launch = start(tmp_path, spec)
