@@ -10,6 +10,7 @@ bash runs the next one as a command. Every value that reaches the script is ther
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import shlex
@@ -243,6 +244,11 @@ def container_parts(spec: Spec, facts: HostFacts, plan: Plan, cpus: int | None =
     settings = ContainerSettings.from_spec(spec.container)
     if settings.runtime == "pyxis":  # a nested step per node, so the requeue stays on the host
         return pyxis_node_prefix(tuple(pyxis_srun_args(settings, ctx, facts.environ)), facts.python, cpus)
+    if settings.runtime in ("docker", "podman") and ctx.gpus:
+        # `--gpus all` would give the container every GPU of the node, other jobs' too (it is not in
+        # the job's cgroup); the job's GPUs are known only on the node, so node_gpus adds them there
+        prefix = container_prefix(settings, dataclasses.replace(ctx, gpus=False), facts.environ)
+        return (facts.python, "-m", "hpcgpu.backends.slurm.node_gpus", "--", *prefix)
     return tuple(container_prefix(settings, ctx, facts.environ))
 
 
