@@ -30,6 +30,7 @@ from pathlib import PurePosixPath
 from typing import Callable, Mapping, Sequence
 
 from hpcgpu.contract.errors import UserError
+from hpcgpu.contract.oci import oci_gpu_args
 
 RUNTIMES = ("apptainer", "docker", "podman", "pyxis")
 
@@ -187,8 +188,10 @@ def oci_prefix(settings: ContainerSettings, ctx: RunContext, machine_args: Seque
     # --network host: ranks on other nodes reach the rendezvous at this node's address and port.
     argv = [runtime, "run", "--rm", "--entrypoint=", "--pid=host", "--ipc=host", "--network", "host"]
     if ctx.gpus:
-        # docker: the NVIDIA container toolkit; podman: CDI (nvidia-ctk cdi generate).
-        argv += ["--gpus", "all"] if runtime == "docker" else ["--device", "nvidia.com/gpu=all"]
+        # Every GPU of the machine; CUDA_VISIBLE_DEVICES (forwarded by name) selects the run's, with
+        # the same numbering inside. Under Slurm the planner leaves this out and the node step
+        # hpcgpu.backends.slurm.node_gpus adds exactly the job's GPUs on the node.
+        argv += oci_gpu_args(runtime, None)
     if ctx.infiniband:
         # RDMA registers (pins) memory: it needs the devices, IPC_LOCK and no memlock limit.
         argv += ["--device", "/dev/infiniband", "--cap-add", "IPC_LOCK", "--ulimit", "memlock=-1:-1"]

@@ -81,13 +81,19 @@ def pin_layout(spec: Spec, layout: NodeLayout, ckpt_dir: str) -> Spec:
                                    "checkpoint": spec.checkpoint.model_copy(update={"dir": ckpt_dir})})
 
 
-def rank_env(spec: Spec, run_dir: str, ckpt_dir: str, user_env: Mapping[str, str]) -> MergedEnv:
-    """Variables every rank gets on top of the node's environment."""
+def rank_defaults(spec: Spec, run_dir: str) -> list[EnvDefault]:
+    """Every default hpcgpu sets for the ranks of this spec (the user's values win over them)."""
     defaults = debug_defaults(spec.debug, run_dir)
     if spec.resources.nodes == 1:
         # gloo listens on the address the host name resolves to (often the LAN); one node needs loopback only
-        defaults.append(EnvDefault("GLOO_SOCKET_IFNAME", "lo", "single node: gloo connections stay on loopback"))
-    merged = merge_under(defaults, spec.env, user_env, spec.secret_env)
+        defaults.append(EnvDefault("GLOO_SOCKET_IFNAME", "lo", "single node: gloo connections stay on loopback",
+                                   "https://docs.pytorch.org/docs/stable/distributed.html#common-environment-variables"))
+    return defaults
+
+
+def rank_env(spec: Spec, run_dir: str, ckpt_dir: str, user_env: Mapping[str, str]) -> MergedEnv:
+    """Variables every rank gets on top of the node's environment."""
+    merged = merge_under(rank_defaults(spec, run_dir), spec.env, user_env, spec.secret_env)
     merged.added.update({
         envnames.RUN_DIR: run_dir,
         envnames.PLAN_FILE: f"{run_dir}/{PLAN_FILE}",

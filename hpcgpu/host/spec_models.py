@@ -100,7 +100,7 @@ class Resources(_Model):
     procs_per_node: int = Field(2, ge=1, le=MAX_PER_NODE)
     """Ranks per node when the job runs on CPUs (no GPUs requested or visible); a local run also refuses more than this machine can hold (CPU cores, process and open-file limits)."""
     cpus_per_task: Optional[int] = Field(None, ge=1, le=MAX_PER_NODE)
-    """CPU cores per node agent (Slurm --cpus-per-task)."""
+    """CPUs for each node's task: its node agent and all its ranks (Slurm --cpus-per-task, on sbatch and srun). Unset: 8 per GPU rank (at most the node's CPUs / GPUs share), 1 per CPU rank."""
     mem: Optional[str] = None
     """Memory per node, Slurm syntax (e.g. `64G`)."""
     time: Optional[str] = None

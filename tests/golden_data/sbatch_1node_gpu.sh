@@ -23,4 +23,4 @@
 
 # command
 export SUBMITIT_EXECUTOR=slurm
-srun --unbuffered --output /shared/ada/runs/demo-20250101-000000-abcd/submitit/%j_%t_log.out --kill-on-bad-exit=1 /shared/ada/venv/bin/python -u -m submitit.core._submit /shared/ada/runs/demo-20250101-000000-abcd/submitit
+srun --unbuffered --output /shared/ada/runs/demo-20250101-000000-abcd/submitit/%j_%t_log.out --kill-on-bad-exit=1 --cpus-per-task=64 /shared/ada/venv/bin/python -u -m submitit.core._submit /shared/ada/runs/demo-20250101-000000-abcd/submitit

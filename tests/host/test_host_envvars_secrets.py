@@ -13,28 +13,28 @@ from hpcgpu.host.spec import Debug
 # ---------------------------------------------------------------- merge_under
 
 DEFAULTS = [
-    EnvDefault("A_VAR", "1", "why a"),
-    EnvDefault("B_VAR", "2", "why b"),
-    EnvDefault("C_VAR", "3", "why c"),
+    EnvDefault("A_VAR", "1", "why a", "https://a"),
+    EnvDefault("B_VAR", "2", "why b", "https://b"),
+    EnvDefault("C_VAR", "3", "why c", "https://c"),
 ]
 
 
 def test_a_default_nobody_set_is_added_with_its_reason():
     merged = merge_under(DEFAULTS, {}, {})
     assert merged.added == {"A_VAR": "1", "B_VAR": "2", "C_VAR": "3"}
-    assert merged.notes == ["A_VAR=1 (why a)", "B_VAR=2 (why b)", "C_VAR=3 (why c)"]
+    assert merged.notes == ["A_VAR=1 (why a; https://a)", "B_VAR=2 (why b; https://b)", "C_VAR=3 (why c; https://c)"]
 
 
 def test_the_spec_env_beats_a_default():
     merged = merge_under(DEFAULTS, {"B_VAR": "spec"}, {})
     assert merged.added["B_VAR"] == "spec"
-    assert "B_VAR=spec from the spec's env (default 2: why b)" in merged.notes
+    assert "B_VAR=spec from the spec's env (default 2: why b; https://b)" in merged.notes
 
 
 def test_the_users_value_beats_a_default_and_is_not_overridden():
     merged = merge_under(DEFAULTS, {}, {"A_VAR": "mine"})
     assert "A_VAR" not in merged.added  # the rank inherits the user's value from the node's environment
-    assert "A_VAR: keeping your value mine (hpcgpu would set 1: why a)" in merged.notes
+    assert "A_VAR: keeping your value mine (hpcgpu would set 1: why a; https://a)" in merged.notes
 
 
 def test_the_users_value_beats_the_spec_env():
@@ -52,7 +52,7 @@ def test_the_users_value_beats_both_a_default_and_the_spec_env():
 
 
 def test_notes_never_show_a_secret_value():
-    defaults = [EnvDefault("HF_TOKEN", "dflt", "tok"), EnvDefault("MY_API_KEY", "dflt", "key")]
+    defaults = [EnvDefault("HF_TOKEN", "dflt", "tok", "https://t"), EnvDefault("MY_API_KEY", "dflt", "key", "https://k")]
     merged = merge_under(defaults, {"MY_API_KEY": "spec-secret"}, {"HF_TOKEN": "user-secret"})
     text = "\n".join(merged.notes)
     assert "user-secret" not in text and "spec-secret" not in text
@@ -69,8 +69,10 @@ def names(defaults):
     return {d.name: d.value for d in defaults}
 
 
-def test_debug_off_sets_only_the_two_safety_defaults():
-    assert names(debug_defaults(Debug(), "/r")) == {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "OMP_NUM_THREADS": "1"}
+def test_debug_off_sets_only_the_thread_default():
+    # not TORCH_NCCL_ASYNC_ERROR_HANDLING=1: torch's own default (3, since 2.2) is right, and the
+    # abort that 1 asks for can hang (pytorch/pytorch#110723)
+    assert names(debug_defaults(Debug(), "/r")) == {"OMP_NUM_THREADS": "1"}
 
 
 @pytest.mark.parametrize("level", ["warn", "info", "trace"])
@@ -100,10 +102,33 @@ def test_debug_flight_recorder():
     assert got["TORCH_FR_DUMP_TEMP_FILE"] == "/r/flight/rank_"
 
 
-def test_every_debug_default_has_a_reason():
-    every = debug_defaults(Debug(nccl="info", nccl_subsys=["ALL"], torch_distributed="detail",
-                                 flight_recorder=True), "/r")
-    assert len(every) == 10 and all(d.why for d in every)
+def every_default() -> list:
+    """Every EnvDefault hpcgpu can set: all debug options on, and the one-node rank defaults."""
+    from hpcgpu.host.plan import rank_defaults
+    from hpcgpu.host.spec import parse_spec
+
+    one_node = parse_spec("resources: {nodes: 1}\n"
+                          "debug: {nccl: info, nccl_subsys: [ALL], torch_distributed: detail, flight_recorder: true}\n")
+    return rank_defaults(one_node, "/r")
+
+
+def test_every_default_has_a_reason_and_a_link():
+    every = every_default()
+    assert len(every) >= 10 and {"OMP_NUM_THREADS", "GLOO_SOCKET_IFNAME"} <= {d.name for d in every}
+    for d in every:
+        assert d.why and d.link.startswith("https://"), d
+
+
+def test_a_default_without_a_link_cannot_be_made():
+    with pytest.raises((TypeError, ValueError)):
+        EnvDefault("X", "1", "why")
+    with pytest.raises(ValueError):
+        EnvDefault("X", "1", "why", "")
+
+
+def test_the_notes_say_why_and_where_to_read_more():
+    merged = merge_under([EnvDefault("OMP_NUM_THREADS", "1", "one thread per rank", "https://example.org/omp")], {}, {})
+    assert merged.notes == ["OMP_NUM_THREADS=1 (one thread per rank; https://example.org/omp)"]
 
 
 # ---------------------------------------------------------------- secrets
@@ -155,3 +180,26 @@ def test_withheld_keeps_real_secret_values_only():
     env = {"HF_TOKEN": "t0k", "NCCL_DEBUG": "INFO", "WANDB_API_KEY": REDACTED, "MY_SECRET": ""}
     # a value already REDACTED (a resumed run's spec.yaml) is not a value to pass on
     assert withheld(env) == {"HF_TOKEN": "t0k", "MY_SECRET": ""}
+
+
+def test_no_plan_forces_nccl_async_error_handling():
+    # torch's default (3 since 2.2) is right; 1 can hang in the abort (pytorch/pytorch#110723)
+    from pathlib import Path
+
+    from tests.helpers.plans import plan_for
+
+    plans = [plan_for(""), plan_for("resources: {gpus_per_node: 2}\n", visible_gpus=2),
+             plan_for("resources: {nodes: 2, gpus_per_node: 8}\n", backend="slurm", run_id="s-1", run_dir="/s/s-1")]
+    for plan in plans:
+        assert "TORCH_NCCL_ASYNC_ERROR_HANDLING" not in plan.env
+        assert not any("TORCH_NCCL_ASYNC_ERROR_HANDLING" in n for n in plan.env_notes)
+    golden = Path(__file__).resolve().parents[1] / "golden_data"
+    assert not [p.name for p in golden.iterdir() if "TORCH_NCCL_ASYNC_ERROR_HANDLING" in p.read_text()]
+
+
+def test_the_dry_run_shows_each_defaults_link():
+    from hpcgpu.host.plan import describe_plan
+    from tests.helpers.plans import plan_for
+
+    text = describe_plan(plan_for(""))
+    assert "OMP_NUM_THREADS=1 (avoid N ranks x all-cores thread oversubscription; https://" in text

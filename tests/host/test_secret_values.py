@@ -93,7 +93,7 @@ def test_scrub_replaces_secret_values_anywhere_longest_first():
 
 
 def test_notes_never_show_a_url_credential_or_a_marked_value():
-    defaults = [EnvDefault("NCCL_DEBUG_FILE", "d", "why"), EnvDefault("OMP_NUM_THREADS", "1", "why")]
+    defaults = [EnvDefault("NCCL_DEBUG_FILE", "d", "why", "https://n"), EnvDefault("OMP_NUM_THREADS", "1", "why", "https://o")]
     merged = merge_under(defaults, {"NCCL_DEBUG_FILE": DB_URL}, {"OMP_NUM_THREADS": "64"}, ["OMP_NUM_THREADS"])
     text = "\n".join(merged.notes)
     assert PASSWORD not in text and "64" not in text

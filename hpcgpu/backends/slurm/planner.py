@@ -10,6 +10,7 @@ bash runs the next one as a command. Every value that reaches the script is ther
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import shlex
@@ -57,6 +58,13 @@ RESERVED_OPTIONS: dict[str, str] = {
     "array": "separate submissions (hpcgpu submits one job per run)",
     "wrap": "entry.script / entry.module",
 }
+
+#: CPUs (as Slurm counts them: cores, or hardware threads with SMT) per GPU rank when the spec does not
+#: say (resources.cpus_per_task): the rank's own thread, its DataLoader workers, NCCL's proxy threads and
+#: the node agent all need a core; one per rank made them queue on each other. Capped at the fair share
+#: of a node (its CPUs / its GPUs) when sinfo told us, so the default never asks for more than the
+#: GPUs' share and never makes a job unrunnable.
+DEFAULT_CPUS_PER_GPU_RANK = 8
 
 #: submitit's stand-in for "no time limit known" in its timeout accounting (minutes, ~19 years)
 UNLIMITED_MIN = 10_000_000
@@ -124,25 +132,57 @@ def _extra_options(extra: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def fair_cpus_per_gpu(partition: str | None, rows: tuple[str, ...]) -> int | None:
+    """The smallest CPUs-per-GPU share among the partition's GPU nodes (sinfo `%P|%D|%G|%c`);
+    None when unknown (no sinfo here, no such partition, no GPU nodes, or '4+'-style counts)."""
+    shares = []
+    for row in rows:
+        cols = row.split("|")
+        if cols[0].rstrip("*") != partition or len(cols) < 4 or not cols[3].strip().isdigit():
+            continue
+        gpus = _gpus_in_gres(cols[2])
+        if gpus:
+            shares.append(int(cols[3]) // gpus)
+    return max(1, min(shares)) if shares else None
+
+
+def cpus_per_task(spec: Spec, ranks_per_node: int, gpus_per_node: int, fair_per_gpu: int | None = None) -> int:
+    """--cpus-per-task of the node's one task: resources.cpus_per_task when given; else
+    DEFAULT_CPUS_PER_GPU_RANK per GPU rank (at most the node's fair share per GPU), one per CPU rank.
+    With task/affinity or cgroups a task gets only the CPUs it asks for."""
+    if spec.resources.cpus_per_task:
+        return spec.resources.cpus_per_task
+    if gpus_per_node <= 0:
+        return ranks_per_node  # CPU ranks: OMP_NUM_THREADS=1 each
+    per_rank = min(DEFAULT_CPUS_PER_GPU_RANK, fair_per_gpu or DEFAULT_CPUS_PER_GPU_RANK)
+    return per_rank * ranks_per_node
+
+
 def sbatch_parameters(spec: Spec, ranks_per_node: int, gpus_per_node: int,
-                      srun_args: tuple[str, ...] = ()) -> dict[str, Any]:
+                      srun_args: tuple[str, ...] = (), cpus: int | None = None) -> dict[str, Any]:
     """`_make_sbatch_string` keywords for the spec: one task per node, warning signal, requeue.
+    cpus: the task's CPUs (cpus_per_task()); without it, the default with no partition cap.
 
     Raises UserError naming the key for a value that could break out of its #SBATCH line.
     """
     res, slurm = spec.resources, spec.slurm
+    cpus = cpus or cpus_per_task(spec, ranks_per_node, gpus_per_node)
     params: dict[str, Any] = {
         "job_name": spec.name,
         "nodes": res.nodes,
         "ntasks_per_node": 1,  # one node agent per node; it starts the ranks (torchrun's model)
-        # at least a core per rank: with task/affinity or cgroups a task gets only what it asks for
-        "cpus_per_task": res.cpus_per_task or ranks_per_node,
+        "cpus_per_task": cpus,
         # None leaves --time out (the partition's default applies); submitit would write --time=5
         "time": time_to_minutes(res.time) if res.time else None,
         "signal_delay_s": slurm.signal_before_s,
         "stderr_to_stdout": True,
-        # if a node agent fails, end the other nodes' tasks now instead of at their collective timeout
-        "srun_args": ["--kill-on-bad-exit=1", *(check_value("container (srun argument)", a) for a in srun_args)],
+        # --cpus-per-task on the step too: Slurm 22.05 to 23.02 srun does not inherit it from sbatch
+        # (it reads SRUN_CPUS_PER_TASK, not the SLURM_CPUS_PER_TASK sbatch exports), so the step would
+        # get one CPU and the agent, every rank, the loader workers and NCCL's threads would share it.
+        # --kill-on-bad-exit: if a node agent fails, end the other nodes' tasks now instead of at
+        # their collective timeout.
+        "srun_args": ["--kill-on-bad-exit=1", f"--cpus-per-task={cpus}",
+                      *(check_value("container (srun argument)", a) for a in srun_args)],
         "additional_parameters": {"requeue": True},
     }
     if gpus_per_node > 0:
@@ -162,17 +202,20 @@ def node_grace_s(spec: Spec) -> int:
     return max(5, min(spec.distributed.stop_grace_s, spec.slurm.signal_before_s - 15))
 
 
-def pyxis_node_prefix(pyxis_args: tuple[str, ...], python: str = "python3") -> tuple[str, ...]:
+def pyxis_node_prefix(pyxis_args: tuple[str, ...], python: str = "python3", cpus: int | None = None) -> tuple[str, ...]:
     """The argv prefix that runs the node agent in a pyxis container: a nested job step on this node.
 
     Given to the outer srun, --container-image would put NodeCommand inside the image too, where
     scontrol (for the requeue) and the submitting interpreter are usually missing. So NodeCommand
     stays on the host and starts `srun --overlap` (sharing the task's CPUs, memory and GPUs) with
     the pyxis options on this node only, through hpcgpu.backends.slurm.node_step (no shell).
+    cpus: the task's --cpus-per-task, given to the nested step too (srun does not inherit it on
+    Slurm 22.05 to 23.02; see sbatch_parameters).
     """
     for arg in pyxis_args:
         check_value("container (pyxis srun argument)", arg)
-    return (python, "-m", "hpcgpu.backends.slurm.node_step", *pyxis_args, "--")
+    cpu_args = (f"--cpus-per-task={cpus}",) if cpus else ()
+    return (python, "-m", "hpcgpu.backends.slurm.node_step", *cpu_args, *pyxis_args, "--")
 
 
 def submit_command(python: str, folder: str) -> str:
@@ -188,7 +231,7 @@ def render_sbatch(params: dict[str, Any], folder: str, python: str) -> str:
     return _make_sbatch_string(command=submit_command(python, folder), folder=folder, **params)
 
 
-def container_parts(spec: Spec, facts: HostFacts, plan: Plan) -> tuple[str, ...]:
+def container_parts(spec: Spec, facts: HostFacts, plan: Plan, cpus: int | None = None) -> tuple[str, ...]:
     """The prefix that runs the node agent in the spec's container (pyxis: a nested step per node)."""
     from hpcgpu.host.container import ContainerSettings, RunContext, container_prefix, pyxis_srun_args
 
@@ -200,7 +243,12 @@ def container_parts(spec: Spec, facts: HostFacts, plan: Plan) -> tuple[str, ...]
                      infiniband=facts.infiniband, scheduler_env_names=SLURM_ENV_NAMES)
     settings = ContainerSettings.from_spec(spec.container)
     if settings.runtime == "pyxis":  # a nested step per node, so the requeue stays on the host
-        return pyxis_node_prefix(tuple(pyxis_srun_args(settings, ctx, facts.environ)), facts.python)
+        return pyxis_node_prefix(tuple(pyxis_srun_args(settings, ctx, facts.environ)), facts.python, cpus)
+    if settings.runtime in ("docker", "podman") and ctx.gpus:
+        # `--gpus all` would give the container every GPU of the node, other jobs' too (it is not in
+        # the job's cgroup); the job's GPUs are known only on the node, so node_gpus adds them there
+        prefix = container_prefix(settings, dataclasses.replace(ctx, gpus=False), facts.environ)
+        return (facts.python, "-m", "hpcgpu.backends.slurm.node_gpus", "--", *prefix)
     return tuple(container_prefix(settings, ctx, facts.environ))
 
 
@@ -214,11 +262,14 @@ def slurm_plan(spec: Spec, facts: HostFacts, *, run_id: str, run_dir: str, creat
     check_run_dir(run_dir)
     plan = core_plan(spec, facts, backend="slurm", run_id=run_id, run_dir=run_dir, visible_gpus=None,
                      created=created)
+    partition = check_value("slurm.partition", spec.slurm.partition) if spec.slurm.partition \
+        else default_partition(facts.partitions)
+    cpus = cpus_per_task(spec, plan.nproc_per_node, plan.gpus_per_node,
+                         fair_cpus_per_gpu(partition, facts.partitions))
     if spec.container is not None:
         plan = with_parts(plan, node_argv=agent_command("python3", run_dir))
-        plan = with_parts(plan, container_prefix=container_parts(spec, facts, plan))
-    params = sbatch_parameters(spec, plan.nproc_per_node, plan.gpus_per_node)
-    partition = params.get("partition") or default_partition(facts.partitions)
+        plan = with_parts(plan, container_prefix=container_parts(spec, facts, plan, cpus))
+    params = sbatch_parameters(spec, plan.nproc_per_node, plan.gpus_per_node, cpus=cpus)
     request = {
         "sbatch_parameters": params,
         "python": check_value("python", facts.python),
@@ -308,7 +359,8 @@ def partition_fit_problem(nodes: int, gpus_per_node: int, partition: str, sinfo_
         return f"asked for {gpus_per_node} GPUs per node, nodes of partition {partition!r} have at most {max_gpus}"
     max_cpus = _largest(mine, 3)
     if max_cpus and cpus_per_task > max_cpus:
-        return (f"asked for {cpus_per_task} CPUs per node (resources.cpus_per_task; one per rank by default), "
+        return (f"asked for {cpus_per_task} CPUs per node (resources.cpus_per_task; by default "
+                f"{DEFAULT_CPUS_PER_GPU_RANK} per GPU rank, one per CPU rank), "
                 f"nodes of partition {partition!r} have at most {max_cpus}")
     max_mem = _largest(mine, 4)
     if max_mem and mem and _mem_mb(mem) > max_mem:

@@ -47,13 +47,13 @@ def test_partition_limits(text, minutes):
     assert limit_to_minutes(text) == minutes
 
 
-def test_one_task_per_node_and_a_core_per_rank():
+def test_one_task_per_node_and_its_cpus():
     got = params(spec(**{"resources.nodes": 2, "resources.gpus_per_node": 4}))
     assert got["ntasks_per_node"] == 1 and got["nodes"] == 2 and got["gpus_per_node"] == 4
-    assert got["cpus_per_task"] == 4
+    assert got["cpus_per_task"] == 32  # 8 per GPU rank
     assert params(spec(**{"resources.gpus_per_node": 0, "resources.procs_per_node": 3}))["cpus_per_task"] == 3
     assert params(spec(**{"resources.gpus_per_node": 8, "resources.cpus_per_task": 96}))["cpus_per_task"] == 96
-    assert params(spec(**{"resources.gpus_per_node": 4, "train.strategy": "dp"}))["cpus_per_task"] == 1  # one process
+    assert params(spec(**{"resources.gpus_per_node": 4, "train.strategy": "dp"}))["cpus_per_task"] == 8  # one process
 
 
 def test_no_time_leaves_the_partition_default_instead_of_submitits_five_minutes():
@@ -163,7 +163,7 @@ ROWS = ["debug*|2|(null)|4|8000", "gpu|4|gpu:h100:8(S:0-1)|96+|512000", "gpu|2|g
     (6, 8, "gpu", 96, "500G", ""),
     (1, 8, "gpu", 200, None, ""),  # '96+': nodes of several sizes, left to sbatch
     (1, 0, "nope", 1, None, "partition 'nope' does not exist (partitions: debug, gpu)"),
-    (1, 0, "debug", 8, None, "asked for 8 CPUs per node (resources.cpus_per_task; one per rank by default), "
+    (1, 0, "debug", 8, None, "asked for 8 CPUs per node (resources.cpus_per_task; by default 8 per GPU rank, one per CPU rank), "
                              "nodes of partition 'debug' have at most 4"),
     (1, 0, "debug", 1, "9G", "asked for 9G of memory per node, nodes of partition 'debug' have at most 8000M"),
 ])
@@ -199,3 +199,39 @@ def test_cli_refuses_injection_before_anything(tmp_path, args, key):
     assert out.returncode == 2, out.stdout + out.stderr
     assert key in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "pwned").exists()
+
+
+# --- the job step's CPUs (issue 17, item 5) ----------------------------------------------------------
+
+
+def srun_line(text: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith("srun "))
+
+
+def test_the_srun_step_asks_for_the_jobs_cpus_explicitly():
+    # Slurm 22.05-23.02: srun does not inherit --cpus-per-task from sbatch (it reads SRUN_CPUS_PER_TASK,
+    # not SLURM_CPUS_PER_TASK), so without the flag the agent and all ranks share one core
+    text = script(spec(**{"resources.gpus_per_node": 8, "resources.cpus_per_task": 96}))
+    assert "#SBATCH --cpus-per-task=96\n" in text
+    assert " --cpus-per-task=96 " in srun_line(text)
+    cpu = script(spec(**{"resources.gpus_per_node": 0, "resources.procs_per_node": 3}))
+    assert " --cpus-per-task=3 " in srun_line(cpu)
+
+
+def test_gpu_ranks_get_several_cores_each_by_default():
+    from hpcgpu.backends.slurm.planner import DEFAULT_CPUS_PER_GPU_RANK
+
+    assert DEFAULT_CPUS_PER_GPU_RANK >= 4  # loader workers, NCCL proxy threads, the agent
+    got = params(spec(**{"resources.gpus_per_node": 4}))
+    assert got["cpus_per_task"] == 4 * DEFAULT_CPUS_PER_GPU_RANK
+    # the partition's nodes say what a fair share is (gpu: 64 CPUs, 8 GPUs -> 8 per GPU at most)
+    shared = slurm_plan(spec(**{"resources.gpus_per_node": 2}), partitions=("gpu*|4|gpu:h100:8|16|512000|1:00:00|n/a",))
+    assert shared.request["sbatch_parameters"]["cpus_per_task"] == 4  # 16 CPUs / 8 GPUs x 2 ranks
+    assert shared.request["fit_problem"] == ""
+
+
+def test_the_nested_pyxis_step_asks_for_the_same_cpus():
+    plan = slurm_plan(spec(**{"resources.gpus_per_node": 2, "resources.cpus_per_task": 12,
+                              "container": {"runtime": "pyxis", "image": "nvcr.io#nvidia/pytorch:25.01-py3"}}))
+    prefix = list(plan.container_prefix)
+    assert "--cpus-per-task=12" in prefix[:prefix.index("--")]

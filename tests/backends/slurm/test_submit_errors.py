@@ -43,7 +43,7 @@ def jobs_named(name: str) -> list[str]:
     (["--partition", "nope"], {}, "partition 'nope' does not exist (partitions: debug)"),
     (["--gpus-per-node", "1"], {}, "asked for 1 GPUs per node, nodes of partition 'debug' have at most 0"),
     (["--nodes", "3"], {}, "asked for 3 nodes, partition 'debug' has 2"),
-    (["--nproc-per-node", "8"], {}, "asked for 8 CPUs per node (resources.cpus_per_task; one per rank by default), "
+    (["--nproc-per-node", "8"], {}, "asked for 8 CPUs per node (resources.cpus_per_task; by default 8 per GPU rank, one per CPU rank), "
                                     "nodes of partition 'debug' have at most 4"),
     # only sbatch itself knows: the run dir made for it is removed again
     (["--constraint", "h100"], {}, "sbatch refused the job: sbatch: error: Batch job submission failed: "
