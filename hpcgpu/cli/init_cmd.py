@@ -35,6 +35,14 @@ checkpoint:
 """
 
 
+def proposed_precision(gpus: int, strategy: str) -> str:
+    """bf16 on GPUs (fp32's range, no gradient scaler, tensor-core speed); fp16 for dp, whose
+    replica threads cannot run bf16; fp32 on CPUs, the only precision they run."""
+    if not gpus:
+        return "fp32"
+    return "fp16" if strategy == "dp" else "bf16"
+
+
 @click.command()
 @click.option("-o", "--output", default="hpcgpu.yaml", show_default=True, help="Where to write the spec.")
 @click.option("--yes", "-y", is_flag=True, help="Take the defaults without asking.")
@@ -47,13 +55,12 @@ def init(output, yes, force) -> int:
     if path.exists() and not force:
         raise UserError(f"{output} already exists", hint="pass --force to overwrite, or -o OTHER.yaml")
     gpus = count_visible_gpus(os.environ)
-    default_precision = "bf16" if gpus else "fp32"
     click.echo(f"GPUs detected: {gpus}" + ("" if gpus else " (the job will run CPU ranks with gloo)"))
     ask = (lambda text, default, **kw: default) if yes else (lambda text, default, **kw: click.prompt(text, default=default, **kw))
     name = ask("Job name", re.sub(r"[^A-Za-z0-9._-]", "-", Path.cwd().name).strip("-._")[:40] or "job")
     gpus = ask("GPUs per node", gpus, type=click.IntRange(min=0))
     strategy = ask("Strategy", "ddp", type=click.Choice(["ddp", "fsdp", "dp"]))
-    precision = ask("Precision", default_precision if gpus else "fp32", type=click.Choice(["fp32", "bf16", "fp16"]))
+    precision = ask("Precision", proposed_precision(gpus, strategy), type=click.Choice(["fp32", "bf16", "fp16"]))
     task = ask("Task (module:function)", "hpcgpu.examples.mlp:make_task")
     text = starter_spec(name, gpus, strategy, precision, task)
     from hpcgpu.host.spec import parse_spec

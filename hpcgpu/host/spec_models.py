@@ -148,6 +148,8 @@ class Train(_Model):
     """ddp: one rank per device; fsdp: shard parameters (fully_shard); dp: one process, all GPUs."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Mixed precision on GPUs; fp16 uses a gradient scaler."""
+    tf32: bool = True
+    """On CUDA GPUs (Ampere and newer), let fp32 matmuls and convolutions use TF32 tensor cores: several times faster, 10-bit mantissa inputs. false: full fp32 (matches CPU results more closely)."""
     batch_size: int = Field(32, ge=1, le=2**20)
     """Samples per device per micro-step."""
     grad_accum: int = Field(1, ge=1, le=2**16)
@@ -328,4 +330,9 @@ class Spec(_Model):
             raise ValueError("train.strategy dp runs one process on one node; use ddp or fsdp for nodes > 1")
         if self.entry.kind != "task" and self.train.strategy == "dp":
             raise ValueError("train.strategy dp applies to task entries only")
+        if self.train.strategy == "dp" and self.train.precision == "bf16":
+            # autocast's dtype does not reach DataParallel's replica threads: they would run fp16
+            # without a scaler (the worker refuses it too, for ranks started by plain torchrun)
+            raise ValueError("train.strategy dp with train.precision bf16 would run fp16 without a gradient "
+                             "scaler (DataParallel's threads lose autocast's dtype); use train.strategy ddp")
         return self

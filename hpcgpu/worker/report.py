@@ -31,13 +31,17 @@ def resume_changes(state: dict, spec_json: str, world_size: int) -> list[str]:
     return lines
 
 
-def print_summary(stats: dict, ckpt_dir: Path, flops_per_sample: Optional[float]) -> None:
-    """The last lines of rank 0's log: how it ended, loss, throughput, where checkpoints are."""
+def print_summary(stats: dict, ckpt_dir: Path, flops_per_sample: Optional[float],
+                  peak_flops: Optional[float] = None) -> None:
+    """The last lines of rank 0's log: how it ended, loss, throughput (and MFU, given the summed
+    dense peak FLOP/s of the devices that ran), where checkpoints are."""
     train_s = max(stats["train_s"], 1e-9)
     rate = stats["samples"] / train_s
     loss = stats["final_loss"]
     flops = flops_per_sample * rate if flops_per_sample else 0
     tflops = f", {flops / 1e12:.2f} TFLOP/s" if flops >= 1e10 else f", {flops / 1e9:.2f} GFLOP/s" if flops else ""
+    if flops and peak_flops:
+        tflops += f" (MFU {100 * flops / peak_flops:.1f}%)"
     print(f"hpcgpu: {stats['status']} at step {stats['steps']} ({stats['epochs']:.2f} epochs): "
           f"final loss {loss if loss is None else f'{loss:.4f}'}, {rate:,.0f} samples/s{tflops}, "
           f"wall {stats['wall_s']:.1f} s", flush=True)

@@ -16,11 +16,13 @@ from hpcgpu.worker.context import WorkerContext, agree_resume
 from hpcgpu.worker.data import ResumableSampler, batches_per_epoch, make_loader
 from hpcgpu.worker.dist import barrier, is_distributed
 from hpcgpu.worker.metrics import Metrics
+from hpcgpu.worker.perf import peak_flops, throughput_scalars, use_tf32
 from hpcgpu.worker.progress import Progress, choose_mode
 from hpcgpu.worker.report import print_summary, resume_changes, write_summary
 from hpcgpu.worker.saver import Checkpointer
 from hpcgpu.worker.state import rng_state, seed_everything, set_rng_state, spec_fingerprint
-from hpcgpu.worker.strategy import autocast, check_setup, grad_scaler, grad_sync, scaled_lr, unwrap, wrap
+from hpcgpu.worker.strategy import (autocast, check_setup, data_replicas, dp_device_ids, grad_scaler, grad_sync,
+                                    scaled_lr, unwrap, wrap)
 from hpcgpu.worker.task import Task
 
 STATE_FORMAT = 1
@@ -78,11 +80,16 @@ class Trainer:
         check_setup(cfg.strategy, cfg.precision, self.device, info)
         if self.device.type == "cpu":
             _deterministic()
+        use_tf32(cfg.tf32, self.device)
         seed_everything(cfg.seed)
         model = self.task.model()  # same seed on every rank: identical initial weights
         seed_everything(cfg.seed + info.rank)  # then per-rank streams, so dropout differs across ranks
-        self.model = wrap(model, cfg.strategy, self.device, self.task.shard_units)
-        self.replicas = torch.cuda.device_count() if cfg.strategy == "dp" and self.device.type == "cuda" else 1
+        dp_ids = self._dp_device_ids() if cfg.strategy == "dp" else []
+        self.model = wrap(model, cfg.strategy, self.device, self.task.shard_units, cfg.precision, dp_ids)
+        self.replicas = data_replicas(cfg.strategy, dp_ids)
+        self.devices = info.world_size * self.replicas
+        self.peak = (peak_flops(torch.cuda.get_device_name(self.device), cfg.precision, cfg.tf32)
+                     if self.device.type == "cuda" else None)
         self.lr = scaled_lr(cfg.lr, cfg.lr_scaling, info.world_size * self.replicas, cfg.grad_accum)
         make_optimizer = self.task.optimizer or (lambda params, lr: torch.optim.AdamW(params, lr=lr))
         self.optimizer = make_optimizer(self.model.parameters(), self.lr)
@@ -97,6 +104,12 @@ class Trainer:
         # (DCP stages through CPU), never on the group the training loop's collectives use.
         async_fsdp = cfg.strategy == "fsdp" and self.ctx.spec.checkpoint.async_save and is_distributed()
         self.ckpt_group = tdist.new_group(backend="gloo") if async_fsdp else None
+
+    def _dp_device_ids(self) -> list[int]:
+        """The GPUs dp drives: as many as the plan gives the node (--gpus N), not all visible ones."""
+        plan = self.ctx.plan
+        visible = torch.cuda.device_count() if self.device.type == "cuda" else 0
+        return dp_device_ids(self.device, plan.gpus_per_node if plan is not None else None, visible)
 
     def _build_data(self) -> None:
         cfg = self.cfg
@@ -175,7 +188,8 @@ class Trainer:
                  "samples": (self.step - self.start_step) * self.global_batch,
                  "checkpoint": str(self.saver.last) if self.saver.last else None}
         if self.info.is_main:
-            print_summary(stats, self.ctx.ckpt_dir, self.task.flops_per_sample)
+            print_summary(stats, self.ctx.ckpt_dir, self.task.flops_per_sample,
+                          self.peak * self.devices if self.peak else None)
             write_summary(self.ctx.run_dir, stats, self.info.world_size)
         return Outcome(status, self.step, stats["checkpoint"], final)
 
@@ -233,7 +247,8 @@ class Trainer:
         rate = (self.step - self._step_log) * self.global_batch / max(now - self._t_log, 1e-9)
         lr = self.scheduler.get_last_lr()[0]
         self.progress.update(self.step, self.epoch, loss, lr, rate)
-        self.metrics.log(self.step, {"train/loss": loss, "train/lr": lr, "train/samples_per_s": rate})
+        self.metrics.log(self.step, {"train/loss": loss, "train/lr": lr, "train/samples_per_s": rate,
+                                     **throughput_scalars(rate, self.task.flops_per_sample, self.peak, self.devices)})
         self._loss_sum, self._loss_n, self._t_log, self._step_log = 0.0, 0, now, self.step
 
     def _mean_over_ranks(self, value: torch.Tensor) -> float:

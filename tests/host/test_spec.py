@@ -37,6 +37,7 @@ def test_round_trip_through_dump():
         ("entry:\n  script: a.py\n  task: m:f\n", "entry (line 1): give exactly one of script, module or task"),
         ("entry:\n  task: notatask\n", "task must look like 'package.module:function'"),
         ("resources: {nodes: 2}\ntrain: {strategy: dp}\n", "train.strategy dp runs one process on one node"),
+        ("train: {strategy: dp, precision: bf16}\n", "train.strategy dp with train.precision bf16"),
         ("resources:\n  mem: lots\n", "resources.mem (line 2): memory looks like 64G"),
         ("resources:\n  time: forever\n", "resources.time (line 2): time looks like"),
         ("name: 'a b;rm -rf /'\n", "name (line 1): name: letters, digits"),
