@@ -8,7 +8,7 @@ TORCH_VERSION ?= 2.13.0
 # Each integration tier (Slurm, containers) is started by the Makefile and required by the tests in CI.
 PYTEST_ARGS  ?=
 
-.PHONY: venv run test test-unit test-fast bench bench-smoke clean docs-check
+.PHONY: venv run test test-unit test-fast test-gpu gpu-check-prepare gpu-check bench bench-smoke clean docs-check
 
 venv: $(VENV)/.installed
 
@@ -45,5 +45,23 @@ clean:
 docs: venv
 	$(PY) -c "from hpcgpu.host.specdoc import reference_markdown; open('docs/spec.md','w').write(reference_markdown())"
 
+# A skip is a failure here: this target is for machines with a GPU (tests/helpers/gpu_tier.py).
 test-gpu: venv
-	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
+	HPCGPU_REQUIRE_GPU=1 $(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
+
+# The GPU check (docs/development.md). Prepare here, where a package index is reachable: a wheel of
+# this tree and the pure dependencies the GPU machine's Python ($(GPU_PYVER), torch preinstalled) lacks.
+GPU_PYVER ?= 3.12
+WHEELHOUSE := build/wheelhouse
+gpu-check-prepare: venv
+	rm -rf $(WHEELHOUSE) && mkdir -p $(WHEELHOUSE)
+	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w $(WHEELHOUSE) .
+	$(PY) -m pip download --quiet -d $(WHEELHOUSE) --only-binary=:all: --python-version $(GPU_PYVER) \
+	  --implementation cp --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform any \
+	  "pydantic>=2.5" "submitit>=1.5" "pytest>=7"
+	@du -sh $(WHEELHOUSE)
+
+# Run on the GPU machine (carry build/wheelhouse): OUT is where the summary, doctor.json and tier 9 go.
+OUT ?= build/gpucheck
+gpu-check:
+	bash scripts/gpu_check.sh $(OUT)

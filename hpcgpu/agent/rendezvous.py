@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 
-from hpcgpu.agent.elastic import fresh_rank_store_per_attempt, keep_rank_store_on_loopback
+from hpcgpu.agent.elastic import fresh_rank_store_per_attempt, keep_rank_store_on_loopback, warn_once
 from hpcgpu.contract.node import NodeFacts
 
 
@@ -30,15 +30,30 @@ def _tcp_store(host: str, port: int, is_master: bool, loopback: bool, timeout_s:
 
     from torch.distributed import TCPStore
 
-    fd = None
-    if is_master and loopback:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", port))
-        sock.listen(1024)
-        port = sock.getsockname()[1]
-        fd = sock.detach()  # the store owns the descriptor now and closes it
-    return TCPStore(host, port, is_master=is_master, multi_tenant=True, master_listen_fd=fd,
-                    timeout=timedelta(seconds=timeout_s))
+    timeout = timedelta(seconds=timeout_s)
+    if not (is_master and loopback):
+        return TCPStore(host, port, is_master=is_master, multi_tenant=True, timeout=timeout)
+    try:
+        fd, bound = _loopback_listener(port)
+        return TCPStore(host, bound, is_master=True, multi_tenant=True, master_listen_fd=fd, timeout=timeout)
+    except (RuntimeError, ValueError) as e:
+        # Before torch 2.8 the libuv store (the default since 2.4) could not take a listening socket
+        # (pytorch#150215); the legacy backend always could. A fresh socket: the first may be gone.
+        warn_once("TCPStore(master_listen_fd=) with the libuv backend",
+                  f"the store uses torch's legacy TCPStore backend ({e})")
+        fd, bound = _loopback_listener(port)
+        return TCPStore(host, bound, is_master=True, multi_tenant=True, master_listen_fd=fd, use_libuv=False,
+                        timeout=timeout)
+
+
+def _loopback_listener(port: int) -> tuple[int, int]:
+    """A socket listening on 127.0.0.1:port (0: a free port), detached (the store owns and closes it),
+    and the port it listens on."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(1024)
+    bound = sock.getsockname()[1]
+    return sock.detach(), bound
 
 
 def _arrival_key(run_id: str, node_rank: int) -> str:

@@ -76,6 +76,31 @@ def test_a_single_node_store_listens_on_loopback_only():
 
 
 @needs_proc
+def test_a_torch_whose_libuv_store_refuses_a_listening_socket_falls_back_to_the_legacy_backend(monkeypatch, capsys):
+    # torch 2.4-2.7: TCPStore's default (libuv) backend could not take master_listen_fd
+    # (pytorch#150215); simulated at the constructor, the one place hpcgpu meets it
+    import torch.distributed
+
+    real = torch.distributed.TCPStore
+    calls = []
+
+    def older_tcpstore(*args, master_listen_fd=None, use_libuv=True, **kwargs):
+        calls.append(use_libuv)
+        if master_listen_fd is not None and use_libuv:
+            raise RuntimeError("the libuv TCPStore backend does not support master_listen_fd")
+        return real(*args, master_listen_fd=master_listen_fd, use_libuv=use_libuv, **kwargs)
+
+    monkeypatch.setattr(torch.distributed, "TCPStore", older_tcpstore)
+    store = _tcp_store("127.0.0.1", 0, is_master=True, loopback=True, timeout_s=30)
+    assert calls == [True, False]
+    assert listening_addresses(store.port) == {"127.0.0.1"}  # still on loopback only
+    store.set("k", "v")
+    assert store.get("k") == b"v"
+    err = capsys.readouterr().err
+    assert "TCPStore(master_listen_fd=) with the libuv backend" in err and "legacy TCPStore backend" in err
+
+
+@needs_proc
 def test_without_loopback_the_store_listens_everywhere():
     # the control for the test above: the /proc check sees a store that is not on loopback
     store = _tcp_store("127.0.0.1", 0, is_master=True, loopback=False, timeout_s=30)
