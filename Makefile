@@ -5,6 +5,7 @@ VENV         ?= .venv
 PY           := $(VENV)/bin/python
 HPCGPU       := $(VENV)/bin/hpcgpu
 TORCH_VERSION ?= 2.13.0
+TORCH_INDEX  ?=
 # Each integration tier (Slurm, containers) is started by the Makefile and required by the tests in CI.
 PYTEST_ARGS  ?=
 
@@ -14,9 +15,11 @@ venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	@# Pin torch first: with torch==2.13.0 installed, `pip install -e .` adds no CUDA wheels.
-	@# On a machine without an NVIDIA driver pip finds the CPU build (see docs/install.md).
-	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"
+	@# Pin torch first: with torch==2.13.0 installed, `pip install -e .` adds no CUDA wheels. Which
+	@# build comes is the configured index's choice: TORCH_INDEX=https://download.pytorch.org/whl/cpu
+	@# asks for the CPU build explicitly, .../whl/cu128 for a CUDA one (docs/install.md). Without a
+	@# driver, CUDA wheels are refused below.
+	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet -e ".[test]"
 	@if ! command -v nvidia-smi >/dev/null 2>&1 && $(PY) -m pip list 2>/dev/null | grep -Eq '^nvidia-(cu|nccl|cudnn)'; then \
 	  echo "error: CUDA wheels were installed on a machine without a GPU; remove $(VENV) and check pip's index" >&2; exit 1; fi
