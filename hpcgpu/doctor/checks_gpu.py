@@ -6,11 +6,12 @@ from collections import Counter
 from itertools import combinations
 from typing import Any
 
-from hpcgpu.doctor.probe import Probe
+from hpcgpu.doctor.probe import HIDDEN_WHY, Probe
 from hpcgpu.doctor.result import CheckResult, Skip, check, fail, human_bytes, ok, warn
 
 BUSY_UTIL_PCT = 10
 BUSY_MEMORY_BYTES = 1 << 30
+MIG_NO_UTIL = "GPU utilisation is not available on MIG instances"
 TOPOLOGY_NAMES = {0: "same board", 10: "PIX (one PCIe switch)", 20: "PXB (several PCIe switches)",
                   30: "PHB (PCIe host bridge)", 40: "NODE (same NUMA node)",
                   50: "SYS (crosses CPU sockets)"}
@@ -47,7 +48,13 @@ def check_gpus(p: Probe) -> CheckResult:
     driver = nvml_text(p.nvml.nvmlSystemGetDriverVersion())
     models = Counter(f"{g['name']} ({human_bytes(g['memory_total'])})" for g in gpus)
     listing = ", ".join(f"{n} x {m}" for m, n in models.items())
-    return ok(f"{listing}; driver {driver}", {"driver": driver, "gpus": gpus})
+    hidden = p.hidden_gpus()
+    if not hidden:
+        return ok(f"{listing}; driver {driver}", {"driver": driver, "gpus": gpus})
+    # a partial-node job: the other GPUs are not ours to check, and not broken
+    access = f"{len(gpus)} of {len(gpus) + len(hidden)} GPUs accessible ({HIDDEN_WHY})"
+    return ok(f"{access}; {listing}; driver {driver}",
+              {"driver": driver, "gpus": gpus, "hidden_nvml_indices": hidden})
 
 
 @check("gpu_models")
@@ -63,21 +70,42 @@ def check_gpu_models(p: Probe) -> CheckResult:
                 {"models": dict(names)})
 
 
+def mig_enabled(nvml: Any, handle: Any) -> bool:
+    """Whether MIG mode is on for this GPU (False where MIG is unsupported)."""
+    mode = _optional(nvml.nvmlDeviceGetMigMode, handle)  # [current, pending]
+    return mode is not None and mode[0] == getattr(nvml, "NVML_DEVICE_MIG_ENABLE", 1)
+
+
+def util_note(nvml: Any, no_util: list[Any]) -> str:
+    """Why some GPUs have no utilisation reading, said once, or ''."""
+    if not no_util:
+        return ""
+    if any(mig_enabled(nvml, h) for h in no_util):
+        # NVML answers NOT_SUPPORTED for utilisation on MIG GPUs: the busy test sees memory only
+        return f"; {MIG_NO_UTIL} (memory checked only)"
+    return f"; utilisation not reported by {len(no_util)} GPU(s) (memory checked only)"
+
+
+
 @check("gpu_load")
 def check_gpu_load(p: Probe) -> CheckResult:
     """GPUs already busy (another job or a leftover process) slow or crash training."""
-    nvml, busy, rows = p.nvml, [], []
+    nvml, busy, rows, no_util = p.nvml, [], [], []
     for i, h in enumerate(p.gpu_handles()):
         util = _optional(nvml.nvmlDeviceGetUtilizationRates, h)
         used = int(nvml.nvmlDeviceGetMemoryInfo(h).used)
         pct = int(util.gpu) if util is not None else None
         rows.append({"index": i, "util_pct": pct, "memory_used": used})
+        if pct is None:
+            no_util.append(h)
         if (pct or 0) >= BUSY_UTIL_PCT or used >= BUSY_MEMORY_BYTES:
             busy.append(f"GPU{i} {pct if pct is not None else '?'}% busy, {human_bytes(used)} used")
+    note = util_note(nvml, no_util)
     if busy:
-        return warn("; ".join(busy), "another process uses these GPUs (see nvidia-smi): stop it, "
-                    "or ask Slurm for whole GPUs (--gpus-per-node, --exclusive)", {"gpus": rows})
-    return ok(f"{len(rows)} GPU(s) idle", {"gpus": rows})
+        return warn("; ".join(busy) + note, "another process uses these GPUs (see nvidia-smi): "
+                    "stop it, or ask Slurm for whole GPUs (--gpus-per-node, --exclusive)",
+                    {"gpus": rows})
+    return ok(f"{len(rows)} GPU(s) idle{note}", {"gpus": rows})
 
 
 @check("gpu_ecc")

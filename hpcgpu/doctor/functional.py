@@ -110,14 +110,25 @@ def run_launch(p: Probe, argv: list[str], out: Path | None
                             f"{_error_line(text)}", FAILED_HINT, {"output_tail": tail(text)})
 
 
+def bandwidth_text(res: dict[str, Any]) -> str:
+    """'busbw (GB/s) 1MiB: 21.40, ...', or why there is nothing to measure."""
+    if res["world_size"] == 1:
+        # busbw = algbw * 2(n-1)/n is 0 for n = 1: nothing crossed a link, so print no 0.00 GB/s
+        between = "inter-GPU" if res["backend"] == "nccl" else "inter-process"
+        return f"one rank: no {between} traffic to measure"
+    return "busbw (GB/s) " + ", ".join(f"{human_bytes(r['bytes']).replace(' ', '')}: "
+                                       f"{r['busbw_gbs']:.2f}" for r in res["results"])
+
+
 def summarize_allreduce(res: dict[str, Any], output: str, note: str = "") -> CheckResult:
     """Turn the worker's JSON plus NCCL's log into one result."""
     transports, warnings = parse_transports(output), nccl_warnings(output)
     data = {**res, "transports": transports, "nccl_warnings": warnings[:10]}
-    bw = ", ".join(f"{human_bytes(r['bytes']).replace(' ', '')}: {r['busbw_gbs']:.2f}"
-                   for r in res["results"])
-    where = f"{res['world_size']} ranks on {res['nodes']} node(s), {res['device']}"
-    detail = f"{note}{res['backend']}, {where}: busbw (GB/s) {bw}"
+    if res["world_size"] == 1:  # --json must not show a measured-looking 0.0 either
+        data["results"] = [{**r, "busbw_gbs": None} for r in res["results"]]
+    ranks = f"{res['world_size']} rank{'s' if res['world_size'] != 1 else ''}"
+    where = f"{ranks} on {res['nodes']} node(s), {res['device']}"
+    detail = f"{note}{res['backend']}, {where}: {bandwidth_text(res)}"
     if transports:
         detail += f"; via {', '.join(sorted(transports))}"
     if not res["correct"]:

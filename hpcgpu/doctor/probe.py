@@ -95,6 +95,16 @@ def load_nvml() -> Any:
     return pynvml
 
 
+#: why a GPU NVML lists may be denied to us; shown wherever hidden GPUs are reported
+HIDDEN_WHY = "the others belong to other jobs or are hidden by the cgroup"
+
+
+def nvml_error_code(error: BaseException) -> int | None:
+    """NVML's return code carried by a pynvml NVMLError (its `value`), None for anything else."""
+    value = getattr(error, "value", None)
+    return value if isinstance(value, int) else None
+
+
 @dataclass
 class Probe:
     """Inputs of the checks: environment, file-system root, tools, NVML and torch, plus options."""
@@ -115,6 +125,7 @@ class Probe:
     nproc: int | None = None  # ranks for the functional test (default: GPUs, or 2 CPU ranks)
     timeout: float = 180.0  # seconds for the whole functional test
     _handles: list[Any] | None = field(default=None, init=False, repr=False)
+    _hidden: list[int] = field(default_factory=list, init=False, repr=False)  # NVML indices
     _nvml_error: Skip | Fail | None = field(default=None, init=False, repr=False)
     _torch: dict[str, Any] | None = field(default=None, init=False, repr=False)
 
@@ -123,7 +134,11 @@ class Probe:
         return self.root / absolute.lstrip("/")
 
     def gpu_handles(self) -> list[Any]:
-        """NVML handles of every GPU on the node (ignores CUDA_VISIBLE_DEVICES); Skip if none."""
+        """NVML handles of the GPUs this process may use (ignores CUDA_VISIBLE_DEVICES); Skip if none.
+
+        GPUs NVML lists but denies us (other jobs' GPUs under a Slurm cgroup) are left out, as
+        nvidia-smi leaves them out; `hidden_gpus()` names them.
+        """
         if self._handles is None and self._nvml_error is None:
             try:
                 self._open_nvml()
@@ -131,9 +146,16 @@ class Probe:
                 self._nvml_error = e
         if self._nvml_error is not None:
             raise self._nvml_error
+        if not self._handles and self._hidden:
+            raise Skip(f"none of the {len(self._hidden)} GPUs on this node is accessible (they "
+                       "belong to other jobs or are hidden by the cgroup)")
         if not self._handles:
             raise Skip("NVML found no NVIDIA GPU on this machine")
         return self._handles
+
+    def hidden_gpus(self) -> list[int]:
+        """NVML indices of the node's GPUs that answer 'no permission' (call after gpu_handles)."""
+        return list(self._hidden)
 
     def _open_nvml(self) -> None:
         if self.nvml is None:
@@ -146,19 +168,41 @@ class Probe:
             # e.g. "Driver/library version mismatch" after a driver upgrade without a reboot
             raise Fail(f"NVML cannot start: {e}", "compare `nvidia-smi` with the installed driver; "
                        "after a driver upgrade reboot (or reload the nvidia kernel modules)") from None
-        handles = []
+        handles, hidden, index = [], [], 0
         try:
-            for i in range(self.nvml.nvmlDeviceGetCount()):
-                handles.append(self.nvml.nvmlDeviceGetHandleByIndex(i))
+            for index in range(self.nvml.nvmlDeviceGetCount()):
+                handle = self._open_gpu(index)
+                if handle is None:
+                    hidden.append(index)
+                else:
+                    handles.append(handle)
         except self.nvml.NVMLError as e:
             self._handles = []  # opened: close() must still shut NVML down
-            raise Fail(f"NVML cannot open GPU {len(handles)}: {e}",
+            raise Fail(f"NVML cannot open GPU {index}: {e}",
                        "the GPU fell off the bus or is not accessible: check `nvidia-smi` and "
                        "dmesg (Xid errors); drain the node and ask for a GPU reset") from None
-        self._handles = handles
+        self._handles, self._hidden = handles, hidden
+
+    def _open_gpu(self, index: int) -> Any:
+        """GPU index's handle, or None when NVML says this process may not use it.
+
+        In a partial-node Slurm job (cgroup ConstrainDevices) NVML still counts every GPU of the
+        node, but the job's missing GPUs answer NVML_ERROR_NO_PERMISSION, from the handle or from
+        the first query. That is the cgroup working, not a broken GPU; any other error (GPU is
+        lost, unknown error) is, and propagates to the "fell off the bus" failure.
+        """
+        nvml = self.nvml
+        try:
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            nvml.nvmlDeviceGetUUID(handle)  # a cheap query: some drivers deny only on use
+        except nvml.NVMLError as e:
+            if nvml_error_code(e) == getattr(nvml, "NVML_ERROR_NO_PERMISSION", 4):
+                return None
+            raise
+        return handle
 
     def gpu_count(self) -> int:
-        """GPUs NVML sees on the node, 0 when there is no driver (a broken GPU raises Fail)."""
+        """GPUs this process may use, 0 without a driver or any (a broken GPU raises Fail)."""
         try:
             return len(self.gpu_handles())
         except Skip:

@@ -2,40 +2,84 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 
+MIG_NO_UTIL = "GPU utilisation is not available on MIG instances"
+
+
+def handle_by_cuda_uuid(nvml: Any, uuid: str) -> Any:
+    """NVML's handle for the device CUDA calls `uuid`: a whole GPU ('GPU-...') or a MIG slice ('MIG-...').
+
+    By UUID, because CUDA_VISIBLE_DEVICES renumbers devices but NVML does not; on a MIG instance
+    CUDA reports the instance's UUID, which NVML (driver R470+) knows with the MIG- prefix.
+    """
+    try:
+        return nvml.nvmlDeviceGetHandleByUUID("GPU-" + uuid)
+    except nvml.NVMLError:
+        return nvml.nvmlDeviceGetHandleByUUID("MIG-" + uuid)
+
+
+def is_mig(nvml: Any, handle: Any) -> bool:
+    """Whether the handle is a MIG instance, or a GPU with MIG mode on (False when NVML cannot say)."""
+    try:
+        if nvml.nvmlDeviceIsMigDeviceHandle(handle):
+            return True
+        return nvml.nvmlDeviceGetMigMode(handle)[0] == getattr(nvml, "NVML_DEVICE_MIG_ENABLE", 1)
+    except Exception:  # noqa: BLE001 - pre-MIG GPUs and old drivers answer Not Supported
+        return False
+
+
+def gpu_readings(nvml: Any, handle: Any) -> tuple[dict[str, float], str]:
+    """The scalars NVML answers for, and why utilisation is missing ('' when it was read).
+
+    Each reading is separate: MIG answers NOT_SUPPORTED for utilisation, but memory still works.
+    """
+    values: dict[str, float] = {}
+    missing = ""
+    try:
+        values["gpu/util_pct"] = float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+    except Exception as e:  # noqa: BLE001 - NVMLError_NotSupported and friends
+        missing = MIG_NO_UTIL if is_mig(nvml, handle) else f"GPU utilisation is not available ({e})"
+    try:
+        values["gpu/mem_used_gb"] = float(nvml.nvmlDeviceGetMemoryInfo(handle).used / 2**30)
+    except Exception:  # noqa: BLE001 - metrics are optional
+        pass
+    return values, missing
+
 
 class GpuMonitor:
-    """NVML readings for one CUDA device; quietly does nothing without GPUs or pynvml."""
+    """NVML readings for one CUDA device; nothing without GPUs or pynvml, and says once what is missing."""
 
-    def __init__(self, device: torch.device):
-        self.handle = None
+    def __init__(self, device: torch.device, say: Callable[[str], None] | None = None):
+        self.handle: Any = None
+        self.nvml: Any = None
+        self.say = say or (lambda text: print(text, file=sys.stderr, flush=True))
+        self._said = False
         if device.type != "cuda":
             return
         try:
             import pynvml  # from nvidia-ml-py; imported here so CPU runs never need it
 
             pynvml.nvmlInit()
-            # By UUID, because CUDA_VISIBLE_DEVICES renumbers devices but NVML does not.
-            uuid = "GPU-" + str(torch.cuda.get_device_properties(device).uuid)
-            self.handle = pynvml.nvmlDeviceGetHandleByUUID(uuid)
+            uuid = str(torch.cuda.get_device_properties(device).uuid)
+            self.handle = handle_by_cuda_uuid(pynvml, uuid)
             self.nvml = pynvml
         except Exception:  # no driver, no library, an old driver: metrics are optional
             self.handle = None
 
     def read(self) -> dict[str, float]:
-        """{'gpu/util_pct', 'gpu/mem_used_gb'} or {} when unavailable."""
+        """{'gpu/util_pct', 'gpu/mem_used_gb'}, those of them NVML answers, or {} without NVML."""
         if self.handle is None:
             return {}
-        try:
-            util = self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu
-            mem = self.nvml.nvmlDeviceGetMemoryInfo(self.handle).used / 2**30
-        except Exception:
-            return {}
-        return {"gpu/util_pct": float(util), "gpu/mem_used_gb": float(mem)}
+        values, missing = gpu_readings(self.nvml, self.handle)
+        if missing and not self._said:  # once per run, not once per logging step
+            self.say(f"hpcgpu: {missing}: TensorBoard gets no gpu/util_pct")
+            self._said = True
+        return values
 
 
 class Metrics:

@@ -91,6 +91,19 @@ def test_slurm_gpus(tmp_path, env, gpus, status, text):
     assert r.status == status and text in r.detail, r
 
 
+def test_partial_node_job_under_a_cgroup(tmp_path):
+    # 2 of 8 GPUs held; ConstrainDevices denies the other 6 to NVML and Slurm renumbers to 0,1
+    gpus = h100s(8)
+    for g in gpus[:6]:
+        g.accessible = False
+    env = {**JOB, "SLURM_GPUS_ON_NODE": "2", "SLURM_JOB_GPUS": "6,7", "CUDA_VISIBLE_DEVICES": "0,1"}
+    p = fake_probe(tmp_path, env=env, nvml=FakeNvml(gpus=gpus))
+    r = check_slurm_gpus(p)
+    assert (r.status, r.detail) == ("ok", "2 GPU(s) allocated (SLURM_JOB_GPUS=6,7), 2 visible")
+    r = check_cuda_visible_devices(p)
+    assert (r.status, r.detail) == ("ok", "'0,1': 2 of 2 GPU(s) visible")
+
+
 @pytest.mark.parametrize("spec, matched", [
     ("eth", ["eth0"]),
     ("eth0,ib", ["eth0", "ib0"]),

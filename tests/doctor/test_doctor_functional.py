@@ -50,6 +50,17 @@ def test_summary_of_a_gloo_run():
                         "64KiB: 1.00, 1MiB: 1.00, 16MiB: 1.00")
 
 
+def test_one_rank_measures_no_bus_bandwidth():
+    r = summarize_allreduce(worker_result("nccl", 1, device="NVIDIA H100 80GB HBM3"), "")
+    assert r.status == "ok"
+    assert r.detail == ("nccl, 1 rank on 1 node(s), NVIDIA H100 80GB HBM3: one rank: no inter-GPU "
+                        "traffic to measure")
+    assert "0.00" not in r.detail
+    assert [row["busbw_gbs"] for row in r.data["results"]] == [None, None, None]
+    assert summarize_allreduce(worker_result("gloo", 1), "").detail.endswith(
+        "no inter-process traffic to measure")
+
+
 def test_wrong_result_fails():
     assert summarize_allreduce(worker_result(correct=False), "").status == "fail"
 

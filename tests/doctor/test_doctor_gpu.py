@@ -7,7 +7,8 @@ import pytest
 from hpcgpu.doctor.checks_gpu import (check_gpu_ecc, check_gpu_load, check_gpu_models,
                                       check_gpu_modes, check_gpu_topology, check_gpus)
 from hpcgpu.doctor.probe import Probe
-from tests.helpers.doctor_fakes import GiB, FakeGpu, FakeNvml, FakeNVMLError, fake_probe, h100s, pcie_gpu
+from tests.helpers.doctor_fakes import (GiB, FakeGpu, FakeNvml, FakeNVMLError, fake_probe, h100s,
+                                       no_permission, pcie_gpu)
 
 GPU_CHECKS = [check_gpus, check_gpu_models, check_gpu_load, check_gpu_ecc, check_gpu_modes,
               check_gpu_topology]
@@ -63,7 +64,9 @@ def test_busy_gpu_warns(tmp_path):
 
 
 def test_utilisation_not_supported_is_not_an_error(tmp_path):
-    assert check_gpu_load(probe(tmp_path, h100s(2, util=None))).status == "ok"
+    r = check_gpu_load(probe(tmp_path, h100s(2, util=None)))
+    assert r.status == "ok"
+    assert r.detail == "2 GPU(s) idle; utilisation not reported by 2 GPU(s) (memory checked only)"
 
 
 def test_ecc_errors_fail(tmp_path):
@@ -148,6 +151,85 @@ def test_a_lost_gpu_fails_every_gpu_check_and_nvml_is_still_closed(tmp_path):
         assert (r.status, r.detail) == ("fail", "NVML cannot open GPU 1: GPU is lost"), fn.check_name
     p.close()
     assert nvml.calls == ["init", "shutdown"]
+
+
+def partial_node(held=(6, 7), total=8):
+    """A Slurm job holding some of the node's GPUs: the cgroup denies the others to NVML."""
+    gpus = h100s(total)
+    for i, g in enumerate(gpus):
+        g.accessible = i in held
+    return gpus
+
+
+def test_gpus_of_other_jobs_are_skipped_as_nvidia_smi_does(tmp_path):
+    p = probe(tmp_path, partial_node())
+    r = check_gpus(p)
+    assert r.status == "ok"
+    assert r.detail == ("2 of 8 GPUs accessible (the others belong to other jobs or are hidden by "
+                        "the cgroup); 2 x NVIDIA H100 80GB HBM3 (80 GiB); driver 550.54.15")
+    assert r.data["hidden_nvml_indices"] == [0, 1, 2, 3, 4, 5]
+    # the held GPUs are numbered as CUDA numbers them inside the cgroup: 0 and 1
+    assert [g["uuid"][-1] for g in r.data["gpus"]] == ["6", "7"]
+    for fn in GPU_CHECKS:
+        assert fn(p).status in ("ok", "warn", "skip"), (fn.check_name, fn(p))
+    assert check_gpu_topology(p).data["nvlinks"] == [18, 18]
+    assert p.gpu_count() == 2
+
+
+class DeniedHandleNvml(FakeNvml):
+    """Drivers that deny already at nvmlDeviceGetHandleByIndex."""
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        if not self.gpus[i].accessible:
+            raise no_permission()
+        return i
+
+
+def test_a_denied_handle_is_skipped_too(tmp_path):
+    p = fake_probe(tmp_path, nvml=DeniedHandleNvml(gpus=partial_node(held=(0,), total=4)))
+    assert check_gpus(p).detail.startswith("1 of 4 GPUs accessible")
+
+
+def test_a_job_holding_no_gpu_skips_the_gpu_checks(tmp_path):
+    p = probe(tmp_path, partial_node(held=()))
+    for fn in GPU_CHECKS:
+        r = fn(p)
+        assert r.status == "skip", (fn.check_name, r)
+        assert r.detail == ("none of the 8 GPUs on this node is accessible (they belong to other "
+                            "jobs or are hidden by the cgroup)")
+
+
+class LostOnQueryNvml(FakeNvml):
+    """A GPU whose handle opens but whose queries answer GPU_IS_LOST: a real error, not a cgroup."""
+
+    def nvmlDeviceGetUUID(self, h):
+        if h == 1:
+            raise FakeNVMLError("GPU is lost", FakeNvml.NVML_ERROR_GPU_IS_LOST)
+        return super().nvmlDeviceGetUUID(h)
+
+
+def test_a_gpu_lost_on_query_still_fails(tmp_path):
+    p = fake_probe(tmp_path, nvml=LostOnQueryNvml(gpus=partial_node(held=(0, 1, 2), total=4)))
+    r = check_gpus(p)
+    assert (r.status, r.detail) == ("fail", "NVML cannot open GPU 1: GPU is lost")
+    assert "drain the node" in r.hint
+
+
+def test_mig_says_once_that_utilisation_is_unavailable(tmp_path):
+    r = check_gpu_load(probe(tmp_path, h100s(4, mig=True)))
+    assert r.status == "ok"
+    assert r.detail == ("4 GPU(s) idle; GPU utilisation is not available on MIG instances "
+                        "(memory checked only)")
+    assert [g["util_pct"] for g in r.data["gpus"]] == [None] * 4
+
+
+def test_mig_note_also_under_a_busy_warning(tmp_path):
+    gpus = h100s(2, mig=True)
+    gpus[0].memory_used = 40 * GiB
+    r = check_gpu_load(probe(tmp_path, gpus))
+    assert r.status == "warn"
+    assert r.detail == ("GPU0 ?% busy, 40 GiB used; GPU utilisation is not available on MIG "
+                        "instances (memory checked only)")
 
 
 def test_the_fake_matches_pynvml():

@@ -14,7 +14,20 @@ DiskUsage = namedtuple("DiskUsage", "total used free")  # what shutil.disk_usage
 
 
 class FakeNVMLError(Exception):
-    """Stands in for pynvml.NVMLError."""
+    """Stands in for pynvml.NVMLError; `value` is NVML's return code, as pynvml's errors carry it."""
+
+    def __init__(self, message: str, value: int | None = None):
+        super().__init__(message)
+        self.value = value
+
+
+def no_permission() -> FakeNVMLError:
+    """What NVML answers for a GPU a Slurm cgroup hides from the job (pynvml NVMLError_NoPermission)."""
+    return FakeNVMLError("Insufficient Permissions", FakeNvml.NVML_ERROR_NO_PERMISSION)
+
+
+def not_supported() -> FakeNVMLError:
+    return FakeNVMLError("Not Supported", FakeNvml.NVML_ERROR_NOT_SUPPORTED)
 
 
 @dataclass
@@ -31,6 +44,8 @@ class FakeGpu:
     compute_mode: int = 0
     nvlinks_active: int = 18
     nvlink_slots: int = 18  # links NVML answers for; past these it raises
+    accessible: bool = True  # False: another job's GPU behind a Slurm cgroup (every query denied)
+    mig: bool = False  # MIG mode on (or, with a MIG- UUID, a MIG instance): no utilisation
 
 
 @dataclass
@@ -60,6 +75,12 @@ class FakeNvml:
     NVML_TOPOLOGY_NODE = 40
     NVML_TOPOLOGY_SYSTEM = 50
     NVML_NVLINK_MAX_LINKS = 36
+    NVML_ERROR_NOT_SUPPORTED = 3
+    NVML_ERROR_NO_PERMISSION = 4
+    NVML_ERROR_NOT_FOUND = 6
+    NVML_ERROR_GPU_IS_LOST = 15
+    NVML_DEVICE_MIG_DISABLE = 0
+    NVML_DEVICE_MIG_ENABLE = 1
 
     def nvmlInit(self) -> None:
         self.calls.append("init")
@@ -75,14 +96,30 @@ class FakeNvml:
     def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
         return i
 
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> int:
+        for i, g in enumerate(self.gpus):
+            if g.uuid == uuid:
+                return i
+        raise FakeNVMLError("Not Found", self.NVML_ERROR_NOT_FOUND)
+
+    def nvmlDeviceIsMigDeviceHandle(self, h: int) -> bool:
+        """A FakeGpu whose UUID starts with MIG- stands for one MIG instance."""
+        return self.gpu(h).uuid.startswith("MIG-")
+
+    def gpu(self, h: int) -> FakeGpu:
+        """The GPU behind a handle, as a query sees it: denied when the job does not hold it."""
+        if not self.gpus[h].accessible:
+            raise no_permission()
+        return self.gpus[h]
+
     def nvmlDeviceGetName(self, h: int) -> str:
-        return self.gpus[h].name
+        return self.gpu(h).name
 
     def nvmlDeviceGetUUID(self, h: int) -> str:
-        return self.gpus[h].uuid
+        return self.gpu(h).uuid
 
     def nvmlDeviceGetMemoryInfo(self, h: int) -> SimpleNamespace:
-        g = self.gpus[h]
+        g = self.gpu(h)
         return SimpleNamespace(total=g.memory_total, used=g.memory_used,
                                free=g.memory_total - g.memory_used)
 
@@ -93,31 +130,37 @@ class FakeNvml:
         return self.cuda_driver
 
     def nvmlDeviceGetUtilizationRates(self, h: int) -> SimpleNamespace:
-        if self.gpus[h].util is None:
-            raise FakeNVMLError("Not Supported")
-        return SimpleNamespace(gpu=self.gpus[h].util, memory=0)
+        g = self.gpu(h)
+        if g.util is None or g.mig:
+            raise not_supported()
+        return SimpleNamespace(gpu=g.util, memory=0)
+
+    def nvmlDeviceGetMigMode(self, h: int) -> list[int]:
+        """[current, pending] mode."""
+        mode = int(self.gpu(h).mig)
+        return [mode, mode]
 
     def nvmlDeviceGetTotalEccErrors(self, h: int, error_type: int, counter: int) -> int:
         assert (error_type, counter) == (1, 0), "the doctor reads volatile uncorrected errors"
-        if self.gpus[h].ecc_uncorrected is None:
-            raise FakeNVMLError("Not Supported")
+        if self.gpu(h).ecc_uncorrected is None:
+            raise not_supported()
         return self.gpus[h].ecc_uncorrected
 
     def nvmlDeviceGetPersistenceMode(self, h: int) -> int:
-        return self.gpus[h].persistence
+        return self.gpu(h).persistence
 
     def nvmlDeviceGetComputeMode(self, h: int) -> int:
-        return self.gpus[h].compute_mode
+        return self.gpu(h).compute_mode
 
     def nvmlDeviceGetNvLinkState(self, h: int, link: int) -> int:
-        g = self.gpus[h]
+        g = self.gpu(h)
         if link >= g.nvlink_slots:
             raise FakeNVMLError("Not Supported" if not g.nvlink_slots else "Invalid Argument")
         return int(link < g.nvlinks_active)
 
     def nvmlDeviceGetTopologyCommonAncestor(self, h1: int, h2: int) -> int:
         key = (min(h1, h2), max(h1, h2))
-        both_nvlinked = self.gpus[h1].nvlinks_active and self.gpus[h2].nvlinks_active
+        both_nvlinked = self.gpu(h1).nvlinks_active and self.gpu(h2).nvlinks_active
         return self.topology.get(key, self.NVML_TOPOLOGY_SYSTEM if not both_nvlinked
                                  else self.NVML_TOPOLOGY_NODE)
 

@@ -10,6 +10,8 @@ import sys
 import pytest
 import yaml
 
+from tests.helpers.nccl_log import allreduce_is_healthy
+
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
 
@@ -56,5 +58,7 @@ def test_doctor_reads_nvml_and_runs_nccl(tmp_path):
     report = json.loads(out.stdout)
     by_name = {c["name"]: c for c in report["checks"]}
     assert by_name["gpus"]["status"] == "ok"
-    assert by_name["allreduce"]["status"] == "ok", by_name["allreduce"]
+    # ok, or warn only for NCCL WARN lines that are benign (tests/helpers/nccl_log.py says which):
+    # errors, CUDA failures, timeouts and broken connections still fail the test
+    assert allreduce_is_healthy(by_name["allreduce"]), by_name["allreduce"]
     assert "nccl" in json.dumps(by_name["allreduce"]).lower()
