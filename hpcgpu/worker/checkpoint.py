@@ -4,8 +4,9 @@ A checkpoint is written into `.step_00000100.tmp-<pid>/`, every file fsynced, th
 `manifest.json` (sizes and SHA-256 of every file) is written last as the commit marker, the
 directory is renamed to `step_00000100/` and the parent directory fsynced. Resume trusts only a
 directory whose manifest matches its files, so a crash or SIGKILL mid-write leaves the previous
-checkpoint in charge. Files are loaded with `torch.load(weights_only=True)`: tensors and plain
-values only, never pickled objects.
+checkpoint in charge. Files are loaded with `torch.load(weights_only=True, mmap=True)`: tensors and
+plain values only, never pickled objects, mapped rather than read into every rank's memory. Which
+rank verifies (hashing every byte once per job, not once per rank) is decided in context.py.
 """
 
 from __future__ import annotations
@@ -234,10 +235,24 @@ def resolve_resume(setting: str, ckpt_dir: Path, report: Report = print,
     return path
 
 
+def mmap_refused(error: RuntimeError) -> bool:
+    """torch.load(mmap=True) refused a file in the legacy (pre-zip) format; plain load still reads it."""
+    return "mmap can only be used with files saved with" in str(error)
+
+
 def load_file(path: Path, map_location: Any = "cpu") -> Any:
-    """torch.load with weights_only=True; a pickled object inside is refused with a clear error."""
+    """torch.load with weights_only=True; a pickled object inside is refused with a clear error.
+
+    The file is memory-mapped (mmap=True): tensors are read from the page cache when used, so the
+    ranks of a node share one copy of it instead of each holding the whole file in its memory (pages
+    a rank then changes, such as optimizer state, are copied on write; the file never changes)."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if not mmap_refused(e):
+                raise
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         if found:

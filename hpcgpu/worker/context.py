@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -73,14 +75,94 @@ def planned_device(ctx: WorkerContext) -> Optional[str]:
     return ctx.plan.device_of(ctx.info.local_rank) if ctx.plan is not None else None
 
 
+#: where rank 0 leaves its resume verdict in the agent's store (one key per attempt: see verdict_key)
+VERDICT_KEY = "hpcgpu/resume-verdict"
+
+
+def share_mode(info: RankInfo, env: Mapping[str, str]) -> str:
+    """How the ranks agree on the resume point before the process group exists:
+
+    `alone`: one rank, nothing to share; `store`: rank 0 verifies and leaves the verdict in the
+    store torch elastic's agent serves at MASTER_ADDR:MASTER_PORT (hpcgpu's agent and torchrun);
+    `each`: no store before init_process_group (srun starting every rank, hand-made launches), so
+    every rank verifies, as before, and agree_resume takes rank 0's choice after init."""
+    if info.world_size == 1:
+        return "alone"
+    agent_store = env.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    return "store" if agent_store and env.get("MASTER_ADDR") and env.get("MASTER_PORT") else "each"
+
+
+def verdict_key(env: Mapping[str, str]) -> str:
+    """The store key of this attempt's verdict: a store that outlives a restart (plain torchrun)
+    must not hand a restarted rank the previous attempt's verdict."""
+    return f"{VERDICT_KEY}/{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+
+
+def encode_verdict(resume_from: Optional[Path], error: Optional[str] = None) -> bytes:
+    """Rank 0's verdict as store bytes: the checkpoint to resume from ("" for none), or the error
+    every rank must fail with (an explicitly named checkpoint that does not verify)."""
+    return json.dumps({"resume_from": str(resume_from or ""), "error": error}).encode()
+
+
+def decode_verdict(data: bytes) -> Optional[Path]:
+    """The checkpoint of an encoded verdict (None: start at step 0); CheckpointError for an error verdict."""
+    verdict = json.loads(data)
+    if verdict["error"]:
+        raise ckpt.CheckpointError(verdict["error"])
+    return Path(verdict["resume_from"]) if verdict["resume_from"] else None
+
+
+def _agent_store(env: Mapping[str, str], timeout_s: float):
+    """A client of the agent's store (the one init_process_group will use)."""
+    from torch.distributed import TCPStore
+
+    return TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=False,
+                    timeout=timedelta(seconds=timeout_s))
+
+
+def _verify_here(ctx: WorkerContext, for_whom: str) -> Optional[Path]:
+    """Hash the checkpoints on this rank and pick the newest valid one (or the named one); say how
+    much was hashed, and for whom, so a log shows whether resume read a checkpoint once or per rank."""
+    report = (lambda s: print(s, flush=True))
+    path = ckpt.resolve_resume(ctx.spec.checkpoint.resume, ctx.ckpt_dir, report=report, skipped=ctx.skipped)
+    if path is not None and path.is_dir() and ctx.info.world_size > 1:
+        size = sum(f["bytes"] for f in ckpt.read_manifest(path)["files"].values())
+        print(f"hpcgpu: verified {path.name} ({size / 1e6:.1f} MB) once {for_whom}", flush=True)
+    return path
+
+
+def verify_and_share(ctx: WorkerContext, store, key: str) -> Optional[Path]:
+    """Rank 0 verifies and leaves the verdict under `key`; the other ranks wait for it and hash
+    nothing. Rank 0's failure is every rank's failure, with the same message."""
+    if ctx.info.is_main:
+        try:
+            path = _verify_here(ctx, f"for all {ctx.info.world_size} ranks")
+        except Exception as e:  # the others would wait for a verdict that never comes
+            why = str(e) if isinstance(e, ckpt.CheckpointError) else f"rank 0 could not verify: {type(e).__name__}: {e}"
+            store.set(key, encode_verdict(None, why))
+            raise
+        store.set(key, encode_verdict(path))
+        return path
+    store.wait([key])  # rank 0 hashing a large checkpoint: as long as init_process_group would wait for it
+    path = decode_verdict(store.get(key))
+    print(f"hpcgpu: resume point verified by rank 0, not hashed again here: {path or 'none (step 0)'}", flush=True)
+    return path
+
+
 def resolve_resume(ctx: WorkerContext, env: Mapping[str, str]) -> Optional[Path]:
-    """Pick the checkpoint to resume from (the agent's choice if it made one), report it, remember it."""
+    """Pick the checkpoint to resume from (the agent's choice if it made one), report it, remember it.
+
+    Runs before the process group exists (user scripts get the choice as HPCGPU_RESUME_FROM before
+    they start). Hashing reads every byte of a checkpoint: done once, by rank 0, for all the ranks
+    of the job wherever the agent's store can carry the verdict (see share_mode)."""
     chosen = env.get(envnames.RESUME_FROM)
     if chosen:
         ctx.resume_from = Path(chosen)
+    elif ctx.spec.checkpoint.resume != "never" and share_mode(ctx.info, env) == "store":
+        store = _agent_store(env, ctx.spec.distributed.timeout_s)
+        ctx.resume_from = verify_and_share(ctx, store, verdict_key(env))
     else:
-        ctx.resume_from = ckpt.resolve_resume(ctx.spec.checkpoint.resume, ctx.ckpt_dir,
-                                              report=lambda s: print(s, flush=True), skipped=ctx.skipped)
+        ctx.resume_from = _verify_here(ctx, "on this rank")
     ctx.resolved = True
     return ctx.resume_from
 
