@@ -35,13 +35,18 @@ def test_the_lock_is_held_for_the_life_of_the_process_and_names_its_pid(tmp_path
     assert oct(os.stat(tmp_path / ".launch.lock").st_mode & 0o777) == "0o600"
 
 
-@pytest.mark.slow
-def test_resuming_a_running_run_is_refused_and_leaves_it_running(tmp_path):
+def training_run(tmp_path):
+    """A real run slowed to stay busy, once it has trained 2 steps; with the CLI's environment."""
     slow = {"task": "hpcgpu.examples.mlp:make_task", "task_args": {"n_samples": 1024, "delay_s": 0.03}}
     launch = start(tmp_path, demo_spec(entry=slow))
     run_dir = launch.run_dir()
     wait_until(lambda: logged_step(run_dir) >= 2, 90, "step 2")
-    env = {**os.environ, "HPCGPU_HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO)}
+    return launch, run_dir, {**os.environ, "HPCGPU_HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO)}
+
+
+@pytest.mark.slow
+def test_resuming_a_running_run_is_refused_and_leaves_it_running(tmp_path):
+    launch, run_dir, env = training_run(tmp_path)
     second = subprocess.run([sys.executable, "-m", "hpcgpu", "run", "local", "--resume", str(run_dir)], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=120)
     assert second.returncode == 2, second.stdout + second.stderr
@@ -56,11 +61,7 @@ def test_resuming_a_running_run_is_refused_and_leaves_it_running(tmp_path):
 
 @pytest.mark.slow
 def test_a_launcher_killed_with_sigkill_leaves_a_lost_run_that_cancel_leaves_alone(tmp_path):
-    slow = {"task": "hpcgpu.examples.mlp:make_task", "task_args": {"n_samples": 1024, "delay_s": 0.03}}
-    launch = start(tmp_path, demo_spec(entry=slow))
-    run_dir = launch.run_dir()
-    wait_until(lambda: logged_step(run_dir) >= 2, 90, "step 2")
-    env = {**os.environ, "HPCGPU_HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO)}
+    launch, run_dir, env = training_run(tmp_path)
 
     def hpcgpu(*args):
         return subprocess.run([sys.executable, "-m", "hpcgpu", *args], cwd=tmp_path, env=env, capture_output=True,

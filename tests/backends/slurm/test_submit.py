@@ -66,6 +66,16 @@ def status_fields(text: str) -> dict[str, str]:
     return dict(re.findall(r"^(\w+):\s+(.*)$", text, re.MULTILINE))
 
 
+def requeued_once_then_completed(slurm, job_id: str, run_dir: Path, requeue_timeout_s: float) -> None:
+    """The job was requeued by node 0 (from the host side), is made eligible at once instead of after
+    BeginTime, and then completes with exactly one restart."""
+    slurm.wait_for_job(job_id, lambda i: i.state == "PENDING" and i.restarts == 1, requeue_timeout_s, "requeued")
+    time.sleep(2)  # a StartTime=now in the requeue's own second fails the job ("credential revoked")
+    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True, timeout=30)
+    info = slurm.wait_job_final(job_id, timeout_s=120)
+    assert info.state == "COMPLETED" and info.restarts == 1, node_logs(run_dir)
+
+
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory) -> float:
     """Final loss of an uninterrupted 1-node run with 2 ranks (`run local`): same global batch and seed."""
@@ -99,12 +109,7 @@ def test_preemption_checkpoints_requeues_once_and_resumes_to_the_same_loss(slurm
     wait_for_text(rank0, r"^step 2/32 ", 90)
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
 
-    # requeued by node 0 (from the host side), then eligible at once instead of after BeginTime
-    slurm.wait_for_job(job_id, lambda i: i.state == "PENDING" and i.restarts == 1, 60, "requeued")
-    time.sleep(2)  # a StartTime=now in the requeue's own second fails the job ("credential revoked")
-    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True, timeout=30)
-    info = slurm.wait_job_final(job_id, timeout_s=120)
-    assert info.state == "COMPLETED" and info.restarts == 1, node_logs(run_dir)
+    requeued_once_then_completed(slurm, job_id, run_dir, requeue_timeout_s=60)
 
     log = rank0.read_text()
     stopped = re.search(r"^hpcgpu: checkpoint step (\d+) -> ", log, re.MULTILINE)
@@ -143,11 +148,7 @@ def test_preemption_during_start_up_requeues_and_the_restart_finishes(slurm, can
         wait_for_text(run_dir / "logs" / "rank0.log", r"^==== hpcgpu rank 0/2 ", 90, lambda: node_logs(run_dir))
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
 
-    slurm.wait_for_job(job_id, lambda i: i.state == "PENDING" and i.restarts == 1, 90, "requeued")
-    time.sleep(2)  # a StartTime=now in the requeue's own second fails the job ("credential revoked")
-    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True, timeout=30)
-    info = slurm.wait_job_final(job_id, timeout_s=120)
-    assert info.state == "COMPLETED" and info.restarts == 1, node_logs(run_dir)
+    requeued_once_then_completed(slurm, job_id, run_dir, requeue_timeout_s=90)
     assert final_loss(run_dir) == baseline
 
 
