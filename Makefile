@@ -9,7 +9,7 @@ TORCH_INDEX  ?=
 # Each integration tier (Slurm, containers) is started by the Makefile and required by the tests in CI.
 PYTEST_ARGS  ?=
 
-.PHONY: venv run test test-unit test-fast test-gpu gpu-check-prepare gpu-check bench bench-smoke clean docs-check
+.PHONY: venv run test test-unit test-fast test-gpu gpu-check-prepare gpu-check bench bench-smoke clean docs-check mutate
 
 venv: $(VENV)/.installed
 
@@ -39,7 +39,7 @@ test: venv slurm-up image-test
 	HPCGPU_REQUIRE_SLURM=1 HPCGPU_REQUIRE_CONTAINER=1 $(PY) -m pytest -q -m "not gpu" $(PYTEST_ARGS)
 
 clean:
-	rm -rf build dist *.egg-info .pytest_cache runs
+	rm -rf build dist *.egg-info .pytest_cache runs mutants
 
 -include slurm/cluster.mk
 -include containers/containers.mk
@@ -68,3 +68,12 @@ gpu-check-prepare: venv
 OUT ?= build/gpucheck
 gpu-check:
 	bash scripts/gpu_check.sh $(OUT)
+
+# Mutation testing of the core modules ([tool.mutmut] in pyproject.toml; docs/development.md): each
+# mutant against the fast tier's tests that reach it. Not part of `make test`. MUTANTS='hpcgpu.host.*'
+# limits a run; results accumulate in mutants/ (a rerun retests only what changed).
+MUTANTS ?=
+mutate: venv
+	$(PY) -m pip install --quiet -e ".[mutate]"
+	$(VENV)/bin/mutmut run $(MUTANTS)
+	$(PY) scripts/mutation_report.py --min-score 90

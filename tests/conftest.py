@@ -11,3 +11,19 @@ pytest_plugins = [
     "tests.helpers.container_image",  # test_image, machine_args, podman_run
     "tests.helpers.gpu_tier",  # skips gpu-marked tests where torch sees no CUDA device
 ]
+
+
+def pytest_configure(config):
+    """Under `make mutate` (mutmut), keep the coverage pass in pytest's own process.
+
+    mutmut's first pass ("stats") records which test reaches which function; only pytest's process
+    can record, and a rank or CLI subprocess that inherited MUTANT_UNDER_TEST=stats would try and
+    fail. So for that pass the marker moves to mutmut's process-local copy. The later passes (one
+    mutant each) keep the variable, so real subprocesses run the mutant too and can kill it.
+    """
+    import os
+
+    if os.environ.get("MUTANT_UNDER_TEST") == "stats":
+        from mutmut.mutation import trampoline
+
+        trampoline._mutant_under_test = os.environ.pop("MUTANT_UNDER_TEST")
