@@ -109,8 +109,8 @@ def make_clean_stops_final() -> None:
     def make(original):
         def monitor(self, worker_group):
             result = original(self, worker_group)
-            if result.state == WorkerState.FAILED and result.failures and all(
-                    f.exitcode == exitcodes.STOPPED_RESUMABLE for f in result.failures.values()):
+            if result.state == WorkerState.FAILED and exitcodes.ranks_stopped_cleanly(
+                    f.exitcode for f in result.failures.values()):
                 self._remaining_restarts = 0
             elif result.state in (WorkerState.FAILED, WorkerState.UNHEALTHY) and self._remaining_restarts > 0:
                 # torch elastic restarts the ranks next; it would say so only in its own (quieted) log

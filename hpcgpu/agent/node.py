@@ -154,7 +154,7 @@ def _run_ranks(plan: Plan, node: NodeFacts) -> int:
         elastic_launch(config, sys.executable)("-m", "hpcgpu.worker")
         return exitcodes.OK
     except ChildFailedError as e:
-        if all(f.exitcode == exitcodes.STOPPED_RESUMABLE for f in e.failures.values()):
+        if exitcodes.ranks_stopped_cleanly(f.exitcode for f in e.failures.values()):
             return exitcodes.STOPPED_RESUMABLE
         follower.stop()
         print(f"hpcgpu: training failed\n{describe_failure(e.failures, dist['timeout_s'], run_dir)}", file=sys.stderr)

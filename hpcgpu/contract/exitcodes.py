@@ -17,6 +17,14 @@ STOPPED_RESUMABLE = 75
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
 
+def ranks_stopped_cleanly(failed_exit_codes) -> bool:
+    """The ranks that exited non-zero all said 75 (checkpointed on a stop): the run stopped, it did
+    not fail. One rank that crashed, was killed (a negative code) or exited 1 among them is a failure,
+    and so is no exit code at all (nothing stopped)."""
+    codes = list(failed_exit_codes)
+    return bool(codes) and all(code == STOPPED_RESUMABLE for code in codes)
+
+
 def stopped_by_signal(code: int) -> bool:
     """128 + a stop signal: interrupted before a checkpoint, not failed."""
     return code - 128 in {int(s) for s in STOP_SIGNALS}

@@ -60,3 +60,20 @@ def test_ended_and_resumable(state):
 def test_states_print_as_their_value():
     assert str(RunState.OUT_OF_MEMORY) == "OUT_OF_MEMORY" and f"{RunState.HELD}" == "HELD"
     assert RunState("STOPPED") is RunState.STOPPED
+
+
+@pytest.mark.parametrize("failed_codes, stopped", [
+    ([75], True),
+    ([75, 75, 75, 75], True),  # every rank checkpointed on the stop
+    ([75, 1], False),  # one rank crashed while the others saved: a failure to report
+    ([1, 75], False),
+    ([75, -9], False),  # one rank was killed (torch elastic reports -signal)
+    ([75, -15], False),  # a rank that died of SIGTERM did not checkpoint
+    ([75, 143], False),
+    ([1], False),
+    ([], False),  # nothing failed: nothing stopped either (a clean finish is not a stop)
+])
+def test_ranks_stopped_cleanly_only_when_every_failed_rank_said_75(failed_codes, stopped):
+    from hpcgpu.contract.exitcodes import ranks_stopped_cleanly
+
+    assert ranks_stopped_cleanly(iter(failed_codes)) is stopped
