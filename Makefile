@@ -35,8 +35,12 @@ test-unit: venv
 test-fast: venv
 	$(PY) -m pytest -q -m "not slurm and not container and not gpu" $(PYTEST_ARGS)
 
+# Two pytest-xdist workers: the Slurm tests in order on one (mostly waiting on the scheduler), the
+# rest on the other, one test module at a time (tests/conftest.py). TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: venv slurm-up image-test
-	HPCGPU_REQUIRE_SLURM=1 HPCGPU_REQUIRE_CONTAINER=1 $(PY) -m pytest -q -m "not gpu" $(PYTEST_ARGS)
+	HPCGPU_REQUIRE_SLURM=1 HPCGPU_REQUIRE_CONTAINER=1 $(PY) -m pytest -q -m "not gpu" \
+	  $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup) $(PYTEST_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache runs mutants

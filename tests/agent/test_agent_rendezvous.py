@@ -91,6 +91,9 @@ def test_a_torch_whose_libuv_store_refuses_a_listening_socket_falls_back_to_the_
         return real(*args, master_listen_fd=master_listen_fd, use_libuv=use_libuv, **kwargs)
 
     monkeypatch.setattr(torch.distributed, "TCPStore", older_tcpstore)
+    from hpcgpu.agent import elastic
+
+    monkeypatch.setattr(elastic, "_warned", set())  # warned once per process: not by an earlier test
     store = _tcp_store("127.0.0.1", 0, is_master=True, loopback=True, timeout_s=30)
     assert calls == [True, False]
     assert listening_addresses(store.port) == {"127.0.0.1"}  # still on loopback only

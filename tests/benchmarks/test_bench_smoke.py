@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+#: slow; and with the Slurm tests under xdist, since tier 8 submits a job to the same two-node cluster
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 REPO = Path(__file__).resolve().parents[2]
 TIERS = set(range(1, 10))
