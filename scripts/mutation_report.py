@@ -66,11 +66,12 @@ def report(results: dict[str, int | None], equivalents: dict[str, str]) -> tuple
             if status != "survived":
                 stale.append(f"{name}: listed as equivalent but {status}")
             status = "equivalent"
-        elif status != "killed":
+        elif status not in ("killed", "not run"):
             survivors.append(f"{name} ({status})")
         per_module[module_of(name)][status] += 1
     stale += [f"{name}: listed as equivalent but no such mutant" for name in equivalents if name not in results]
-    lines = ["| module | mutants | killed | equivalent | survived | score |", "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| module | mutants | killed | equivalent | survived | not run | score |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     total: Counter = Counter()
     for module in sorted(per_module):
         c = per_module[module]
@@ -81,13 +82,15 @@ def report(results: dict[str, int | None], equivalents: dict[str, str]) -> tuple
 
 
 def _score(c: Counter) -> float:
-    counted = sum(c.values()) - c["equivalent"]
+    """Killed out of the mutants that ran and can change behaviour (a partial run scores what ran)."""
+    counted = sum(c.values()) - c["equivalent"] - c["not run"]
     return 100.0 * c["killed"] / counted if counted else 100.0
 
 
 def _row(label: str, c: Counter) -> str:
-    others = sum(c.values()) - c["killed"] - c["equivalent"]
-    return f"| {label} | {sum(c.values())} | {c['killed']} | {c['equivalent']} | {others} | {_score(c):.1f}% |"
+    survived = sum(c.values()) - c["killed"] - c["equivalent"] - c["not run"]
+    return (f"| {label} | {sum(c.values())} | {c['killed']} | {c['equivalent']} | {survived} | {c['not run']} "
+            f"| {f'{_score(c):.1f}%' if survived + c['killed'] else 'not run'} |")
 
 
 def main(argv: list[str] | None = None) -> int:
