@@ -38,6 +38,8 @@ def run_local(spec_file, gpus, nproc, name, max_restarts, container, dry_run, co
       hpcgpu run local --nproc 2             # 2 CPU ranks (gloo)
       hpcgpu run local --gpus 4 -f job.yaml
       hpcgpu run local --gpus all -- train.py --lr 3e-4   # any script, like torchrun
+      hpcgpu run local --gpus 2 -- -m mypkg.train --lr 3e-4
+      hpcgpu run local --gpus 2 -- python -u train.py      # -u/-B/-O/-W/-X: as PYTHON* variables
       hpcgpu run local --dry-run             # show what would run
       hpcgpu run local --dry-run --json      # ... as the plan.json the run would execute
       hpcgpu run local --resume demo-2026    # continue a stopped run where it left off

@@ -46,17 +46,71 @@ class Launched:
 # ---------------------------------------------------------------- the spec with its overrides
 
 
-def entry_from_command(cmd: tuple[str, ...]) -> dict[str, Any]:
-    """`-- train.py --lr 3` -> a script entry; `-- -m pkg.mod args` -> a module entry."""
-    import sys
+#: interpreter flags a rank honours through the environment variable with the same effect (ranks run
+#: `python -m hpcgpu.worker`, so the flags themselves cannot reach the user's script)
+_FLAG_ENV = {"u": ("PYTHONUNBUFFERED", "1"), "B": ("PYTHONDONTWRITEBYTECODE", "1"), "O": ("PYTHONOPTIMIZE", "1")}
+#: -X options with an environment equivalent (https://docs.python.org/3/using/cmdline.html#cmdoption-X)
+_X_ENV = {"dev": "PYTHONDEVMODE", "faulthandler": "PYTHONFAULTHANDLER", "utf8": "PYTHONUTF8",
+          "importtime": "PYTHONPROFILEIMPORTTIME", "tracemalloc": "PYTHONTRACEMALLOC"}
 
+
+def is_interpreter(word: str) -> bool:
+    """python, python3, python3.12, /usr/bin/python3, or this interpreter: `-- python train.py`."""
+    return word == sys.executable or re.fullmatch(r"python(\d+(\.\d+)?)?", Path(word).name) is not None
+
+
+def entry_from_command(cmd: tuple[str, ...]) -> dict[str, Any]:
+    """`-- train.py --lr 3` -> a script entry; `-- -m pkg.mod args` -> a module entry; a leading
+    interpreter with flags (`-- python -u train.py`) -> the same, the flags as their environment
+    variables under "env" (raises UserError for a flag with no such variable)."""
+    if cmd and is_interpreter(cmd[0]):
+        env, rest = _interpreter_flags(cmd[1:])
+        entry = entry_from_command(rest or ("",))
+        if env:
+            entry["env"] = env
+        return entry
     if cmd[0] == "-m":
         if len(cmd) < 2:
             raise UserError("`-- -m` needs a module name, e.g. `-- -m mypkg.train`")
         return {"module": cmd[1], "args": list(cmd[2:])}
-    if cmd[0] in ("python", "python3", sys.executable):
-        return entry_from_command(cmd[1:]) if len(cmd) > 1 else entry_from_command(("",))
     return {"script": cmd[0], "args": list(cmd[1:])}
+
+
+def _interpreter_flags(words: tuple[str, ...]) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The flags before the script or -m, as environment variables; and the words from there on."""
+    env: dict[str, str] = {}
+    i = 0
+    while i < len(words) and words[i].startswith("-") and words[i] not in ("-", "-m"):
+        flag = words[i]
+        if flag[1] in "WX":  # -W ARG, -WARG, -X OPT, -XOPT
+            value = flag[2:] or (words[i + 1] if i + 1 < len(words) else "")
+            i += 1 if flag[2:] else 2
+            if not value:
+                raise UserError(f"`-- python {flag}` needs a value, e.g. `{flag} ignore`")
+            if flag[1] == "W":
+                env["PYTHONWARNINGS"] = ",".join(filter(None, [env.get("PYTHONWARNINGS"), value]))
+                continue
+            name = _X_ENV.get(value.split("=")[0])
+            if name is None:
+                raise _unsupported(f"-X {value}")
+            env[name] = value.split("=", 1)[1] if "=" in value else "1"
+            continue
+        letters = flag[1:]
+        if not letters or any(c not in _FLAG_ENV for c in letters):
+            raise _unsupported(flag)
+        for c in letters:
+            name, value = _FLAG_ENV[c]
+            env[name] = str(letters.count("O")) if c == "O" else value
+        i += 1
+    return env, words[i:]
+
+
+def _unsupported(flag: str) -> UserError:
+    return UserError(
+        f"`-- python {flag} ...`: the interpreter flag {flag} cannot reach the ranks (each runs "
+        "`python -m hpcgpu.worker`, which then runs your script)",
+        hint="drop it, or set its environment variable in the spec's env: (flags hpcgpu passes on this way: "
+             "-u, -B, -O, -OO, -W, -X dev/faulthandler/utf8/importtime/tracemalloc)")
 
 
 def load_with_overrides(spec_file: Optional[str], flags: Mapping[str, Any], cmd: tuple[str, ...] = ()) -> tuple[Spec, str]:
@@ -67,6 +121,7 @@ def load_with_overrides(spec_file: Optional[str], flags: Mapping[str, Any], cmd:
     if cmd:
         e = entry_from_command(cmd)
         overrides.update({"entry.script": None, "entry.module": None, "entry.task": None, "entry.args": []})
+        overrides.update({f"env.{name}": value for name, value in e.pop("env", {}).items()})
         overrides.update({f"entry.{k}": v for k, v in e.items()})
         spec = _clear_entry(spec, "module" if "module" in e else "script")
     if cmd and source == "<bundled demo>" and not flags.get("name"):

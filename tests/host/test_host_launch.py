@@ -241,14 +241,51 @@ def test_a_script_entry_replaces_the_spec_files_entry(home):
     assert (spec.entry.script, spec.entry.args, spec.entry.task, spec.entry.module) == ("train.py", ["--lr", "3"], None, None)
 
 
-def test_python_with_interpreter_options_is_read_as_a_script_named_like_the_option(home):
-    # Today `-- python -u x.py` drops `python` and takes the next word, `-u`, as the script: the
-    # run is refused (nothing starts) with an error naming '-u', even though x.py exists. Pinned:
-    # changing this is a decision (e.g. accept or reject interpreter options explicitly).
+@pytest.mark.parametrize("cmd, env", [
+    (("python", "-u", "x.py", "--lr", "3"), {"PYTHONUNBUFFERED": "1"}),
+    (("python3", "-uB", "x.py", "--lr", "3"), {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}),
+    (("/usr/bin/python3.12", "-OO", "x.py", "--lr", "3"), {"PYTHONOPTIMIZE": "2"}),
+    (("python", "-O", "x.py", "--lr", "3"), {"PYTHONOPTIMIZE": "1"}),
+    (("python", "-W", "ignore", "-Werror::DeprecationWarning", "x.py", "--lr", "3"),
+     {"PYTHONWARNINGS": "ignore,error::DeprecationWarning"}),
+    (("python", "-X", "faulthandler", "-Xutf8", "x.py", "--lr", "3"), {"PYTHONFAULTHANDLER": "1", "PYTHONUTF8": "1"}),
+    (("python", "x.py", "--lr", "3"), {}),
+])
+def test_a_leading_interpreter_and_its_flags_become_the_script_and_environment(home, cmd, env):
+    # torchrun users type `torchrun ... python -u train.py`; the ranks run `python -m hpcgpu.worker`,
+    # so each flag reaches the script as the environment variable with the same effect
     Path("x.py").write_text("")
-    with pytest.raises(UserError, match=r"entry.script '-u' not found") as info:
-        launch.load_with_overrides(None, {}, ("python", "-u", "x.py"))
-    assert str(home / "work") in info.value.message
+    spec, _ = launch.load_with_overrides(None, {}, cmd)
+    assert (spec.entry.script, spec.entry.args) == ("x.py", ["--lr", "3"])
+    assert {k: spec.env[k] for k in spec.env if k.startswith("PYTHON")} == env
+
+
+def test_an_interpreter_with_flags_before_dash_m_gives_a_module_entry(home):
+    spec, _ = launch.load_with_overrides(None, {}, ("python", "-u", "-m", "pkg.mod", "a"))
+    assert (spec.entry.module, spec.entry.args, spec.env["PYTHONUNBUFFERED"]) == ("pkg.mod", ["a"], "1")
+
+
+@pytest.mark.parametrize("flag", ["-E", "-I", "-c", "-uE", "-Xfrozen_modules=off"])
+def test_an_interpreter_flag_that_cannot_reach_the_ranks_is_refused_naming_it(home, flag):
+    Path("x.py").write_text("")
+    with pytest.raises(UserError) as info:
+        launch.load_with_overrides(None, {}, ("python", flag, "x.py"))
+    assert "cannot reach the ranks" in info.value.message and "-u, -B, -O" in info.value.hint
+
+
+def test_a_value_flag_without_its_value_is_refused(home):
+    with pytest.raises(UserError, match="needs a value"):
+        launch.load_with_overrides(None, {}, ("python", "-W"))
+
+
+def test_the_users_exported_variable_still_wins_over_an_interpreter_flag(home):
+    # the flag lands in the spec's env:, under the user's own environment (docs/spec.md `env`)
+    Path("x.py").write_text("")
+    spec, _ = launch.load_with_overrides(None, {}, ("python", "-u", "x.py"))
+    from hpcgpu.host.envvars import merge_under
+
+    merged = merge_under([], spec.env, {"PYTHONUNBUFFERED": "0"})
+    assert "PYTHONUNBUFFERED" not in merged.added
 
 
 def test_a_missing_script_is_a_user_error_naming_it(home):
