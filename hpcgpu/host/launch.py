@@ -142,12 +142,30 @@ def _clear_entry(spec: Spec, kind: str) -> Spec:
 
 
 def check_entry_exists(spec: Spec) -> None:
-    """A missing script is bad input: say so before anything starts."""
+    """A missing script, or one that is not Python, is bad input: say so before anything starts."""
     if spec.entry.script and not Path(spec.entry.script).is_file():
         raise UserError(
             f"entry.script {spec.entry.script!r} not found (looked in {os.getcwd()})",
             hint="give the path relative to the directory you run hpcgpu from",
         )
+    if spec.entry.script and not_python(Path(spec.entry.script)):
+        raise UserError(
+            f"entry.script {spec.entry.script!r} is not a Python script (a binary, or a #! line that names "
+            "no Python): each rank runs it with Python, as torchrun does without --no-python",
+            hint="launch the Python program it starts (`-- train.py ...` or `-- -m pkg.module ...`); "
+                 "the ranks get torchrun's variables (RANK, WORLD_SIZE, MASTER_ADDR, ...) either way")
+
+
+def not_python(path: Path) -> bool:
+    """A file Python would refuse: an executable format (ELF), or a #! line naming another interpreter.
+    A .py file, or one without a #! line, is taken as Python."""
+    if path.suffix == ".py":
+        return False
+    with open(path, "rb") as f:
+        head = f.read(256)
+    if head.startswith(b"\x7fELF"):
+        return True
+    return head.startswith(b"#!") and b"python" not in head.split(b"\n", 1)[0]
 
 
 def with_container(spec: Spec, image: Optional[str], default_runtime: str) -> Spec:

@@ -288,6 +288,30 @@ def test_the_users_exported_variable_still_wins_over_an_interpreter_flag(home):
     assert "PYTHONUNBUFFERED" not in merged.added
 
 
+@pytest.mark.parametrize("name, content", [
+    ("run.sh", b"#!/bin/bash\necho hi\n"),
+    ("run", b"#!/usr/bin/env bash\nexec python train.py\n"),
+    ("a.out", b"\x7fELF\x02\x01\x01" + b"\0" * 64),
+])
+def test_a_script_that_is_not_python_is_refused_before_anything_starts(home, name, content):
+    # `-- ./run.sh` used to be run by Python and die in every rank with a SyntaxError
+    Path(name).write_bytes(content)
+    with pytest.raises(UserError) as info:
+        launch.load_with_overrides(None, {}, (f"./{name}", "--x"))
+    assert f"'./{name}' is not a Python script" in info.value.message and "-m pkg.module" in info.value.hint
+
+
+@pytest.mark.parametrize("name, content", [
+    ("train.py", b"#!/bin/bash\n"),  # .py: Python's, whatever its first line says
+    ("train", b"#!/usr/bin/env python3\nprint(1)\n"),
+    ("job", b"import sys\nprint(sys.argv)\n"),  # no #! line: Python, as `python job` would take it
+])
+def test_python_scripts_with_or_without_a_py_suffix_are_accepted(home, name, content):
+    Path(name).write_bytes(content)
+    spec, _ = launch.load_with_overrides(None, {}, (name,))
+    assert spec.entry.script == name
+
+
 def test_a_missing_script_is_a_user_error_naming_it(home):
     with pytest.raises(UserError, match=r"entry.script 'nothere.py' not found") as info:
         launch.load_with_overrides(None, {}, ("nothere.py", "--x"))
