@@ -123,6 +123,16 @@ def run_node(plan: Plan, environ: Optional[Mapping[str, str]] = None,
     return code
 
 
+def entry_words(entry: dict) -> tuple[str, ...]:
+    """What a rank's command line shows after `python -m hpcgpu.worker`: the user's script or module
+    and its arguments, so `ps`, `pgrep -f train.py` and py-spy find the rank as under torchrun. The
+    worker ignores them: it runs the entry of the plan."""
+    target = entry.get("script") or (("-m", entry["module"]) if entry.get("module") else entry.get("task"))
+    if not target:
+        return ()
+    return (*((target,) if isinstance(target, str) else target), *entry.get("args", []))
+
+
 def _run_ranks(plan: Plan, node: NodeFacts) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -151,7 +161,7 @@ def _run_ranks(plan: Plan, node: NodeFacts) -> int:
     started = time.time()
     follower = ConsoleFollower(run_dir, sys.stdout.buffer).start()
     try:
-        elastic_launch(config, sys.executable)("-m", "hpcgpu.worker")
+        elastic_launch(config, sys.executable)("-m", "hpcgpu.worker", *entry_words(plan.spec["entry"]))
         return exitcodes.OK
     except ChildFailedError as e:
         if exitcodes.ranks_stopped_cleanly(f.exitcode for f in e.failures.values()):

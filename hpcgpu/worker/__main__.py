@@ -62,10 +62,9 @@ def run_entry(ctx: context.WorkerContext) -> tuple[str, object, object]:
         return outcome.status, outcome.step, outcome.checkpoint
     try:
         if entry.kind == "script":
-            script = str(Path(entry.script).absolute())
-            sys.argv = [entry.script, *entry.args]
-            sys.path.insert(0, os.path.dirname(script))
-            runpy.run_path(script, run_name="__main__")
+            from hpcgpu.worker.script import run_script
+
+            run_script(entry.script, list(entry.args))
         else:
             sys.argv = [entry.module, *entry.args]
             runpy.run_module(entry.module, run_name="__main__", alter_sys=True)
