@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 from datetime import timedelta
 from typing import Optional
@@ -62,15 +63,18 @@ def init_distributed(info: RankInfo, backend: str = "auto", timeout_s: int = 600
         torch.cuda.set_device(device)
     else:
         limit_cpu_threads(info)
-    if info.world_size == 1 and "MASTER_ADDR" not in os.environ:
-        return device  # one process, no launcher: nothing to rendezvous with
     if tdist.is_initialized():
         return device
     kwargs = {"backend": pick_backend(backend, device), "timeout": timedelta(seconds=timeout_s)}
     if device.type == "cuda":
         # device_id binds the NCCL communicator to this GPU eagerly (torch >= 2.3).
         kwargs["device_id"] = device
-    if info.source == "slurm":
+    if info.world_size == 1 and "MASTER_ADDR" not in os.environ:
+        # `python train.py`, no launcher: a group of one, so DDP, barriers and collectives work as
+        # they do under a launcher; an in-memory store needs no port and no rendezvous
+        kwargs.update(store=tdist.HashStore(), rank=0, world_size=1)
+        atexit.register(teardown)
+    elif info.source == "slurm":
         kwargs.update(init_method="env://", rank=info.rank, world_size=info.world_size)
     tdist.init_process_group(**kwargs)
     return device
