@@ -15,7 +15,7 @@ def run() -> None:
     """Run a job on this machine."""
 
 
-@run.command("local", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@run.command("local", context_settings={"allow_interspersed_args": False})
 @spec_option
 @click.option("--gpus", default=None, metavar="N|all", help="GPUs to use (one rank each); 'all' = every visible GPU.")
 @click.option("--nproc", type=click.IntRange(min=1), default=None, help="Run N ranks on CPUs (gloo) instead of GPUs.")

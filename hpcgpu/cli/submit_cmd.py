@@ -18,7 +18,7 @@ def submit() -> None:
     """Submit a job to a scheduler."""
 
 
-@submit.command("slurm", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@submit.command("slurm", context_settings={"allow_interspersed_args": False})
 @spec_option
 @click.option("--nodes", type=click.IntRange(min=1), default=None, help="Number of nodes (one node agent each).")
 @click.option("--gpus-per-node", type=click.IntRange(min=0), default=None, help="GPUs per node (one rank each); 0 for CPU ranks.")
