@@ -119,9 +119,18 @@ def core_plan(spec: Spec, facts: HostFacts, *, backend: str, run_id: str, run_di
             f"train.precision is {spec.train.precision}, but the ranks run on CPUs",
             hint="use precision: fp32 on CPU, or request GPUs",
         )
+    detail_on_cpu = layout.device == "cpu" and spec.debug.torch_distributed == "detail"
+    if detail_on_cpu and spec.entry.kind == "task" and spec.train.strategy != "dp":
+        raise UserError(
+            f"debug.torch_distributed is detail, but the ranks run on CPUs: torch crashes (SIGSEGV) setting up "
+            f"{spec.train.strategy.upper()} over gloo in DETAIL mode, under plain torchrun too",
+            hint="use debug.torch_distributed: info on CPU, or detail with GPUs")
     ckpt_dir = checkpoint_dir(spec, facts.cwd, run_dir)
     pinned = pin_layout(spec, layout, ckpt_dir)
     merged = rank_env(pinned, run_dir, ckpt_dir, facts.environ)
+    if detail_on_cpu and spec.entry.kind != "task":
+        merged.notes.append("warning: TORCH_DISTRIBUTED_DEBUG=DETAIL on CPU ranks: torch crashes (SIGSEGV) when a "
+                            "script wraps a model in DDP over gloo in this mode; use debug.torch_distributed: info")
     pg_backend = process_group_backend(spec.distributed.backend, layout.device)
     return Plan(
         run_id=run_id, run_dir=run_dir, ckpt_dir=ckpt_dir, backend=backend,

@@ -219,7 +219,8 @@ class Debug(_Model):
     nccl_subsys: list[str] = Field(default_factory=list)
     """NCCL_DEBUG_SUBSYS, e.g. [INIT, NET]."""
     torch_distributed: Literal["off", "info", "detail"] = "off"
-    """TORCH_DISTRIBUTED_DEBUG (detail also checks collectives match across ranks)."""
+    """TORCH_DISTRIBUTED_DEBUG (detail also checks collectives match across ranks; on CPU ranks torch
+    crashes setting up DDP in detail mode, so a Trainer run there is refused: use info)."""
     flight_recorder: bool = False
     """Keep a trace of recent collectives and dump it to `<run dir>/flight` on a timeout."""
 

@@ -105,7 +105,7 @@ def test_single_node_keeps_gloo_on_loopback_and_multi_node_does_not():
 
 
 def test_debug_section_sets_nccl_variables():
-    plan = local("debug: {nccl: info, nccl_subsys: [INIT, NET], torch_distributed: detail, flight_recorder: true}\n")
+    plan = local("debug: {nccl: info, nccl_subsys: [INIT, NET], torch_distributed: detail, flight_recorder: true}\n", visible=2)
     assert plan.env["NCCL_DEBUG"] == "INFO"
     assert plan.env["NCCL_DEBUG_SUBSYS"] == "INIT,NET"
     assert plan.env["NCCL_DEBUG_FILE"].startswith("/runs/r-1/logs/")
