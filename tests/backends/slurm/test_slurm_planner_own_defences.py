@@ -44,7 +44,7 @@ def test_a_value_with_a_newline_is_refused_naming_the_key_the_danger_and_the_fix
     err = refusal(lambda: check_value("slurm.account", "a\nb"))
     assert err.message.startswith("slurm.account: 'a\\nb' ")  # the key, then the value as Python shows it
     assert "newline" in err.message
-    assert "#SBATCH line" in err.message and "shell command" in err.message
+    assert "#SBATCH line" in err.message and err.message.endswith("would run as a shell command")
     assert err.hint is not None and "slurm.account" in err.hint and "single-line" in err.hint
 
 
@@ -64,7 +64,7 @@ def test_a_run_dir_with_a_newline_is_refused_naming_logging_dir():
 def test_a_run_dir_with_a_percent_is_refused_saying_slurm_expands_it():
     err = refusal(lambda: check_run_dir("/runs/%j"))
     assert err.message.startswith("logging.dir (the run directory) '/runs/%j' contains '%'")
-    assert "log file names" in err.message and "%j = job id" in err.message
+    assert err.message.endswith("which Slurm expands in log file names (%j = job id)")
     assert err.hint == "choose a logging.dir without '%'"
 
 
