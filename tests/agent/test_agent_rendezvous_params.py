@@ -181,3 +181,39 @@ def test_when_the_head_is_gone_no_node_counts_as_arrived(monkeypatch):
     monkeypatch.setattr(rendezvous, "_rdzv", {"store": GoneStore(), "run_id": "job-7"})
     text = describe_rdzv_failure(RuntimeError("x"), role(2, 1), 60)
     assert "0 of 2 node(s) arrived" in text and "missing: node 0, node 1" in text
+
+
+def torch_at_least(major: int, minor: int) -> bool:
+    import torch
+
+    return tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (major, minor)
+
+
+@pytest.mark.skipif(not torch_at_least(2, 8), reason="torch < 2.8: libuv cannot take a listening socket")
+def test_a_torch_that_takes_a_listening_socket_keeps_its_default_libuv_store_without_a_warning(monkeypatch, capsys):
+    from hpcgpu.agent import elastic
+
+    monkeypatch.setattr(elastic, "_warned", set())
+    store = _tcp_store("127.0.0.1", 0, True, True, 30)
+    assert store.libuvBackend
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_the_fallback_warning_says_what_this_torch_lacks(monkeypatch, capsys):
+    import torch.distributed
+
+    from hpcgpu.agent import elastic
+
+    real = torch.distributed.TCPStore
+
+    def older_tcpstore(*args, master_listen_fd=None, use_libuv=True, **kwargs):
+        if master_listen_fd is not None and use_libuv:
+            raise RuntimeError("not supported")
+        return real(*args, master_listen_fd=master_listen_fd, use_libuv=use_libuv, **kwargs)
+
+    monkeypatch.setattr(torch.distributed, "TCPStore", older_tcpstore)
+    monkeypatch.setattr(elastic, "_warned", set())
+    _tcp_store("127.0.0.1", 0, True, True, 30)
+    err = capsys.readouterr().err
+    assert " has no TCPStore(master_listen_fd=) with the libuv backend; " in err
+    assert "legacy TCPStore backend (not supported)" in err
