@@ -159,3 +159,15 @@ def test_the_plan_refuses_an_interpreter_path_with_a_newline():
 def test_a_bad_job_id_is_named_in_the_error():
     err = refusal(lambda: valid_job_id("123;rm"))
     assert "'123;rm'" in err.message and "Slurm job id" in err.message
+
+
+def test_the_renderer_quotes_a_run_dir_and_interpreter_with_spaces_and_shell_syntax():
+    import shlex
+
+    folder = "/runs/a b $(touch pwned) 'q'/submitit"
+    python = "/opt/my venv/bin/python"
+    text = render_sbatch(sbatch_parameters(spec(), 1, 0, cpus=1), folder, python)
+    srun = shlex.split(next(line for line in text.splitlines() if line.startswith("srun ")))
+    assert srun[-5:] == [python, "-u", "-m", "submitit.core._submit", folder]  # each path one word, as written
+    [output] = [line for line in text.splitlines() if line.startswith("#SBATCH --output=")]
+    assert shlex.split(output.split("=", 1)[1]) == [f"{folder}/%j_0_log.out"]
