@@ -43,8 +43,24 @@ def proposed_precision(gpus: int, strategy: str) -> str:
     return "fp16" if strategy == "dp" else "bf16"
 
 
+def answer_checker(field: str, answers: dict):
+    """A prompt's value_proc: the answer is checked as part of a whole starter spec (the spec's own
+    rules, e.g. the name's characters) when it is given, not after every question."""
+    from hpcgpu.host.spec import parse_spec
+
+    def check(value: str) -> str:
+        text = starter_spec(**{**answers, field: value})
+        try:
+            parse_spec(text, f"the {field} you gave")
+        except UserError as e:
+            raise click.BadParameter(e.message.splitlines()[-1].strip()) from None
+        return value
+
+    return check
+
+
 @click.command()
-@click.option("-o", "--output", default="hpcgpu.yaml", show_default=True, help="Where to write the spec.")
+@click.option("-o", "--output", default="hpcgpu.yaml", show_default=True, help="Where to write the spec (folders are created).")
 @click.option("--yes", "-y", is_flag=True, help="Take the defaults without asking.")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 def init(output, yes, force) -> int:
@@ -54,18 +70,27 @@ def init(output, yes, force) -> int:
     path = Path(output)
     if path.exists() and not force:
         raise UserError(f"{output} already exists", hint="pass --force to overwrite, or -o OTHER.yaml")
-    gpus = count_visible_gpus(os.environ)
-    click.echo(f"GPUs detected: {gpus}" + ("" if gpus else " (the job will run CPU ranks with gloo)"))
+    detected = count_visible_gpus(os.environ)
+    click.echo(f"GPUs detected: {detected}" + ("" if detected else " (the job will run CPU ranks with gloo)"))
     ask = (lambda text, default, **kw: default) if yes else (lambda text, default, **kw: click.prompt(text, default=default, **kw))
-    name = ask("Job name", re.sub(r"[^A-Za-z0-9._-]", "-", Path.cwd().name).strip("-._")[:40] or "job")
-    gpus = ask("GPUs per node", gpus, type=click.IntRange(min=0))
-    strategy = ask("Strategy", "ddp", type=click.Choice(["ddp", "fsdp", "dp"]))
-    precision = ask("Precision", proposed_precision(gpus, strategy), type=click.Choice(["fp32", "bf16", "fp16"]))
-    task = ask("Task (module:function)", "hpcgpu.examples.mlp:make_task")
-    text = starter_spec(name, gpus, strategy, precision, task)
+    answers = {"name": "job", "gpus": detected, "strategy": "ddp", "precision": "fp32",
+               "task": "hpcgpu.examples.mlp:make_task"}
+    answers["name"] = ask("Job name", re.sub(r"[^A-Za-z0-9._-]", "-", Path.cwd().name).strip("-._")[:40] or "job",
+                          value_proc=answer_checker("name", answers))
+    answers["gpus"] = ask("GPUs per node", detected, type=click.IntRange(min=0))
+    if answers["gpus"] > detected:
+        click.echo(f"note: this machine has {detected} GPU(s): the spec is for GPU nodes elsewhere "
+                   "(hpcgpu submit slurm); `run local` here refuses it")
+    answers["strategy"] = ask("Strategy", "ddp", type=click.Choice(["ddp", "fsdp", "dp"]))
+    offered = ["fp32", "bf16", "fp16"] if answers["gpus"] else ["fp32"]  # CPU ranks run fp32 only
+    answers["precision"] = ask("Precision", proposed_precision(answers["gpus"], answers["strategy"]),
+                               type=click.Choice(offered))
+    answers["task"] = ask("Task (module:function)", answers["task"], value_proc=answer_checker("task", answers))
+    text = starter_spec(**answers)
     from hpcgpu.host.spec import parse_spec
 
-    parse_spec(text, output)  # never write a spec that would not load
+    parse_spec(text, f"{output} (not written)")  # never write a spec that would not load
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
-    click.echo(f"wrote {output}; next: hpcgpu run local --dry-run")
+    click.echo(f"wrote {output}; next: hpcgpu run local --dry-run" + (f" -f {output}" if output != "hpcgpu.yaml" else ""))
     return 0
