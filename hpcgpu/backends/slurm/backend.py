@@ -93,6 +93,9 @@ class SlurmBackend:
         require_slurm()
         if resuming is not None:
             self._check_resumable(resuming)
+        if plan.request.get("assumed"):
+            raise UserError(f"not submitted: {plan.request['assumed']}",
+                            hint="a dry run may assume; a job needs the real count (sinfo -o '%P %G' shows it)")
         if plan.request["fit_problem"]:
             raise UserError(f"the job cannot run: {plan.request['fit_problem']}",
                             hint="see `sinfo -o '%P %D %G %c %m'`; change --nodes/--gpus-per-node/--cpus-per-task/--mem/--partition")

@@ -260,10 +260,13 @@ def slurm_plan(spec: Spec, facts: HostFacts, *, run_id: str, run_dir: str, creat
     system) and the node agent; inside a container the agent runs with the image's python3.
     """
     check_run_dir(run_dir)
-    plan = core_plan(spec, facts, backend="slurm", run_id=run_id, run_dir=run_dir, visible_gpus=None,
-                     created=created)
     partition = check_value("slurm.partition", spec.slurm.partition) if spec.slurm.partition \
         else default_partition(facts.partitions)
+    node_gpus, assumed = None, ""
+    if spec.resources.gpus_per_node == "all":
+        node_gpus, assumed = gpus_of_every_node(partition, facts.partitions)
+    plan = core_plan(spec, facts, backend="slurm", run_id=run_id, run_dir=run_dir, visible_gpus=node_gpus,
+                     created=created)
     cpus = cpus_per_task(spec, plan.nproc_per_node, plan.gpus_per_node,
                          fair_cpus_per_gpu(partition, facts.partitions))
     if spec.container is not None:
@@ -283,8 +286,26 @@ def slurm_plan(spec: Spec, facts: HostFacts, *, run_id: str, run_dir: str, creat
         "grace_s": node_grace_s(spec),
         "rdzv_timeout_s": spec.distributed.rdzv_timeout_s,
         "max_timeout_requeues": spec.slurm.max_timeout_requeues,
+        # set when gpus_per_node 'all' was a guess (no sinfo here): fine for a dry run, refused by a submission
+        "assumed": assumed,
     }
     return with_parts(plan, request=request)
+
+
+#: GPUs per node a dry run assumes for gpus_per_node 'all' when sinfo cannot say (no Slurm here)
+ASSUMED_GPUS_PER_NODE = 8
+
+
+def gpus_of_every_node(partition: str | None, rows: tuple[str, ...]) -> tuple[int, str]:
+    """gpus_per_node 'all' on Slurm: the fewest GPUs a node of the partition has, so that every node
+    the job may get has them (0 on a partition without GPUs: CPU ranks); without sinfo, an assumption
+    of ASSUMED_GPUS_PER_NODE, said in the second value (a submission refuses it, a dry run shows it)."""
+    mine = [r.split("|") for r in rows if r.strip() and r.split("|")[0].rstrip("*") == partition]
+    if partition and mine and all(len(r) > 2 for r in mine):
+        return min(_gpus_in_gres(r[2]) for r in mine), ""
+    return ASSUMED_GPUS_PER_NODE, (f"resources.gpus_per_node 'all' taken as {ASSUMED_GPUS_PER_NODE} GPUs per node: "
+                                   "the compute nodes' GPUs are not known here (no sinfo answer for the partition); "
+                                   "give --gpus-per-node N")
 
 
 def default_partition(rows: tuple[str, ...]) -> str | None:
@@ -322,6 +343,8 @@ def describe_slurm(plan: Plan) -> str:
                      + (f" ({limit} min)" if limit and limit != UNLIMITED_MIN else " (none)" if limit else ""))
     if request["fit_problem"]:
         notes.append(f"note: the job cannot run: {request['fit_problem']}")
+    if request.get("assumed"):
+        notes.append(f"note: assumed {request['assumed']}")
     return (
         f"run:      {plan.run_id} (slurm)\nrun dir:  {plan.run_dir}\n"
         f"nodes:    {plan.nodes} x {plan.nproc_per_node} rank(s) on {plan.device_type} = world size {plan.world_size}"
