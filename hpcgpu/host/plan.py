@@ -114,10 +114,10 @@ def core_plan(spec: Spec, facts: HostFacts, *, backend: str, run_id: str, run_di
     if not os.path.isabs(run_dir):
         raise ValueError(f"run_dir must be absolute, got {run_dir!r}")
     layout = node_layout(spec, visible_gpus)
-    if layout.device == "cpu" and spec.train.precision != "fp32" and spec.entry.kind == "task":
+    if layout.device == "cpu" and spec.train.precision == "fp16" and spec.entry.kind == "task":
         raise UserError(
-            f"train.precision is {spec.train.precision}, but the ranks run on CPUs",
-            hint="use precision: fp32 on CPU, or request GPUs",
+            "train.precision is fp16, but the ranks run on CPUs (fp16 autocast needs CUDA's gradient scaler)",
+            hint="use precision: bf16 (autocast on CPUs) or fp32 on CPU, or request GPUs",
         )
     detail_on_cpu = layout.device == "cpu" and spec.debug.torch_distributed == "detail"
     if detail_on_cpu and spec.entry.kind == "task" and spec.train.strategy != "dp":

@@ -21,10 +21,10 @@ def scaled_lr(base: float, mode: str, world_size: int, grad_accum: int) -> float
 
 def check_setup(strategy: str, precision: str, device: torch.device, info: RankInfo) -> None:
     """Refuse combinations that cannot work here, naming the spec key to change."""
-    if precision != "fp32" and device.type != "cuda":
+    if precision == "fp16" and device.type != "cuda":
         raise UserError(
-            f"train.precision {precision} needs CUDA GPUs; this rank runs on {device.type}",
-            hint="set train.precision: fp32 for CPU runs",
+            f"train.precision fp16 needs CUDA GPUs; this rank runs on {device.type}",
+            hint="set train.precision: bf16 (autocast works on CPUs) or fp32 for CPU runs",
         )
     if strategy == "dp" and info.world_size > 1:
         raise UserError(
@@ -62,7 +62,7 @@ def data_replicas(strategy: str, device_ids: list[int]) -> int:
 
 
 def autocast(precision: str, device: torch.device) -> ContextManager:
-    """bf16/fp16 autocast on CUDA; nothing for fp32."""
+    """bf16/fp16 autocast on the rank's device (bf16 only on CPUs); nothing for fp32."""
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16

@@ -303,6 +303,9 @@ class Trainer:
             f"{self.loader_batch} x {n} rank(s) x {cfg.grad_accum} accum = {self.global_batch} samples/step; "
             f"lr {cfg.lr:g} -> {self.lr:g} ({cfg.lr_scaling} scaling); {self.total_steps} steps "
             f"({self.steps_per_epoch} per epoch)")
+        if cfg.precision == "bf16" and self.device.type == "cpu":
+            self.ctx.print0("hpcgpu: note: bf16 autocast on CPUs saves memory but is often slower than fp32, "
+                            "unless the CPU computes bf16 natively (AMX, AVX512-BF16)")
 
 
 def run_task(ctx: WorkerContext) -> Outcome:

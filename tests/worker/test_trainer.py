@@ -64,9 +64,9 @@ def test_fsdp_with_grad_accum_resumes_exactly(tmp_path, async_save):
     assert second.final_loss == first.final_loss
 
 
-def test_mixed_precision_on_cpu_fails_naming_the_key(tmp_path):
+def test_fp16_on_cpu_fails_naming_the_key(tmp_path):
     # `hpcgpu run local` refuses this before starting anything; the worker checks again for torchrun.
-    result = run(tmp_path, demo_spec(train={"precision": "bf16"}), launcher="torchrun")
+    result = run(tmp_path, demo_spec(train={"precision": "fp16"}), launcher="torchrun")
     assert result.rc == 1
-    assert "train.precision bf16 needs CUDA GPUs" in result.log(0)
+    assert "train.precision fp16 needs CUDA GPUs" in result.log(0)
     assert result.exit_record(0)["status"] == "failed"

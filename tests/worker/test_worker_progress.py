@@ -44,9 +44,11 @@ def test_scaled_lr(mode, expected):
     assert scaled_lr(0.001, mode, world_size=4, grad_accum=4) == pytest.approx(expected)
 
 
-def test_mixed_precision_on_cpu_names_the_key():
-    with pytest.raises(UserError, match="train.precision bf16 needs CUDA"):
-        check_setup("ddp", "bf16", torch.device("cpu"), RankInfo(0, 0, 2, 2, 0, "torchrun"))
+def test_fp16_on_cpu_names_the_key_and_bf16_is_allowed():
+    with pytest.raises(UserError, match="train.precision fp16 needs CUDA") as info:
+        check_setup("ddp", "fp16", torch.device("cpu"), RankInfo(0, 0, 2, 2, 0, "torchrun"))
+    assert "bf16" in info.value.hint
+    check_setup("ddp", "bf16", torch.device("cpu"), RankInfo(0, 0, 2, 2, 0, "torchrun"))  # torch.autocast("cpu")
 
 
 def test_dp_with_several_ranks_is_refused():
