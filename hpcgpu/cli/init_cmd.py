@@ -82,7 +82,7 @@ def init(output, yes, force) -> int:
         click.echo(f"note: this machine has {detected} GPU(s): the spec is for GPU nodes elsewhere "
                    "(hpcgpu submit slurm); `run local` here refuses it")
     answers["strategy"] = ask("Strategy", "ddp", type=click.Choice(["ddp", "fsdp", "dp"]))
-    offered = ["fp32", "bf16", "fp16"] if answers["gpus"] else ["fp32"]  # CPU ranks run fp32 only
+    offered = ["fp32", "bf16", "fp16"] if answers["gpus"] else ["fp32", "bf16"]  # no fp16 on CPU ranks
     answers["precision"] = ask("Precision", proposed_precision(answers["gpus"], answers["strategy"]),
                                type=click.Choice(offered))
     answers["task"] = ask("Task (module:function)", answers["task"], value_proc=answer_checker("task", answers))

@@ -52,13 +52,13 @@ def test_yes_with_an_output_in_new_folders_creates_them(tmp_path, monkeypatch):
     assert out.is_file() and f"-f {out}" in result.output
 
 
-def test_without_gpus_only_fp32_is_offered(tmp_path, monkeypatch):
+def test_without_gpus_fp16_is_not_offered(tmp_path, monkeypatch):
     monkeypatch.setattr("hpcgpu.host.gpus.count_visible_gpus", lambda env: 0)
     out = tmp_path / "hpcgpu.yaml"
-    # name, 0 GPUs, ddp, then bf16 (refused: CPU ranks run fp32 only), then the default
-    result = CliRunner().invoke(init, ["-o", str(out)], input="job\n0\nddp\nbf16\n\n\n")
+    # name, 0 GPUs, ddp, then fp16 (refused: CPU ranks run fp32 or bf16), then the default
+    result = CliRunner().invoke(init, ["-o", str(out)], input="job\n0\nddp\nfp16\n\n\n")
     assert result.exit_code == 0, result.output
-    assert "'bf16' is not 'fp32'" in result.output and "precision: fp32" in out.read_text()
+    assert "'fp16' is not one of 'fp32', 'bf16'" in result.output and "precision: fp32" in out.read_text()
 
 
 def test_asking_for_more_gpus_than_this_machine_has_says_where_the_spec_runs(tmp_path, monkeypatch):
