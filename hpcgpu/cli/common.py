@@ -15,6 +15,19 @@ spec_option = click.option(
     help="Job spec (default: ./hpcgpu.yaml if present, else the bundled demo).",
 )
 
+set_option = click.option(
+    "--set", "set_items", multiple=True, metavar="KEY=VALUE",
+    help="Set any spec key (dotted, repeatable), e.g. --set train.lr=3e-4 --set train.epochs=5; checked like "
+         "the spec file. Precedence: spec file < HPCGPU_* variables < --set < the dedicated flags.")
+
+
+def with_set_items(flags: dict, set_items: tuple[str, ...]) -> dict:
+    """--set values under the dedicated flags given (a flag not given is None and leaves --set alone)."""
+    from hpcgpu.host.spec import parse_set_options
+
+    return {**parse_set_options(set_items), **{k: v for k, v in flags.items() if v is not None}}
+
+
 dry_run_options = [
     click.option("--dry-run", is_flag=True, help="Print the plan (command, environment, rank table) and start nothing."),
     click.option("--json", "as_json", is_flag=True,

@@ -7,7 +7,8 @@ import sys
 import click
 
 from hpcgpu.cli.common import (allow_restart_option, check_allow_restart_flag, check_json_flag, exit_after_agent,
-                               parse_gpus, print_plan, refuse_options_with_resume, spec_option, with_dry_run_options)
+                               parse_gpus, print_plan, refuse_options_with_resume, set_option, spec_option,
+                               with_dry_run_options, with_set_items)
 
 
 @click.group()
@@ -17,6 +18,7 @@ def run() -> None:
 
 @run.command("local", context_settings={"allow_interspersed_args": False})
 @spec_option
+@set_option
 @click.option("--gpus", default=None, metavar="N|all", help="GPUs to use (one rank each); 'all' = every visible GPU.")
 @click.option("--nproc", type=click.IntRange(min=1), default=None, help="Run N ranks on CPUs (gloo) instead of GPUs.")
 @click.option("--name", default=None, help="Run name (prefix of the run directory).")
@@ -28,7 +30,7 @@ def run() -> None:
 @allow_restart_option
 @with_dry_run_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- SCRIPT ARGS... | -- -m MODULE ARGS...]")
-def run_local(spec_file, gpus, nproc, name, max_restarts, container, dry_run, command, resume_run=None,
+def run_local(spec_file, set_items, gpus, nproc, name, max_restarts, container, dry_run, command, resume_run=None,
               as_json=False, allow_restart=False) -> int:
     """Run the spec's job on this machine: one node agent, one rank per GPU (or --nproc CPU ranks).
 
@@ -66,7 +68,7 @@ def run_local(spec_file, gpus, nproc, name, max_restarts, container, dry_run, co
         flags.update({"resources.gpus_per_node": 0, "resources.procs_per_node": nproc})
     elif gpus is not None:
         flags["resources.gpus_per_node"] = parse_gpus(gpus)
-    spec, source = launch.load_with_overrides(spec_file, flags, command)
+    spec, source = launch.load_with_overrides(spec_file, with_set_items(flags, set_items), command)
     spec = launch.with_container(spec, container, "podman")
     if dry_run:
         from hpcgpu.backends import get_backend

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from hpcgpu.cli.common import (allow_restart_option, check_allow_restart_flag, check_json_flag, print_plan,
-                               refuse_options_with_resume, spec_option)
+                               refuse_options_with_resume, set_option, spec_option, with_set_items)
 from hpcgpu.contract.errors import UserError
 
 
@@ -20,6 +20,7 @@ def submit() -> None:
 
 @submit.command("slurm", context_settings={"allow_interspersed_args": False})
 @spec_option
+@set_option
 @click.option("--nodes", type=click.IntRange(min=1), default=None, help="Number of nodes (one node agent each).")
 @click.option("--gpus-per-node", type=click.IntRange(min=0), default=None, help="GPUs per node (one rank each); 0 for CPU ranks.")
 @click.option("--nproc-per-node", type=click.IntRange(min=1), default=None, help="CPU ranks per node (implies --gpus-per-node 0).")
@@ -43,7 +44,7 @@ def submit() -> None:
                    "(and --allow-restart-from-zero).")
 @allow_restart_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- SCRIPT ARGS...]")
-def submit_slurm(spec_file, nodes, gpus_per_node, nproc_per_node, partition, account, qos, time_limit,
+def submit_slurm(spec_file, set_items, nodes, gpus_per_node, nproc_per_node, partition, account, qos, time_limit,
                  constraint, mem, cpus_per_task, container, name, dry_run, wait, follow, command,
                  resume_run=None, as_json=False, allow_restart=False) -> int:
     """Submit the spec's job to Slurm: one task per node, each starting that node's ranks.
@@ -83,7 +84,7 @@ def submit_slurm(spec_file, nodes, gpus_per_node, nproc_per_node, partition, acc
         flags.update({"resources.gpus_per_node": 0, "resources.procs_per_node": nproc_per_node})
     elif gpus_per_node is not None:
         flags["resources.gpus_per_node"] = gpus_per_node
-    spec, source = launch.load_with_overrides(spec_file, flags, command)
+    spec, source = launch.load_with_overrides(spec_file, with_set_items(flags, set_items), command)
     spec = launch.with_container(spec, container, "apptainer")
     if dry_run:
         return print_plan(launch.plan_new(spec, "slurm"), get_backend("slurm"), source, as_json)

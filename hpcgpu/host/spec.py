@@ -7,6 +7,7 @@ valid; nothing later re-checks it. Torch-free (the CLI imports this).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +252,32 @@ def env_overrides(environ: dict[str, str]) -> dict[str, Any]:
         found["secret_env"] = list(marked_names(environ))
         found.variables += (SECRET_ENV_VARIABLE,)
     return found
+
+
+#: the longest `--set KEY=VALUE` value read (a value, not a data file)
+MAX_SET_VALUE = 4096
+
+
+def parse_set_options(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """`--set train.lr=3e-4 --set entry.args=[--x,1]` -> {"train.lr": 3e-4, ...}: the value is read
+    as a YAML scalar or flow list/mapping (safely), and validated with the whole spec afterwards, so
+    an unknown key or a wrong type is named there. Raises UserError for a malformed item."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*", key):
+            raise UserError(f"--set {item!r}: expected KEY=VALUE with a dotted spec key, e.g. --set train.lr=3e-4",
+                            hint="the keys are listed in docs/spec.md (`hpcgpu spec show` prints every one)")
+        if len(text) > MAX_SET_VALUE:
+            raise UserError(f"--set {key}: the value has {len(text)} characters, more than {MAX_SET_VALUE}")
+        try:
+            value = yaml.load(text, Loader=_SafeLineLoader) if text.strip() else ""  # no aliases: bounded
+        except yaml.YAMLError as e:
+            raise UserError(f"--set {key}: {text!r} is not a YAML value ({str(e).splitlines()[0]})",
+                            hint="quote it for your shell, e.g. --set 'entry.args=[--lr, \"3\"]'") from None
+        out[key] = value
+    return out
 
 
 def apply_overrides(spec: Spec, overrides: dict[str, Any]) -> Spec:
