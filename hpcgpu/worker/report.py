@@ -43,7 +43,8 @@ def print_summary(stats: dict, ckpt_dir: Path, flops_per_sample: Optional[float]
     if flops and peak_flops:
         tflops += f" (MFU {100 * flops / peak_flops:.1f}%)"
     print(f"hpcgpu: {stats['status']} at step {stats['steps']} ({stats['epochs']:.2f} epochs): "
-          f"final loss {loss if loss is None else f'{loss:.4f}'}, {rate:,.0f} samples/s{tflops}, "
+          f"final loss {loss if loss is None else f'{loss:.4f} (the last step, mean over ranks)'}, "
+          f"{rate:,.0f} samples/s{tflops}, "
           f"wall {stats['wall_s']:.1f} s", flush=True)
     print(f"hpcgpu: checkpoints in {ckpt_dir} (last: {stats['checkpoint'] or 'none'})", flush=True)
     if loss is not None:

@@ -203,10 +203,11 @@ class Trainer:
                                       self.cfg.seed, pin_memory=self.device.type == "cuda"))
             self._last_loss = self._train_step(it)
             self.step += 1
+            epoch_of_step = self.epoch  # the last step of an epoch is shown in it, not in the next
             self.batch_in_epoch += self.cfg.grad_accum
             if self.batch_in_epoch >= self.steps_per_epoch * self.cfg.grad_accum:
                 self.epoch, self.batch_in_epoch, it = self.epoch + 1, 0, None
-            self._log_step()
+            self._log_step(epoch_of_step)
             if self.step % self.ctx.spec.checkpoint.every_steps == 0 or self.step == self.total_steps:
                 self._save()
             # agreeing costs an all-reduce and a host sync: do it every stop_check_every steps, not every step
@@ -236,17 +237,17 @@ class Trainer:
         self.scheduler.step()
         return total
 
-    def _log_step(self) -> None:
+    def _log_step(self, epoch: int) -> None:
         self._loss_sum = self._loss_sum + self._last_loss
         self._loss_n += 1
         if self.step % self.cfg.log_every and self.step != self.total_steps:
-            self.progress.update(self.step, self.epoch)
+            self.progress.update(self.step, epoch)
             return
         loss = self._mean_over_ranks(self._loss_sum) / self._loss_n
         now = time.perf_counter()
         rate = (self.step - self._step_log) * self.global_batch / max(now - self._t_log, 1e-9)
         lr = self.scheduler.get_last_lr()[0]
-        self.progress.update(self.step, self.epoch, loss, lr, rate)
+        self.progress.update(self.step, epoch, loss, lr, rate)
         self.metrics.log(self.step, {"train/loss": loss, "train/lr": lr, "train/samples_per_s": rate,
                                      **throughput_scalars(rate, self.task.flops_per_sample, self.peak, self.devices)})
         self._loss_sum, self._loss_n, self._t_log, self._step_log = 0.0, 0, now, self.step

@@ -1,0 +1,20 @@
+"""Progress lines name the epoch a step belongs to (issue 13, item 5: the last step of epoch 0
+was shown as `step 32/32 epoch 1`), and the summary says which loss it prints."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.helpers.launch import demo_spec, run
+
+
+@pytest.mark.slow
+def test_each_step_line_shows_the_epoch_it_belongs_to(tmp_path):
+    # 1024 samples / 2 ranks / batch 16 = 32 steps per epoch, 2 epochs, a line every 16 steps
+    result = run(tmp_path, demo_spec(train={"log_every": 16}))
+    assert result.rc == 0, result.explain()
+    lines = re.findall(r"^step (\d+)/64 epoch (\d+) ", result.log(0), re.MULTILINE)
+    assert [(int(s), int(e)) for s, e in lines] == [(16, 0), (32, 0), (48, 1), (64, 1)]
+    assert "(the last step, mean over ranks)" in result.log(0)
