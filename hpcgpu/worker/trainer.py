@@ -161,6 +161,12 @@ class Trainer:
             batches = batches * p["world_size"] // self.info.world_size // self.cfg.grad_accum * self.cfg.grad_accum
         self.batch_in_epoch = batches
         self.start_step = self.step
+        # train.epochs ends the run where the epochs end, whatever the world size now: steps left
+        # = the rest of this epoch and the whole later ones, in this world size's steps
+        left = (self.cfg.epochs - self.epoch) * self.steps_per_epoch - self.batch_in_epoch // self.cfg.grad_accum
+        self.total_steps = self.step + max(left, 0)
+        if self.cfg.max_steps:
+            self.total_steps = min(self.total_steps, self.cfg.max_steps)
 
     # ------------------------------------------------------------------ loop
 
