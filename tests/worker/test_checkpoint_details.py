@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 from array import array
@@ -58,6 +59,15 @@ def test_digest_of_an_empty_file(tmp_path):
     f = tmp_path / "empty"
     f.write_bytes(b"")
     assert ckpt.digest_file(f) == {"bytes": 0, "sha256": hashlib.sha256(b"").hexdigest()}
+
+
+def test_write_torch_creates_an_owner_only_file_whatever_the_umask(tmp_path):
+    old = os.umask(0)
+    try:
+        ckpt.write_torch({"w": torch.ones(1)}, tmp_path / "x.pt")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "x.pt").st_mode) == 0o600
 
 
 def test_write_torch_returns_the_files_manifest_entry(tmp_path):
