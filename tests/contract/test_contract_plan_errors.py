@@ -54,3 +54,20 @@ def test_every_mapping_in_a_plan_is_read_only():
 def test_rank_devices_one_node_of_two_gpus():
     got = [(r.rank, r.node, r.local_rank, r.device, r.backend) for r in rank_devices(1, 2, "cuda", "nccl")]
     assert got == [(0, 0, 0, "cuda:0", "nccl"), (1, 0, 1, "cuda:1", "nccl")]
+
+
+def test_a_node_with_an_ascii_locale_reads_a_non_ascii_plan(tmp_path):
+    # compute nodes and containers often run with LANG/LC_ALL=C: plan.json is UTF-8 whatever the locale
+    import os
+    import subprocess
+    import sys
+
+    data = json.loads(plan_for("env: {GREETING: grüße}\n").to_json())
+    (tmp_path / "plan.json").write_bytes(json.dumps(data, ensure_ascii=False).encode("utf-8"))
+    code = "import sys; from hpcgpu.contract.plan import load_plan; print(ascii(load_plan(sys.argv[1]).env['GREETING']))"
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
+           "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ascii("grüße")

@@ -69,3 +69,18 @@ def test_restarts_file_read_back(tmp_path):
     assert elastic_restarts(tmp_path) == 0
     (tmp_path / RESTARTS_FILE).write_text('{half')
     assert elastic_restarts(tmp_path) == 0
+
+
+def test_private_text_is_utf8_under_an_ascii_locale_too(tmp_path):
+    import subprocess
+    import sys
+
+    target = tmp_path / "note.txt"
+    code = "import sys; from pathlib import Path; from hpcgpu.contract.runfiles import write_private_text; " \
+           "write_private_text(Path(sys.argv[1]), 'gr\\u00fc\\u00dfe')"
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
+           "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", code, str(target)], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert target.read_bytes() == "grüße".encode("utf-8")
