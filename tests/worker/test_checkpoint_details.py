@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -85,6 +86,19 @@ def test_begin_starts_over_a_leftover_temporary_of_this_process(tmp_path):
     (tmp / "stale").write_text("from an earlier try")
     again = ckpt.begin(tmp_path, 3)
     assert again == tmp and list(again.iterdir()) == []
+
+
+def test_the_vanished_directory_warning_is_flushed_at_once(tmp_path, monkeypatch):
+    # a rank killed right after it saved must still leave the warning in its log (stdout is a pipe)
+    ckpt_dir = tmp_path / "ckpt"
+    ckpt.begin(ckpt_dir, 1)
+    shutil.rmtree(ckpt_dir)  # deleted mid-run
+    raw = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, encoding="utf-8", line_buffering=False))
+    ckpt.begin(ckpt_dir, 2)
+    text = raw.getvalue().decode()  # what reached the pipe, without flushing the wrapper
+    assert f"the checkpoint directory {ckpt_dir} vanished during the run" in text
+    assert "making it again, owner-only, and saving there" in text
 
 
 def test_the_manifest_records_format_step_time_files_and_meta_sorted(tmp_path):
