@@ -97,8 +97,8 @@ def test_the_vanished_directory_warning_is_flushed_at_once(tmp_path, monkeypatch
     monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, encoding="utf-8", line_buffering=False))
     ckpt.begin(ckpt_dir, 2)
     text = raw.getvalue().decode()  # what reached the pipe, without flushing the wrapper
-    assert f"the checkpoint directory {ckpt_dir} vanished during the run" in text
-    assert "making it again, owner-only, and saving there" in text
+    assert text.startswith(f"hpcgpu: warning: the checkpoint directory {ckpt_dir} vanished during the run")
+    assert text.endswith("making it again, owner-only, and saving there\n")
 
 
 def test_the_manifest_records_format_step_time_files_and_meta_sorted(tmp_path):
