@@ -4,6 +4,7 @@ named checkpoint, setting broken ones aside, the all-lost warning, loading refus
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -272,3 +273,38 @@ def test_prune_removes_only_leftovers_of_dead_writers(tmp_path):
     assert not dead_tmp.exists() and not dead_old.exists()
     assert mine.exists() and alive.exists() and odd.exists()
     assert (tmp_path / "step_00000001").exists()
+
+
+# --- removals that fail (NFS: a file still open or mapped elsewhere leaves .nfsXXXX behind) --------
+
+def busy_rmtree(path, ignore_errors=False, onerror=None, **kwargs):
+    """shutil.rmtree on a directory that cannot be removed (EBUSY), honouring ignore_errors as shutil does."""
+    if ignore_errors:
+        return
+    raise OSError(errno.EBUSY, "Device or resource busy", str(path))
+
+
+def test_replacing_a_step_succeeds_even_if_the_old_copy_cannot_be_removed(tmp_path, monkeypatch):
+    ckpt.save_state(tmp_path, 5, {"v": 1})
+    monkeypatch.setattr(ckpt.shutil, "rmtree", busy_rmtree)
+    path = ckpt.save_state(tmp_path, 5, {"v": 2})
+    monkeypatch.undo()
+    assert ckpt.load_state(path)["v"] == 2
+
+
+def test_a_failed_save_reports_its_own_error_even_if_the_cleanup_fails(tmp_path, monkeypatch):
+    monkeypatch.setattr(ckpt.shutil, "rmtree", busy_rmtree)
+    with pytest.raises(Exception) as info:
+        ckpt.save_state(tmp_path, 2, {"f": lambda: 0})
+    assert not (isinstance(info.value, OSError) and info.value.errno == errno.EBUSY)
+
+
+def test_prune_goes_on_when_a_checkpoint_cannot_be_removed(tmp_path, monkeypatch):
+    for step in (1, 2, 3):
+        ckpt.save_state(tmp_path, step, {"v": step})
+    dead = tmp_path / f".step_00000009.tmp-{dead_pid()}"
+    dead.mkdir()
+    monkeypatch.setattr(ckpt.shutil, "rmtree", busy_rmtree)
+    ckpt.prune(tmp_path, keep_last=1)  # a training step must not fail because an old checkpoint is busy
+    monkeypatch.undo()
+    assert ckpt.list_checkpoints(tmp_path)[0][0] == 3
