@@ -182,6 +182,17 @@ def test_rank_env_notes_redact_secret_env_values_the_user_exported():
     assert not any("hunter2" in n for n in merged.notes)
 
 
+def test_rank_env_notes_redact_a_marked_secret_even_for_a_variable_hpcgpu_defaults():
+    # secret_env marks a name secret wherever its value is shown, the notes about defaults included
+    marked = spec("secret_env: [OMP_NUM_THREADS]\n")
+    users = rank_env(marked, RUN, "/ck", {"OMP_NUM_THREADS": "hunter2"})
+    assert [n for n in users.notes if n.startswith("OMP_NUM_THREADS")]
+    assert not any("hunter2" in n for n in users.notes)
+    specs = rank_env(spec("secret_env: [OMP_NUM_THREADS]\nenv: {OMP_NUM_THREADS: hunter3}\n"), RUN, "/ck", {})
+    assert [n for n in specs.notes if n.startswith("OMP_NUM_THREADS")]
+    assert not any("hunter3" in n for n in specs.notes)
+
+
 def test_the_node_command_is_the_agent_on_the_runs_plan():
     assert agent_command("/venv/bin/python", RUN) == (
         "/venv/bin/python", "-m", "hpcgpu", "train", "--plan", "/runs/r-1/plan.json")
