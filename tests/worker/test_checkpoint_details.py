@@ -308,3 +308,24 @@ def test_prune_goes_on_when_a_checkpoint_cannot_be_removed(tmp_path, monkeypatch
     ckpt.prune(tmp_path, keep_last=1)  # a training step must not fail because an old checkpoint is busy
     monkeypatch.undo()
     assert ckpt.list_checkpoints(tmp_path)[0][0] == 3
+
+
+def torch_reason(path) -> str:
+    """The first line of what torch.load itself says about path."""
+    with pytest.raises(Exception) as info:
+        torch.load(path, weights_only=True)
+    return str(info.value).splitlines()[0]
+
+
+@pytest.mark.parametrize("name, data", [
+    ("zip_garbage.pt", b"PK\x03\x04 not really a zip" * 10),  # torch: a RuntimeError (one long line)
+    ("pickle_garbage.pt", b"\x00garbage" * 100),  # torch: an UnpicklingError without a global (several lines)
+])
+def test_an_unloadable_file_gives_torchs_first_line_cut_to_200_characters(tmp_path, name, data):
+    f = tmp_path / name
+    f.write_bytes(data)
+    reason = torch_reason(f)
+    assert len(reason) > 200  # long enough to be cut
+    with pytest.raises(ckpt.CheckpointError) as info:
+        ckpt.load_file(f)
+    assert str(info.value) == f"{f}: not a loadable torch checkpoint ({reason[:200]})"
