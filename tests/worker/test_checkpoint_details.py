@@ -329,3 +329,14 @@ def test_an_unloadable_file_gives_torchs_first_line_cut_to_200_characters(tmp_pa
     with pytest.raises(ckpt.CheckpointError) as info:
         ckpt.load_file(f)
     assert str(info.value) == f"{f}: not a loadable torch checkpoint ({reason[:200]})"
+
+
+@pytest.mark.parametrize("zipfile", [True, False])
+def test_pickled_objects_are_refused_even_when_the_environment_lifts_torchs_default(tmp_path, monkeypatch, zipfile):
+    # TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 (set for someone's own code) turns torch.load's default to
+    # weights_only=False; hpcgpu's loads ask for weights_only=True themselves, in both formats
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    f = tmp_path / "evil.pt"
+    torch.save({"x": NotATensor()}, f, _use_new_zipfile_serialization=zipfile)
+    with pytest.raises(ckpt.CheckpointError, match="refusing to load"):
+        ckpt.load_file(f)
