@@ -214,6 +214,12 @@ def test_core_plan_without_created_is_time_zero():
     assert core().created == 0.0
 
 
+def test_core_plan_records_when_it_was_created():
+    plan = core_plan(spec(), facts(), backend="local", run_id="r-1", run_dir=RUN, visible_gpus=0,
+                     created=1767225600.5)
+    assert plan.created == 1767225600.5
+
+
 def test_core_plan_fills_every_shared_part():
     plan = core("resources: {gpus_per_node: 0, procs_per_node: 3}\n", python="/venv/bin/python")
     assert (plan.run_id, plan.run_dir, plan.backend) == ("r-1", RUN, "local")
