@@ -1,0 +1,83 @@
+"""Each launch form of item 1 of issue 13 against plain torchrun on the same script: the ranks see
+the same sys.argv and torchrun's variables, and a failing rank gives the same exit status."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+PROBE = """
+import json, os, sys
+keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "ROLE_WORLD_SIZE",
+        "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS")
+seen = {"argv": sys.argv, "env": {k: os.environ.get(k) for k in keys}, "name": __name__,
+        "script_dir_first": sys.path[0] == os.path.dirname(os.path.abspath(sys.argv[0])) if sys.argv[0].endswith(".py") else None}
+out = os.environ["PROBE_OUT"]
+with open(os.path.join(out, f"rank{os.environ['RANK']}.json"), "w") as f:
+    json.dump(seen, f)
+sys.exit(3 if os.environ.get("PROBE_FAIL_RANK") == os.environ["RANK"] else 0)
+"""
+
+#: the command after torchrun's options / after hpcgpu's `--`, for each form
+FORMS = {
+    "script": (["probe.py", "a", "--b"], ["probe.py", "a", "--b"]),
+    "interpreter with -u": (["--no-python", "python", "-u", "probe.py", "a"], ["python", "-u", "probe.py", "a"]),
+    "module": (["-m", "probepkg.probe", "a", "--b"], ["-m", "probepkg.probe", "a", "--b"]),
+}
+
+
+def launch(tmp_path: Path, launcher: str, form: str, fail_rank: str = "") -> tuple[int, dict]:
+    out = tmp_path / f"{launcher}-{form.replace(' ', '_')}-{fail_rank or 'ok'}"
+    out.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HPCGPU_", "SLURM_", "PYTHONUNBUFFERED"))}
+    env.update(PROBE_OUT=str(out), PROBE_FAIL_RANK=fail_rank, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]), HPCGPU_HOME=str(tmp_path / "home"),
+               PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""))
+    torchrun_cmd, hpcgpu_cmd = FORMS[form]
+    if launcher == "torchrun":
+        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", *torchrun_cmd]
+    else:
+        argv = [sys.executable, "-m", "hpcgpu", "run", "local", "--nproc", "2", "--", *hpcgpu_cmd]
+    done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    seen = {p.stem: json.loads(p.read_text()) for p in out.glob("rank*.json")}
+    return done.returncode, seen
+
+
+@pytest.fixture
+def probe_dir(tmp_path):
+    (tmp_path / "probe.py").write_text(PROBE)
+    (tmp_path / "probepkg").mkdir()
+    (tmp_path / "probepkg" / "__init__.py").write_text("")
+    (tmp_path / "probepkg" / "probe.py").write_text(PROBE)
+    return tmp_path
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_the_ranks_see_what_torchrun_gives_them(probe_dir, form):
+    rc_t, torchrun = launch(probe_dir, "torchrun", form)
+    rc_h, hpcgpu = launch(probe_dir, "hpcgpu", form)
+    assert (rc_t, rc_h) == (0, 0)
+    assert sorted(torchrun) == sorted(hpcgpu) == ["rank0", "rank1"]
+    for rank in ("rank0", "rank1"):
+        t, h = torchrun[rank], hpcgpu[rank]
+        assert h["argv"] == t["argv"], rank  # the script's path as typed, or the module's file
+        assert h["name"] == t["name"] == "__main__"
+        assert h["script_dir_first"] == t["script_dir_first"]
+        same = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "ROLE_WORLD_SIZE",
+                "TORCHELASTIC_RESTART_COUNT")
+        assert {k: h["env"][k] for k in same} == {k: t["env"][k] for k in same}, rank
+        assert h["env"]["MASTER_ADDR"] and h["env"]["MASTER_PORT"]  # a rendezvous address, each its own
+
+
+def test_a_failing_rank_fails_the_launch_like_torchrun(probe_dir):
+    rc_t, _ = launch(probe_dir, "torchrun", "script", fail_rank="1")
+    rc_h, _ = launch(probe_dir, "hpcgpu", "script", fail_rank="1")
+    assert rc_t == rc_h == 1
