@@ -33,6 +33,6 @@ def run_script(typed: str, args: list[str]) -> None:
     saved = sys.modules["__main__"]
     sys.modules["__main__"] = module
     try:
-        exec(code, module.__dict__)
+        exec(code, module.__dict__)  # shell-exception: the user's own script file, compiled, as runpy.run_path runs it
     finally:
         sys.modules["__main__"] = saved

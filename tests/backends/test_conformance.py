@@ -53,7 +53,7 @@ def test_its_plan_is_complete_and_round_trips_through_plan_json(backend, tmp_pat
 
 def test_bad_requests_are_user_errors_at_plan_time(backend):
     with pytest.raises(UserError):
-        backend.plan(parse_spec("train: {precision: bf16}\nresources: {gpus_per_node: 0}\n"), facts(),
+        backend.plan(parse_spec("train: {precision: fp16}\nresources: {gpus_per_node: 0}\n"), facts(),
                      run_id="x", run_dir="/runs/x")
 
 
