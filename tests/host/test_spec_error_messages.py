@@ -132,11 +132,14 @@ def test_a_missing_spec_file_says_how_to_give_or_make_one(tmp_path):
     assert "-f PATH" in info.value.hint and "hpcgpu init" in info.value.hint
 
 
-def test_a_spec_file_of_exactly_1_mib_is_read(tmp_path):
+def test_a_spec_file_of_exactly_the_size_bound_is_read(tmp_path, monkeypatch):
+    from hpcgpu.host import spec as spec_module
+
+    monkeypatch.setattr(spec_module, "MAX_SPEC_BYTES", 100)  # small: a 1 MiB file takes seconds to scan
     path = tmp_path / "big.yaml"
     text = "name: big\n"
-    path.write_text(text + "#" * (1_048_576 - len(text) - 1) + "\n")
-    assert path.stat().st_size == 1_048_576
+    path.write_text(text + "#" * (100 - len(text) - 1) + "\n")
+    assert path.stat().st_size == 100
     assert load_spec(path)[0].name == "big"
 
 
