@@ -48,3 +48,10 @@ def test_a_spec_text_over_1_mib_says_how_big_and_where_data_belongs():
     error = refused("#" * 1_048_577)
     assert error.message == "job.yaml: 1048577 characters: a spec may have at most 1048576 (1 MiB)"
     assert error.hint == "put data in files the task reads, not in the spec"
+
+
+def test_a_control_character_is_refused_as_yaml_not_a_crash():
+    # the YAML reader's error carries no line mark
+    error = refused("name: a\x07b\n")
+    assert error.message.startswith("job.yaml:")
+    assert error.message.endswith("not valid YAML: unacceptable character #x0007: special characters are not allowed")
