@@ -39,9 +39,20 @@ def test_a_damaged_line_between_runs_costs_only_itself(tmp_path, env):
 
 
 def test_a_line_without_a_run_directory_is_skipped(tmp_path, env, monkeypatch):
-    monkeypatch.chdir(tmp_path)
     add_run(tmp_path / "runs", env, "first-1")
     append_line(tmp_path, '{"id": "no-dir-1", "backend": "local"}')
+    append_line(tmp_path, '{"id": "empty-dir-1", "run_dir": ""}')
+    second = add_run(tmp_path / "runs", env, "second-1")
+    # not even when the current directory is a run directory: a line without one names no run
+    monkeypatch.chdir(second)
+    assert [r.id for r in iter_index(env)] == ["first-1", "second-1"]
+
+
+@pytest.mark.parametrize("line", ["3", "[]", '"runs"', "null", "true"])
+def test_a_line_that_is_json_but_not_a_record_is_skipped_not_a_crash(tmp_path, env, line):
+    # e.g. what is left of two appends that overlapped on a network file system
+    add_run(tmp_path / "runs", env, "first-1")
+    append_line(tmp_path, line)
     add_run(tmp_path / "runs", env, "second-1")
     assert [r.id for r in iter_index(env)] == ["first-1", "second-1"]
 
