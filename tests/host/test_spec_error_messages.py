@@ -48,10 +48,12 @@ def test_the_branches_of_a_union_are_not_shown_as_keys():
                           "  resources.gpus_per_node (line 2): Input should be 'all'"]
 
 
-def test_the_string_branch_of_an_sbatch_option_is_not_shown_as_a_key():
+def test_the_branches_of_an_sbatch_option_are_not_shown_as_keys():
+    # a string, a number or a boolean: the key is slurm.extra.exclusive for all three
     lines = problems("slurm:\n  extra:\n    exclusive: [1]\n")
-    assert "  slurm.extra.exclusive (line 3): Input should be a valid string" in lines
-    assert "  slurm.extra.exclusive (line 3): Input should be a valid integer" in lines
+    assert lines[1:4] == ["  slurm.extra.exclusive (line 3): Input should be a valid string",
+                          "  slurm.extra.exclusive (line 3): Input should be a valid integer",
+                          "  slurm.extra.exclusive (line 3): Input should be a valid boolean"]
 
 
 def test_a_rule_about_several_keys_is_reported_at_the_top_level():

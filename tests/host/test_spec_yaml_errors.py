@@ -53,5 +53,4 @@ def test_a_spec_text_over_1_mib_says_how_big_and_where_data_belongs():
 def test_a_control_character_is_refused_as_yaml_not_a_crash():
     # the YAML reader's error carries no line mark
     error = refused("name: a\x07b\n")
-    assert error.message.startswith("job.yaml:")
-    assert error.message.endswith("not valid YAML: unacceptable character #x0007: special characters are not allowed")
+    assert error.message == "job.yaml: not valid YAML: unacceptable character #x0007: special characters are not allowed"
