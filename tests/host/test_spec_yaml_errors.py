@@ -54,3 +54,22 @@ def test_a_control_character_is_refused_as_yaml_not_a_crash():
     # the YAML reader's error carries no line mark
     error = refused("name: a\x07b\n")
     assert error.message == "job.yaml: not valid YAML: unacceptable character #x0007: special characters are not allowed"
+
+
+def test_a_syntax_error_says_what_was_expected_where():
+    error = refused("a: [1\nb: 2\n")
+    assert error.message == "job.yaml: line 2, column 2: not valid YAML: expected ',' or ']', but got ':'"
+    assert error.hint is None
+
+
+def test_a_python_object_tag_is_refused_with_the_reason():
+    error = refused("name: !!python/object/apply:os.system ['true']\n")
+    assert "not valid YAML: could not determine a constructor for the tag" in error.message
+    assert error.hint == "hpcgpu loads YAML safely: Python object tags (!!python/...) are refused"
+
+
+def test_an_alias_is_refused_with_what_to_do_instead():
+    error = refused("name: &n x\nlogging: {dir: *n}\n")
+    assert error.message == ("job.yaml: line 1, column 7: not valid YAML: "
+                             "YAML anchors and aliases (&name, *name) are not allowed in a spec")
+    assert error.hint == "write the value out where the alias stood"
