@@ -95,7 +95,9 @@ def iter_index(environ: Optional[dict] = None) -> Iterator[RunRecord]:
             data = json.loads(line)
         except ValueError:
             continue
-        run_json = read_json(Path(data.get("run_dir", "")) / "run.json")
+        if not isinstance(data, dict) or not data.get("run_dir"):  # a damaged line: not a run
+            continue
+        run_json = read_json(Path(data["run_dir"]) / "run.json")
         if run_json is None:
             continue
         known = {k: run_json[k] for k in RunRecord.__dataclass_fields__ if k in run_json}

@@ -93,7 +93,7 @@ def _format_errors(err: ValidationError, source: str, lines: dict[tuple, int]) -
     for e in err.errors():
         loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
         # pydantic puts union branch names in loc (e.g. 'int', "literal['all']"); drop them
-        loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in ("int", "str"))))
+        loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in ("int", "str", "bool"))))
         key = ".".join(str(p) for p in loc) or "(top level)"
         line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
         where = f" (line {line})" if line else ""
@@ -129,11 +129,11 @@ def parse_spec(text: str, source: str = "<spec>") -> Spec:
         data = yaml.load(text, Loader=_SafeLineLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        where = f": line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         hint = ("hpcgpu loads YAML safely: Python object tags (!!python/...) are refused" if "tag" in problem
                 else "write the value out where the alias stood" if "alias" in problem else None)
-        raise UserError(f"{source}:{where}: not valid YAML: {problem}", hint=hint) from None
+        raise UserError(f"{source}{where}: not valid YAML: {problem}", hint=hint) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
