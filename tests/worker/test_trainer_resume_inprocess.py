@@ -122,6 +122,21 @@ def test_resuming_on_more_ranks_keeps_the_position_in_samples(tmp_path, monkeypa
     assert (t.outcome.step, t.epoch, t.batch_in_epoch) == (8, 1, 4)
 
 
+def test_resuming_on_more_ranks_at_the_end_of_their_shorter_epoch_starts_the_next_epoch(tmp_path, monkeypatch,
+                                                                                        capsys):
+    # 32 samples on 2 ranks, stopped after 3 of 4 steps per epoch: 24 samples consumed, 12 per rank.
+    # On 3 ranks an epoch is 2 steps of 2 x 2 per rank (11 samples each, padded): 8 samples per rank
+    # consumed, not enough left for a whole step: the resumed run starts epoch 1 (it used to stop
+    # with StopIteration in the loop).
+    run(tmp_path, monkeypatch, "edge", const_task(samples=32), stop_at=3, rank=0, world_size=2,
+        train={"batch_size": 2, "grad_accum": 2, "epochs": 3})
+    t = run(tmp_path, monkeypatch, "edge", const_task(samples=32), resume=True, rank=0, world_size=3,
+            train={"batch_size": 2, "grad_accum": 2, "epochs": 3})
+    assert ": step 3, epoch 1, batch 0 of 4 in the epoch" in capsys.readouterr().out
+    # 3 epochs of 2 steps: 6 steps; steps 4 and 5 are epoch 1, step 6 the first of epoch 2
+    assert (t.outcome.status, t.outcome.step, t.epoch, t.batch_in_epoch) == ("done", 6, 2, 2)
+
+
 def test_a_changed_spec_is_named_when_resuming(tmp_path, monkeypatch, capsys):
     run(tmp_path, monkeypatch, "changed", const_task(), stop_at=2)
     capsys.readouterr()
