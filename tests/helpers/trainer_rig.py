@@ -56,12 +56,14 @@ def const_task(samples: int = 32, b: float = 0.5, frozen: bool = True, flops: Op
 
 
 def spec_text(train: Optional[dict] = None, checkpoint: Optional[dict] = None, logging: Optional[dict] = None,
-              distributed: Optional[dict] = None) -> str:
+              distributed: Optional[dict] = None, entry: Optional[dict] = None) -> str:
     data = {"train": {"lr": 0.1, "lr_scaling": "none", "epochs": 1, "log_every": 1000, **(train or {})},
             "logging": {"tensorboard": False, "progress": "off", **(logging or {})},
             "checkpoint": {"every_steps": 1000, **(checkpoint or {})}}
     if distributed:
         data["distributed"] = distributed
+    if entry:
+        data["entry"] = entry
     return yaml.safe_dump(data)
 
 
