@@ -57,16 +57,18 @@ class FakeOs:
         self.killed.append((pid, sig))
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def fake_os(monkeypatch):
+    """Every test: the handler never really kills or exits this process."""
     fake = FakeOs()
     monkeypatch.setattr(stop, "os", fake)
     return fake
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT])
-def test_a_stop_signal_asks_for_a_stop_named_after_it_and_says_so(sig, capfd):
+def test_a_stop_signal_asks_for_a_stop_named_after_it_and_says_so(sig, capfd, fake_os):
     stop._handle(sig, None)
+    assert fake_os.killed == []  # the default action is for scripts that never poll
     name = signal.Signals(sig).name
     assert stop.requested() == name
     assert capfd.readouterr().err == f"hpcgpu: {name} received: stopping at the next step boundary with a checkpoint\n"
