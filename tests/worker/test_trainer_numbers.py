@@ -143,6 +143,8 @@ def test_progress_lines_are_printed_on_rank_0_only(tmp_path, monkeypatch, capsys
     fit(context(tmp_path, "r1", rank=1, world_size=2, train={"batch_size": 4, "log_every": 2},
                 logging={"progress": "lines"}), const_task())
     assert "step " not in capsys.readouterr().out
+    fit(context(tmp_path, "off", train={"batch_size": 8, "log_every": 2}, logging={"progress": "off"}), const_task())
+    assert "step " not in capsys.readouterr().out
 
 
 def test_tensorboard_runs_on_rank_0_only_in_the_run_dir(tmp_path, monkeypatch):

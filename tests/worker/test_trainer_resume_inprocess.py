@@ -189,3 +189,14 @@ def test_each_rank_gets_its_own_rng_state_back(tmp_path, monkeypatch, rank, worl
     trainer._resume()
     assert torch.equal(torch.get_rng_state(), states[which]["torch"])
     assert trainer.step == 2
+
+
+def test_a_checkpoint_with_a_gradient_scaler_resumes_under_fp32_without_one(tmp_path, monkeypatch):
+    # saved by an fp16 run (it has a scaler); this CPU run is fp32 and has none: the scaler state is unused
+    run(tmp_path, monkeypatch, "fp16", const_task(), stop_at=2)
+    state = ckpt.load_state(tmp_path / "fp16" / "checkpoints" / "step_00000002")
+    state["scaler"] = {"scale": 1024.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+                       "_growth_tracker": 0}
+    ckpt.save_state(tmp_path / "fp16" / "checkpoints", 3, state, {})
+    t = run(tmp_path, monkeypatch, "fp16", const_task(), resume=True)
+    assert t.scaler is None and t.start_step == 2 and t.outcome.status == "done"
