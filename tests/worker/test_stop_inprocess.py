@@ -201,6 +201,13 @@ def test_should_stop_sends_this_ranks_request_and_keeps_its_reason(monkeypatch):
     assert stop.requested() == "SIGUSR1"
 
 
+def test_an_explicit_device_is_used_whatever_the_backend(monkeypatch):
+    group = FakeGroup(monkeypatch, others=0, backend="nccl")  # nccl would mean the current GPU
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert stop.should_stop(torch.device("cpu")) is False
+    assert group.reduced[0][2] == torch.device("cpu")
+
+
 def test_should_stop_is_false_when_no_rank_asked(monkeypatch):
     FakeGroup(monkeypatch, others=0)
     assert stop.should_stop() is False
