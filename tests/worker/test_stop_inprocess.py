@@ -240,8 +240,10 @@ def test_a_torch_without_the_worker_hook_gets_a_warning(monkeypatch, capfd):
     monkeypatch.delattr(signal_handling, "_set_worker_signal_handlers")
     stop.shield_loader_workers()
     err = capfd.readouterr().err
-    assert "hpcgpu: warning: this torch has no DataLoader worker signal hook" in err
-    assert "the whole process group can kill loader workers before their rank checkpoints" in err
+    # one line, starting with the prefix every hpcgpu line has, naming the hook and the risk
+    assert err.startswith("hpcgpu: warning: this torch has no DataLoader worker signal hook; a stop signal "
+                          "sent to the whole process group")
+    assert err.endswith("can kill loader workers before their rank checkpoints\n") and err.count("\n") == 1
 
 
 class FakeSignal:
