@@ -242,3 +242,21 @@ def test_the_loader_pins_memory_only_for_a_gpu(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer_mod, "make_loader", spy)
     fit(context(tmp_path, "pin", train={"batch_size": 8}), const_task())
     assert seen == [False]
+
+
+def test_checkpoint_lines_start_a_line_of_their_own_under_the_progress_bar(tmp_path, monkeypatch, capsys):
+    rig(monkeypatch)
+    fit(context(tmp_path, "bar", train={"batch_size": 8}, checkpoint={"every_steps": 2},
+                logging={"progress": "bar"}, console_tty=True), const_task())
+    out = capsys.readouterr().out
+    assert "\r[" in out  # the bar was drawn
+    segments = re.split(r"[\r\n]", out)
+    saved = [s for s in segments if "hpcgpu: checkpoint step" in s]
+    assert len(saved) == 2 and all(s.startswith("hpcgpu: checkpoint step") for s in saved)
+
+
+def test_only_rank_0_writes_checkpoints(tmp_path, monkeypatch):
+    rig(monkeypatch)
+    t = fit(context(tmp_path, "rank1", rank=1, world_size=2, train={"batch_size": 4}), const_task())
+    assert t.outcome.step == 4 and t.saver.async_save is False
+    assert not (tmp_path / "rank1" / "checkpoints").exists() or not list((tmp_path / "rank1" / "checkpoints").iterdir())
