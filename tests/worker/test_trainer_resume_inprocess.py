@@ -6,6 +6,7 @@ different world size keeps the position in samples; each rank gets its own RNG s
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -154,7 +155,7 @@ def test_a_finished_run_resumed_trains_nothing_and_reports_no_final_loss(tmp_pat
 
 def test_a_fresh_run_says_it_starts_at_step_0(tmp_path, monkeypatch, capsys):
     run(tmp_path, monkeypatch, "fresh", const_task(), train={"batch_size": 8}, resume=True)
-    assert "hpcgpu: no checkpoint to resume from: starting at step 0" in capsys.readouterr().out
+    assert re.search(r"^hpcgpu: no checkpoint to resume from: starting at step 0$", capsys.readouterr().out, re.M)
 
 
 def test_a_checkpoint_of_another_strategy_is_refused_naming_train_strategy(tmp_path, monkeypatch):
