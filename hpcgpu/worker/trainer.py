@@ -159,6 +159,8 @@ class Trainer:
         self.step, self.epoch, batches = p["step"], p["epoch"], p["batch_in_epoch"]
         if p["world_size"] != self.info.world_size:  # keep the position in samples, not in batches
             batches = batches * p["world_size"] // self.info.world_size // self.cfg.grad_accum * self.cfg.grad_accum
+            if batches >= self.steps_per_epoch * self.cfg.grad_accum:  # more ranks, shorter epochs: this one is done
+                self.epoch, batches = self.epoch + 1, 0
         self.batch_in_epoch = batches
         self.start_step = self.step
         # train.epochs ends the run where the epochs end, whatever the world size now: steps left
