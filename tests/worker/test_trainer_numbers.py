@@ -47,7 +47,7 @@ def test_the_logged_loss_is_the_mean_over_the_steps_since_the_last_log(tmp_path,
     t = fit(context(tmp_path, "log", train={"batch_size": 4, "log_every": 3}), const_task(b=0.5), clock)
     (progress,) = RecordingProgress.made
     assert [u[0] for u in progress.updates] == [1, 2, 3, 4, 5, 6, 7, 8]  # every step updates the bar
-    assert [u[1] for u in progress.updates] == [0] * 7 + [1]  # the epoch ends with step 8
+    assert [u[1] for u in progress.updates] == [0] * 8  # step 8 ends epoch 0 and is shown in it
     # 4 samples per step, 0.25 s per step: 16 samples/s, whatever the number of steps between logs
     assert logged(progress) == [(3, 0.25, 0.1, 16.0), (6, 0.25, 0.1, 16.0), (8, 0.25, 0.1, 16.0)]
     (metrics,) = RecordingMetrics.made
@@ -133,7 +133,8 @@ def test_a_partial_epoch_is_reported_as_a_fraction_of_the_epoch(tmp_path, monkey
     t = fit(ctx, const_task(samples=32, flops=1e9), clock)
     out = capsys.readouterr().out
     assert (t.epoch, t.batch_in_epoch) == (0, 6)
-    assert "hpcgpu: done at step 3 (0.75 epochs): final loss 0.2500, 32 samples/s, 0.03 TFLOP/s" in out
+    assert ("hpcgpu: done at step 3 (0.75 epochs): final loss 0.2500 (the last step, mean over ranks), "
+            "32 samples/s, 0.03 TFLOP/s") in out
     assert f"hpcgpu: checkpoints in {tmp_path / 'part' / 'checkpoints'} (last: " in out
     assert "step_00000003)" in out
     assert "final_loss=0.25\n" in out
@@ -143,7 +144,8 @@ def test_progress_lines_are_printed_on_rank_0_only(tmp_path, monkeypatch, capsys
     rig(monkeypatch)
     fit(context(tmp_path, "r0", train={"batch_size": 8, "log_every": 2}, logging={"progress": "lines"}), const_task())
     out = capsys.readouterr().out
-    assert "step 2/4 epoch 0 loss 0.2500 lr 0.1" in out and "step 4/4 epoch 1 loss 0.2500 lr 0.1" in out
+    # one epoch of 4 steps: its last step is shown in it
+    assert "step 2/4 epoch 0 loss 0.2500 lr 0.1" in out and "step 4/4 epoch 0 loss 0.2500 lr 0.1" in out
     fit(context(tmp_path, "r1", rank=1, world_size=2, train={"batch_size": 4, "log_every": 2},
                 logging={"progress": "lines"}), const_task())
     assert not PROGRESS_LINE.search(capsys.readouterr().out)

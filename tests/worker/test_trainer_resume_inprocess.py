@@ -119,8 +119,9 @@ def test_resuming_on_more_ranks_keeps_the_position_in_samples(tmp_path, monkeypa
     out = capsys.readouterr().out
     assert ": step 5, epoch 0, batch 6 of 8 in the epoch" in out
     assert "hpcgpu: warning: checkpoint saved with 2 ranks, resuming on 3" in out
-    # total 8 steps: step 6 ends epoch 0, steps 7 and 8 are 4 micro-batches of epoch 1
-    assert (t.outcome.step, t.epoch, t.batch_in_epoch) == (8, 1, 4)
+    # the run ends where train.epochs (2) ends, counted in 3-rank steps: step 6 ends epoch 0,
+    # steps 7-10 are epoch 1 (it used to stop at step 8, the 2-rank total, mid-epoch)
+    assert (t.outcome.step, t.epoch, t.batch_in_epoch) == (10, 2, 0)
 
 
 def test_resuming_on_more_ranks_at_the_end_of_their_shorter_epoch_starts_the_next_epoch(tmp_path, monkeypatch,
@@ -134,8 +135,8 @@ def test_resuming_on_more_ranks_at_the_end_of_their_shorter_epoch_starts_the_nex
     t = run(tmp_path, monkeypatch, "edge", const_task(samples=32), resume=True, rank=0, world_size=3,
             train={"batch_size": 2, "grad_accum": 2, "epochs": 3})
     assert ": step 3, epoch 1, batch 0 of 4 in the epoch" in capsys.readouterr().out
-    # 3 epochs of 2 steps: 6 steps; steps 4 and 5 are epoch 1, step 6 the first of epoch 2
-    assert (t.outcome.status, t.outcome.step, t.epoch, t.batch_in_epoch) == ("done", 6, 2, 2)
+    # epochs 1 and 2 are left, 2 steps each on 3 ranks: steps 4-7, ending where epoch 2 ends
+    assert (t.outcome.status, t.outcome.step, t.epoch, t.batch_in_epoch) == ("done", 7, 3, 0)
 
 
 def test_a_changed_spec_is_named_when_resuming(tmp_path, monkeypatch, capsys):

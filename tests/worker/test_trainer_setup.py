@@ -71,9 +71,9 @@ def unvalidated(tmp_path, name, **train):
     return ctx
 
 
-def test_mixed_precision_on_the_cpu_is_refused_by_the_trainer_itself(tmp_path):
-    with pytest.raises(UserError, match="train.precision bf16 needs CUDA GPUs; this rank runs on cpu"):
-        trainer_mod.Trainer(unvalidated(tmp_path, "bf16", precision="bf16"), const_task())._build()
+def test_fp16_on_the_cpu_is_refused_by_the_trainer_itself(tmp_path):
+    with pytest.raises(UserError, match="train.precision fp16 needs CUDA GPUs; this rank runs on cpu"):
+        trainer_mod.Trainer(unvalidated(tmp_path, "fp16", precision="fp16"), const_task())._build()
 
 
 def test_dp_on_several_ranks_is_refused_by_the_trainer_itself(tmp_path):
