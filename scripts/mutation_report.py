@@ -62,7 +62,7 @@ def report(results: dict[str, int | None], equivalents: dict[str, str]) -> tuple
     survivors, stale = [], []
     for name, code in results.items():
         status = classify(code)
-        if name in equivalents:
+        if name in equivalents and status != "not run":
             if status != "survived":
                 stale.append(f"{name}: listed as equivalent but {status}")
             status = "equivalent"

@@ -58,3 +58,19 @@ def test_a_submission_refuses_an_assumed_gpu_count(monkeypatch):
     with pytest.raises(UserError) as info:
         slurm_backend.SlurmBackend().preflight(plan(rows=()))
     assert info.value.message.startswith("not submitted: resources.gpus_per_node 'all' taken as 8")
+
+
+def test_the_assumption_is_said_in_full():
+    assert gpus_of_every_node(None, ()) == (8, (
+        "resources.gpus_per_node 'all' taken as 8 GPUs per node: the compute nodes' GPUs are not known here "
+        "(no sinfo answer for the partition); give --gpus-per-node N"))
+
+
+def test_a_default_partition_whose_name_ends_in_x_is_still_found():
+    # only the '*' sinfo puts after the default partition is dropped, not the name's own letters
+    assert gpus_of_every_node("boxX", ("boxX*|2|gpu:2|8|1000",)) == (2, "")
+
+
+def test_rows_with_the_gres_column_are_enough_and_shorter_ones_are_not():
+    assert gpus_of_every_node("gpu", ("gpu*|4|gpu:4",)) == (4, "")  # %P|%D|%G: three columns suffice
+    assert gpus_of_every_node("gpu", ("gpu*|4",))[0] == 8  # no GRES column: not known, assumed
