@@ -4,23 +4,9 @@ stopped because of it after, and a hint for the well-known failures only."""
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass
-from typing import Any
 
+from tests.helpers.elastic_fakes import Failure
 from hpcgpu.agent.failure import describe_failure
-
-
-@dataclass
-class Failure:
-    """What torch elastic's ProcessFailure offers describe_failure."""
-
-    exitcode: int
-    local_rank: int
-    pid: int
-    message: Any = ""
-
-    def signal_name(self) -> str:
-        return signal.Signals(-self.exitcode).name if self.exitcode < 0 else "<N/A>"
 
 
 TERM = -signal.SIGTERM

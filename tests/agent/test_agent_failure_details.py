@@ -4,23 +4,9 @@ shapes, the hints' wording a user acts on, and reading the end of a large rank l
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass
-from typing import Any
 
+from tests.helpers.elastic_fakes import Failure
 from hpcgpu.agent.failure import describe_failure, log_tail
-
-
-@dataclass
-class Failure:
-    """What torch elastic's ProcessFailure offers describe_failure."""
-
-    exitcode: int
-    local_rank: int
-    pid: int
-    message: Any = ""
-
-    def signal_name(self) -> str:
-        return signal.Signals(-self.exitcode).name if self.exitcode < 0 else "<N/A>"
 
 
 TERM = -signal.SIGTERM
