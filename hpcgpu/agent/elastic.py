@@ -2,7 +2,7 @@
 
 torch elastic is the agent's engine (what torchrun runs). hpcgpu needs five things it does not do:
 forward Slurm's USR1/USR2, wait less than 30 s for survivors after a rank failure, treat a group
-that stopped cleanly (exit 75) as final under max_restarts, keep single-node stores on loopback,
+that stopped cleanly (exit 75) as final under max_restarts, keep stores on the address they are for,
 and give restarted ranks a fresh store. The public knobs are used where they exist (LaunchConfig
 fields, environment variables); the rest patches private internals, so each patch checks that
 what it replaces exists and otherwise warns once and leaves torch as it is
@@ -128,12 +128,12 @@ def make_clean_stops_final() -> None:
 _on_restart: Callable[[dict, int, int], None] = lambda failures, attempt, attempts: None
 
 
-def keep_rank_store_on_loopback(handler: Any, make_store: Callable[[str, int], Any]) -> None:
-    """The store the ranks share (MASTER_ADDR:MASTER_PORT) is made by the rendezvous handler: on a
-    single node, make it with make_store (listening on 127.0.0.1 only)."""
+def bind_rank_store(handler: Any, make_store: Callable[[str, int], Any]) -> None:
+    """The store the ranks share (MASTER_ADDR:MASTER_PORT) is made by the rendezvous handler: make it
+    with make_store (listening on 127.0.0.1 only for one node, on the head's address for several)."""
     if not hasattr(handler, "_create_tcp_store_server"):
         warn_once("DynamicRendezvousHandler._create_tcp_store_server",
-                  "the ranks' store of a single-node run listens on every interface")
+                  "the ranks' store listens on every interface")
         return
     handler._create_tcp_store_server = make_store
 

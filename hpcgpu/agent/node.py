@@ -23,6 +23,7 @@ from hpcgpu.backends import node_facts
 from hpcgpu.contract import envnames, exitcodes
 from hpcgpu.contract.console import ConsoleFollower
 from hpcgpu.contract.errors import UserError
+from hpcgpu.contract.netaddr import NodeAddress, ifname_defaults, node_address
 from hpcgpu.contract.node import NodeFacts
 from hpcgpu.contract.plan import REDACTED, Plan
 from hpcgpu.contract.runfiles import count_elastic_restart, make_private_dir, write_result
@@ -77,7 +78,7 @@ def rank_environment(plan: Plan, environ: Mapping[str, str], withheld: Mapping[s
     return out
 
 
-def _launch_config(plan: Plan, node: NodeFacts, environ: dict):
+def _launch_config(plan: Plan, node: NodeFacts, environ: dict, address: Optional[NodeAddress] = None):
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
 
     from hpcgpu.agent.elastic import launch_config
@@ -95,9 +96,11 @@ def _launch_config(plan: Plan, node: NodeFacts, environ: dict):
         rdzv_endpoint=node.endpoint,
         rdzv_backend=RDZV_BACKEND,
         rdzv_configs={"join_timeout": dist["rdzv_timeout_s"], "is_host": node.is_head,
-                      "loopback": single, "node_rank": node.node_rank},
-        # single node: the ranks reach the store at 127.0.0.1 (MASTER_ADDR), where it listens
-        local_addr="127.0.0.1" if single else None,
+                      "loopback": single, "node_rank": node.node_rank,
+                      "bind": address.addr if address and address.addr else ""},
+        # single node: the ranks reach the store at 127.0.0.1 (MASTER_ADDR), where it listens; several:
+        # the address that routes to the endpoint (never the host name's: see contract/netaddr.py)
+        local_addr="127.0.0.1" if single else (address.addr if address else None),
         max_restarts=dist["max_restarts"],
         monitor_interval=0.1,
         shutdown_timeout=dist["stop_grace_s"],
@@ -113,14 +116,31 @@ def run_node(plan: Plan, environ: Optional[Mapping[str, str]] = None,
     added = rank_environment(plan, environ, withheld or {})
     added[envnames.JOB_RESTARTS] = str(node.restarts)
     added[envnames.CONSOLE_TTY] = "1" if sys.stdout.isatty() else "0"
+    address = None
+    if node.nnodes > 1:
+        address, net = network_environment(node, {**os.environ, **added})
+        added.update(net)
     os.environ.update(added)
     ckpt_dir = Path(plan.ckpt_dir)
     if not ckpt_dir.exists():
         make_private_dir(ckpt_dir)  # checkpoints hold the model: owner only
-    code = _run_ranks(plan, node)
+    code = _run_ranks(plan, node, address)
     if node.is_head:
         write_result(Path(plan.run_dir), code)  # status after the scheduler forgot the job
     return code
+
+
+def network_environment(node: NodeFacts, environ: Mapping[str, str]) -> tuple[NodeAddress, dict[str, str]]:
+    """Several nodes: this node's address toward the rendezvous endpoint and its interface, as
+    GLOO_SOCKET_IFNAME/NCCL_SOCKET_IFNAME for the ranks (unless set), and why (said on stderr and in
+    HPCGPU_NETWORK, which each rank's log repeats)."""
+    address = node_address(node.endpoint)
+    added, notes = ifname_defaults(address, environ)
+    why = f"node {node.node_rank} network: {address.reason}" + (
+        f"; {', '.join(notes)}" if notes else "")
+    print(f"hpcgpu: {why}", file=sys.stderr, flush=True)
+    added[envnames.NETWORK] = why
+    return address, added
 
 
 def entry_words(entry: dict) -> tuple[str, ...]:
@@ -133,7 +153,7 @@ def entry_words(entry: dict) -> tuple[str, ...]:
     return (*((target,) if isinstance(target, str) else target), *entry.get("args", []))
 
 
-def _run_ranks(plan: Plan, node: NodeFacts) -> int:
+def _run_ranks(plan: Plan, node: NodeFacts, address: Optional[NodeAddress] = None) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous.api import RendezvousError
@@ -157,7 +177,7 @@ def _run_ranks(plan: Plan, node: NodeFacts) -> int:
 
     adjust_torch_elastic(on_restart)
     register_rendezvous()
-    config = _launch_config(plan, node, os.environ)  # type: ignore[arg-type]
+    config = _launch_config(plan, node, os.environ, address)  # type: ignore[arg-type]
     started = time.time()
     follower = ConsoleFollower(run_dir, sys.stdout.buffer).start()
     try:

@@ -1,7 +1,8 @@
 """Rendezvous of node agents: where nodes meet, on a store that stays on loopback for one node.
 
 torch elastic's c10d rendezvous runs underneath; hpcgpu registers its own handler factory so it can
-(1) bind single-node stores to 127.0.0.1 (TCPStore binds every interface otherwise), (2) give every
+(1) bind single-node stores to 127.0.0.1, and a multi-node head's stores to the address the other
+nodes reach it at (TCPStore binds every interface otherwise), (2) give every
 restart a fresh store for the ranks, and (3) record which nodes arrived, so a rendezvous that times
 out names the missing nodes. Imports torch lazily (the node agent's layer).
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import socket
 
-from hpcgpu.agent.elastic import fresh_rank_store_per_attempt, keep_rank_store_on_loopback, warn_once
+from hpcgpu.agent.elastic import bind_rank_store, fresh_rank_store_per_attempt, warn_once
 from hpcgpu.contract.node import NodeFacts
 
 
@@ -19,8 +20,8 @@ RDZV_BACKEND = "hpcgpu"
 _rdzv: dict = {}
 
 
-def _tcp_store(host: str, port: int, is_master: bool, loopback: bool, timeout_s: float):
-    """A TCPStore; on a single node its server listens on 127.0.0.1 only.
+def _tcp_store(host: str, port: int, is_master: bool, loopback: bool, timeout_s: float, bind: str = ""):
+    """A TCPStore; on a single node its server listens on 127.0.0.1 only, else on `bind` if given.
 
     TCPStore's server binds every interface (`::`) whatever host it is given (torch 2.13, libuv and
     legacy backends alike), so a single-node run would accept connections from the network. Given
@@ -31,26 +32,27 @@ def _tcp_store(host: str, port: int, is_master: bool, loopback: bool, timeout_s:
     from torch.distributed import TCPStore
 
     timeout = timedelta(seconds=timeout_s)
-    if not (is_master and loopback):
+    listen = "127.0.0.1" if loopback else bind
+    if not (is_master and listen):
         return TCPStore(host, port, is_master=is_master, multi_tenant=True, timeout=timeout)
     try:
-        fd, bound = _loopback_listener(port)
+        fd, bound = _listener(listen, port)
         return TCPStore(host, bound, is_master=True, multi_tenant=True, master_listen_fd=fd, timeout=timeout)
     except (RuntimeError, ValueError) as e:
         # Before torch 2.8 the libuv store (the default since 2.4) could not take a listening socket
         # (pytorch#150215); the legacy backend always could. A fresh socket: the first may be gone.
         warn_once("TCPStore(master_listen_fd=) with the libuv backend",
                   f"the store uses torch's legacy TCPStore backend ({e})")
-        fd, bound = _loopback_listener(port)
+        fd, bound = _listener(listen, port)
         return TCPStore(host, bound, is_master=True, multi_tenant=True, master_listen_fd=fd, use_libuv=False,
                         timeout=timeout)
 
 
-def _loopback_listener(port: int) -> tuple[int, int]:
-    """A socket listening on 127.0.0.1:port (0: a free port), detached (the store owns and closes it),
+def _listener(addr: str, port: int) -> tuple[int, int]:
+    """A socket listening on addr:port (port 0: a free one), detached (the store owns and closes it),
     and the port it listens on."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", port))
+    sock.bind((addr, port))
     sock.listen(1024)
     bound = sock.getsockname()[1]
     return sock.detach(), bound
@@ -74,9 +76,11 @@ def _create_rdzv_handler(params):
     loopback = bool(params.get_as_bool("loopback", False))
     node_rank = params.get_as_int("node_rank", 0)
     join_s = params.get_as_int("join_timeout", 600)
+    #: several nodes: the head's address toward the endpoint ("" unknown: every interface, torch's way)
+    bind = params.get("bind", "") or ""
     try:
         # the connect waits up to the join timeout (the head may start later than this node) ...
-        store = _tcp_store(host, port, is_host, loopback, join_s)
+        store = _tcp_store(host, port, is_host, loopback, join_s, bind=bind)
     except (RuntimeError, ValueError, TimeoutError) as e:
         what = "could not listen on" if is_host else "could not reach the head node (node 0) at"
         raise RendezvousConnectionError(f"{what} {params.endpoint} within {join_s} s: {e}") from None
@@ -88,8 +92,9 @@ def _create_rdzv_handler(params):
         name = RDZV_BACKEND
 
     handler = create_handler(store, Backend(store, params.run_id), params)
-    if loopback:
-        keep_rank_store_on_loopback(handler, lambda addr, port: _tcp_store("127.0.0.1", port, True, True, 300))
+    if loopback or bind:
+        # the ranks' store (MASTER_ADDR:MASTER_PORT) where the node agents' store listens
+        bind_rank_store(handler, lambda addr, port: _tcp_store(addr, port, True, loopback, 300, bind=bind))
     fresh_rank_store_per_attempt(handler)
     return handler
 

@@ -27,3 +27,5 @@ HOME = "HPCGPU_HOME"
 RDZV_ENDPOINT = "HPCGPU_RDZV_ENDPOINT"
 #: this node's index in a multi-node run started without a scheduler
 NODE_RANK = "HPCGPU_NODE_RANK"
+#: several nodes: the address and interface this node's ranks use, and why (set by the node agent)
+NETWORK = "HPCGPU_NETWORK"

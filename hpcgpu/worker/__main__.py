@@ -46,6 +46,8 @@ def redirect_output(run_dir: Path, info: RankInfo) -> Path:
           f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}, job restart "
           f"{os.environ.get(envnames.JOB_RESTARTS, '0')}) pid {os.getpid()} on {socket.gethostname()} "
           f"at {time.strftime('%Y-%m-%d %H:%M:%S %z')} ====", flush=True)
+    if os.environ.get(envnames.NETWORK):  # several nodes: which interface, and why (agent/node.py)
+        print(f"hpcgpu: {os.environ[envnames.NETWORK]}", flush=True)
     return log
 
 

@@ -242,7 +242,7 @@ def test_the_installed_torch_handler_has_the_private_parts():
     assert "self._shared_tcp_store_server" in init and "self._bootstrap_store_info" in init
 
 
-def test_keep_rank_store_on_loopback_replaces_the_store_factory(capsys):
+def test_bind_rank_store_replaces_the_store_factory(capsys):
     handler = Handler()
     made = []
 
@@ -250,15 +250,15 @@ def test_keep_rank_store_on_loopback_replaces_the_store_factory(capsys):
         made.append((addr, port))
         return "loopback store"
 
-    elastic.keep_rank_store_on_loopback(handler, make_store)
+    elastic.bind_rank_store(handler, make_store)
     assert handler._create_tcp_store_server("10.0.0.1", 29500) == "loopback store"
     assert made == [("10.0.0.1", 29500)] and capsys.readouterr().err == ""
 
 
-def test_keep_rank_store_on_loopback_without_the_factory_warns_once(capsys):
+def test_bind_rank_store_without_the_factory_warns_once(capsys):
     handler = types.SimpleNamespace()
-    elastic.keep_rank_store_on_loopback(handler, lambda a, p: None)
-    elastic.keep_rank_store_on_loopback(handler, lambda a, p: None)
+    elastic.bind_rank_store(handler, lambda a, p: None)
+    elastic.bind_rank_store(handler, lambda a, p: None)
     assert vars(handler) == {}
     err = capsys.readouterr().err
     assert err.count("hpcgpu: warning:") == 1 and "_create_tcp_store_server" in err and "every interface" in err

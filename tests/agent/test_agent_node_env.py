@@ -74,3 +74,36 @@ def test_no_markers_or_no_exit_dir_is_none(tmp_path):
     (tmp_path / "exit").mkdir()
     marker(tmp_path, 0, "done", 10.0)
     assert _stopped_markers(tmp_path, 0.0) == []
+
+
+# ---------------------------------------------------------------- several nodes: the network
+
+
+def two_node_facts(endpoint: str, node_rank: int = 1):
+    from hpcgpu.contract.node import NodeFacts
+
+    return NodeFacts(nnodes=2, node_rank=node_rank, endpoint=endpoint, rdzv_id="r", restarts=0, host="h")
+
+
+def test_several_nodes_get_the_interface_toward_the_endpoint_for_gloo_and_nccl_and_the_reason():
+    from hpcgpu.agent.node import network_environment
+    from tests.agent.test_agent_rendezvous import non_loopback_address
+
+    addr = non_loopback_address()
+    if addr is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    address, added = network_environment(two_node_facts(f"{addr}:29400"), {"NCCL_SOCKET_IFNAME": "ib0"})
+    assert address.addr == addr and address.ifname != "lo"
+    assert added["GLOO_SOCKET_IFNAME"] == address.ifname and "NCCL_SOCKET_IFNAME" not in added
+    assert f"{addr}:29400" in added["HPCGPU_NETWORK"] and "NCCL_SOCKET_IFNAME=ib0 (yours, kept)" in added["HPCGPU_NETWORK"]
+
+
+def test_several_nodes_advertise_the_chosen_address_and_bind_the_stores_to_it():
+    from hpcgpu.agent.node import _launch_config
+    from hpcgpu.contract.netaddr import NodeAddress
+
+    plan = plan_for("resources: {nodes: 2, gpus_per_node: 0}\n")
+    address = NodeAddress(addr="10.231.10.1", ifname="veth-a", reason="test")
+    config = _launch_config(plan, two_node_facts("10.231.10.1:29400", node_rank=0), {}, address)
+    assert config.local_addr == "10.231.10.1"  # MASTER_ADDR on the head: not the host name
+    assert config.rdzv_configs["bind"] == "10.231.10.1" and config.rdzv_configs["loopback"] is False

@@ -114,6 +114,25 @@ def test_without_loopback_the_store_listens_everywhere():
     assert found & {"0.0.0.0", "::"}
 
 
+@needs_proc
+def test_a_multi_node_heads_stores_listen_on_its_address_toward_the_other_nodes_only(monkeypatch):
+    """Several nodes: the node agents' store and the ranks' store listen on the address the agent
+    chose (contract/netaddr.py), not on loopback and not on every interface."""
+    addr = non_loopback_address()
+    if addr is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    monkeypatch.setattr(rendezvous, "_rdzv", {})
+    params = RendezvousParameters(backend="hpcgpu", endpoint=f"{addr}:0", run_id="job-2n", min_nodes=2,
+                                  max_nodes=2, is_host=True, loopback=False, node_rank=0, join_timeout=30,
+                                  bind=addr)
+    handler = _create_rdzv_handler(params)
+    agents_store = rendezvous._rdzv["store"]
+    assert listening_addresses(agents_store.port) == {addr}
+    assert not connects("127.0.0.1", agents_store.port)
+    ranks_store = handler._create_tcp_store_server(addr, 0)
+    assert listening_addresses(ranks_store.port) == {addr}
+
+
 def test_the_registered_handler_is_torchs_c10d_handler_with_hpcgpus_adjustments(monkeypatch):
     monkeypatch.setattr(rendezvous, "_rdzv", {})
     params = RendezvousParameters(backend="hpcgpu", endpoint="127.0.0.1:0", run_id="job-0", min_nodes=1,

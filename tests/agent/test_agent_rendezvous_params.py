@@ -30,7 +30,7 @@ def calls(monkeypatch):
     made = []
     real = rendezvous._tcp_store
 
-    def recording(host, port, is_master, loopback, timeout_s):
+    def recording(host, port, is_master, loopback, timeout_s, bind=""):
         made.append(dict(host=host, port=port, is_master=is_master, loopback=loopback, timeout_s=timeout_s))
         return real("127.0.0.1", 0, True, True, 30)
 
@@ -65,7 +65,7 @@ def test_store_operations_wait_torchs_60_s_by_default_or_the_read_timeout(calls)
 def failing(monkeypatch):
     monkeypatch.setattr(rendezvous, "_rdzv", {})
 
-    def refuse(*_args):
+    def refuse(*_args, **_kw):
         raise RuntimeError("connection refused")
 
     monkeypatch.setattr(rendezvous, "_tcp_store", refuse)
