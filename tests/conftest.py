@@ -10,6 +10,7 @@ pytest_plugins = [
     "tests.helpers.slurm_cluster",  # slurm_cluster, slurm, cancel_jobs
     "tests.helpers.container_image",  # test_image, machine_args, podman_run
     "tests.helpers.gpu_tier",  # skips gpu-marked tests where torch sees no CUDA device
+    "tests.helpers.netns",  # netns_pair: two network namespaces joined by a veth pair (root)
 ]
 
 

@@ -1,9 +1,9 @@
 """Every adjustment hpcgpu makes to torch elastic, in one place, each guarded by a feature check.
 
-torch elastic is the agent's engine (what torchrun runs). hpcgpu needs five things it does not do:
+torch elastic is the agent's engine (what torchrun runs). hpcgpu needs six things it does not do:
 forward Slurm's USR1/USR2, wait less than 30 s for survivors after a rank failure, treat a group
 that stopped cleanly (exit 75) as final under max_restarts, keep stores on the address they are for,
-and give restarted ranks a fresh store. The public knobs are used where they exist (LaunchConfig
+give restarted ranks a fresh store, and number the nodes by node rank. The public knobs are used where they exist (LaunchConfig
 fields, environment variables); the rest patches private internals, so each patch checks that
 what it replaces exists and otherwise warns once and leaves torch as it is
 (tests/agent/test_agent_elastic.py pins each one against the installed torch).
@@ -152,6 +152,61 @@ def fresh_rank_store_per_attempt(handler: Any) -> None:
         return join()
 
     handler.next_rendezvous = next_rendezvous
+
+
+def order_nodes_by_rank(handler: Any, node_rank: int) -> None:
+    """Make the rendezvous number the nodes by their node rank (node R runs ranks R*nproc ...), as
+    the plan's rank table says. torch sorts the participants by (address, pid): rank 0 would land
+    on whichever node's address sorts first ("10.0.0.10" before "10.0.0.9"), away from the head that
+    writes result.json, and with its checkpoints on that node's disk."""
+    node = getattr(handler, "_this_node", None)
+    executor = getattr(handler, "_op_executor", None)
+    if node is None or getattr(executor, "_node", None) is not node or not hasattr(node, "local_id"):
+        warn_once("DynamicRendezvousHandler._this_node/_op_executor._node",
+                  "global ranks follow torch's order of the nodes (by address), not the node ranks")
+        return
+    ranked = ranked_node_class()(node.addr, node.pid, node.local_id, node_rank)
+    handler._this_node = executor._node = ranked
+
+
+_ranked_node: Optional[type] = None
+
+
+def ranked_node_class() -> type:
+    """torch's node descriptor with the node rank in front of its sort order (made on first use:
+    torch is imported lazily; pickle finds it as hpcgpu.agent.elastic._RankedNode on every node)."""
+    global _ranked_node
+    if _ranked_node is None:
+        from torch.distributed.elastic.rendezvous.dynamic_rendezvous import _NodeDesc
+
+        def key(n):
+            return (getattr(n, "node_rank", 0), n.addr, n.pid, n.local_id)
+
+        @dataclasses.dataclass(eq=True, frozen=True, repr=False)
+        class _RankedNode(_NodeDesc):
+            node_rank: int = 0
+
+            def __lt__(self, other):
+                return key(self) < key(other)
+
+            def __gt__(self, other):
+                return key(self) > key(other)
+
+            def __le__(self, other):
+                return key(self) <= key(other)
+
+            def __ge__(self, other):
+                return key(self) >= key(other)
+
+        _RankedNode.__module__, _RankedNode.__qualname__ = __name__, "_RankedNode"
+        _ranked_node = _RankedNode
+    return _ranked_node
+
+
+def __getattr__(name: str) -> Any:
+    if name == "_RankedNode":  # unpickling the rendezvous state on a node that has not made it yet
+        return ranked_node_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def adjust_torch_elastic(on_restart: Optional[Callable[[dict, int, int], None]] = None) -> None:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Mapping, Optional
 
+from hpcgpu.agent.agreement import shared_view
 from hpcgpu.backends import node_facts
 from hpcgpu.contract import envnames, exitcodes
 from hpcgpu.contract.console import ConsoleFollower
@@ -97,7 +98,8 @@ def _launch_config(plan: Plan, node: NodeFacts, environ: dict, address: Optional
         rdzv_backend=RDZV_BACKEND,
         rdzv_configs={"join_timeout": dist["rdzv_timeout_s"], "is_host": node.is_head,
                       "loopback": single, "node_rank": node.node_rank,
-                      "bind": address.addr if address and address.addr else ""},
+                      "bind": address.addr if address and address.addr else "",
+                      **({} if single else {"plan": json.dumps(shared_view(plan), sort_keys=True)})},
         # single node: the ranks reach the store at 127.0.0.1 (MASTER_ADDR), where it listens; several:
         # the address that routes to the endpoint (never the host name's: see contract/netaddr.py)
         local_addr="127.0.0.1" if single else (address.addr if address else None),
@@ -161,7 +163,7 @@ def _run_ranks(plan: Plan, node: NodeFacts, address: Optional[NodeAddress] = Non
 
     from hpcgpu.agent.elastic import adjust_torch_elastic
     from hpcgpu.agent.failure import describe_failure
-    from hpcgpu.agent.rendezvous import describe_rdzv_failure, register_rendezvous
+    from hpcgpu.agent.rendezvous import describe_rdzv_failure, leave, register_rendezvous
 
     run_dir = Path(plan.run_dir)
     dist = plan.spec["distributed"]
@@ -208,3 +210,4 @@ def _run_ranks(plan: Plan, node: NodeFacts, address: Optional[NodeAddress] = Non
         return 130
     finally:
         follower.stop()
+        leave(node)

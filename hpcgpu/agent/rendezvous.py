@@ -9,9 +9,12 @@ out names the missing nodes. Imports torch lazily (the node agent's layer).
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 
-from hpcgpu.agent.elastic import bind_rank_store, fresh_rank_store_per_attempt, warn_once
+from hpcgpu.agent.agreement import differences
+from hpcgpu.agent.elastic import bind_rank_store, fresh_rank_store_per_attempt, order_nodes_by_rank, warn_once
 from hpcgpu.contract.node import NodeFacts
 
 
@@ -52,6 +55,8 @@ def _listener(addr: str, port: int) -> tuple[int, int]:
     """A socket listening on addr:port (port 0: a free one), detached (the store owns and closes it),
     and the port it listens on."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # as TCPStore's own listener: a fixed port (the endpoint of the last run) may still hold TIME_WAIT
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((addr, port))
     sock.listen(1024)
     bound = sock.getsockname()[1]
@@ -60,6 +65,41 @@ def _listener(addr: str, port: int) -> tuple[int, int]:
 
 def _arrival_key(run_id: str, node_rank: int) -> str:
     return f"hpcgpu/{run_id}/arrived/{node_rank}"
+
+
+#: node 0's shared plan view (agent/agreement.py); not under the run id: a node with another run id is refused too
+PLAN_KEY = "hpcgpu/plan"
+
+
+def _refused_key(node_rank: int) -> str:
+    return f"hpcgpu/refused/{node_rank}"
+
+
+def _agree_on_plan(store, is_host: bool, node_rank: int, view_json: str) -> None:
+    """Node 0 publishes its plan view; another node compares its own and refuses to join a run whose
+    plan differs (leaving the reason for node 0's failure report)."""
+    from torch.distributed.elastic.rendezvous.api import RendezvousError
+
+    if is_host:
+        store.set(PLAN_KEY, view_json)
+        return
+    diff = differences(json.loads(view_json), json.loads(store.get(PLAN_KEY)))
+    if diff:
+        why = (f"node {node_rank} was started with another plan than node 0 (the same spec, flags and --rdzv-id "
+               "must start every node): " + "; ".join(diff))
+        store.set(_refused_key(node_rank), why)
+        raise RendezvousError(why)
+
+
+def _arrive(store, run_id: str, node_rank: int) -> None:
+    """Record this node's arrival; refuse a node rank that already arrived (two nodes started with one --node-rank)."""
+    from torch.distributed.elastic.rendezvous.api import RendezvousError
+
+    me = f"{socket.gethostname()} (pid {os.getpid()})"
+    first = store.compare_set(_arrival_key(run_id, node_rank), "", me).decode(errors="replace")
+    if first != me:
+        raise RendezvousError(f"node rank {node_rank} is taken: {first} arrived with it first; give every node "
+                              "its own --node-rank (0 to N-1)")
 
 
 def _create_rdzv_handler(params):
@@ -81,12 +121,14 @@ def _create_rdzv_handler(params):
     try:
         # the connect waits up to the join timeout (the head may start later than this node) ...
         store = _tcp_store(host, port, is_host, loopback, join_s, bind=bind)
-    except (RuntimeError, ValueError, TimeoutError) as e:
+    except (RuntimeError, ValueError, OSError) as e:  # TimeoutError is an OSError
         what = "could not listen on" if is_host else "could not reach the head node (node 0) at"
         raise RendezvousConnectionError(f"{what} {params.endpoint} within {join_s} s: {e}") from None
     store.set_timeout(timedelta(seconds=params.get_as_int("read_timeout", 60)))  # ... operations: torch's 60 s
-    store.set(_arrival_key(params.run_id, node_rank), socket.gethostname())
     _rdzv.update(store=store, run_id=params.run_id)
+    if params.get("plan") is not None:
+        _agree_on_plan(store, is_host, node_rank, params.get("plan"))
+    _arrive(store, params.run_id, node_rank)
 
     class Backend(C10dRendezvousBackend):  # torch checks the handler is named as registered
         name = RDZV_BACKEND
@@ -96,7 +138,30 @@ def _create_rdzv_handler(params):
         # the ranks' store (MASTER_ADDR:MASTER_PORT) where the node agents' store listens
         bind_rank_store(handler, lambda addr, port: _tcp_store(addr, port, True, loopback, 300, bind=bind))
     fresh_rank_store_per_attempt(handler)
+    order_nodes_by_rank(handler, node_rank)
     return handler
+
+
+def _left_key(run_id: str, node_rank: int) -> str:
+    return f"hpcgpu/{run_id}/left/{node_rank}"
+
+
+def leave(role: NodeFacts, wait_s: float = 5) -> None:
+    """After torch elastic closed this node's rendezvous: another node says so; the head waits (at most
+    wait_s) until every other node did, since its store ends with its process, and a node still closing
+    its rendezvous then fails its last store call with a C++ stack trace ("Connection reset by peer")."""
+    from datetime import timedelta
+
+    store = _rdzv.get("store")
+    if store is None or role.nnodes == 1:
+        return
+    try:
+        if not role.is_head:
+            store.set(_left_key(_rdzv["run_id"], role.node_rank), "1")
+            return
+        store.wait([_left_key(_rdzv["run_id"], i) for i in range(1, role.nnodes)], timedelta(seconds=wait_s))
+    except Exception:  # a node gone, or the head gone: nothing left to wait for
+        pass
 
 
 def register_rendezvous() -> None:
@@ -115,9 +180,17 @@ def describe_rdzv_failure(error: Exception, role: NodeFacts, timeout_s: int) -> 
         lines.append(f"  {len(arrived)} of {role.nnodes} node(s) arrived at {role.endpoint} within "
                      f"distributed.rdzv_timeout_s ({timeout_s} s); missing: "
                      + (", ".join(f"node {i}" for i in missing) or "none (they left again)"))
+        lines += [f"  refused: {_get(store, _refused_key(i))}" for i in missing if _has_key(store, _refused_key(i))]
     lines.append("  hint: check that every node started (Slurm: the job's output of the missing node) and can "
                  f"reach {role.endpoint}; raise distributed.rdzv_timeout_s if nodes start far apart")
     return "\n".join(lines)
+
+
+def _get(store, key: str) -> str:
+    try:
+        return store.get(key).decode(errors="replace")
+    except Exception:
+        return "?"
 
 
 def _has_key(store, key: str) -> bool:

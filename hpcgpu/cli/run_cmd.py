@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import sys
 
 import click
@@ -28,11 +30,26 @@ def run() -> None:
               help="Continue RUN (id, id prefix or run dir) in its own run dir, from its newest valid checkpoint "
                    "(refused when every checkpoint is broken: see --allow-restart-from-zero).")
 @allow_restart_option
+@click.option("--nnodes", default=None, metavar="N",
+              help="Several nodes without a scheduler: this run spans N nodes, each started by hand with this "
+                   "command (same spec, --nnodes, --rdzv-endpoint and --rdzv-id; its own --node-rank). "
+                   "MIN:MAX (elastic membership) is refused: the plan fixes the world size.")
+@click.option("--node-rank", type=int, default=None, metavar="R",
+              help="With --nnodes: this node's index, 0 on the head (the node at --rdzv-endpoint), 1..N-1 elsewhere. "
+                   "Ranks are numbered by it: node R runs ranks R*nproc ... (R+1)*nproc-1.")
+@click.option("--rdzv-endpoint", default=None, metavar="HOST:PORT",
+              help="With --nnodes: node 0's address (as every node can reach it) and a free TCP port there, where "
+                   "the nodes meet. Each node's ranks then talk over the interface that routes to it.")
+@click.option("--rdzv-id", default=None, metavar="ID",
+              help="With --nnodes: the run's name on every node (run id <name>-<ID>; run dir runs/<name>-<ID> on "
+                   "node 0, runs/<name>-<ID>-node<R> on node R). A new ID per run.")
 @with_dry_run_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- SCRIPT ARGS... | -- -m MODULE ARGS...]")
 def run_local(spec_file, set_items, gpus, nproc, name, max_restarts, container, dry_run, command, resume_run=None,
-              as_json=False, allow_restart=False) -> int:
-    """Run the spec's job on this machine: one node agent, one rank per GPU (or --nproc CPU ranks).
+              as_json=False, allow_restart=False, nnodes=None, node_rank=None, rdzv_endpoint=None,
+              rdzv_id=None) -> int:
+    """Run the spec's job on this machine: one node agent, one rank per GPU (or --nproc CPU ranks);
+    or this machine's part of a run over several nodes (--nnodes), like torchrun on each node.
 
     \b
     Examples:
@@ -46,12 +63,23 @@ def run_local(spec_file, set_items, gpus, nproc, name, max_restarts, container, 
       hpcgpu run local --dry-run --json      # ... as the plan.json the run would execute
       hpcgpu run local --resume demo-2026    # continue a stopped run where it left off
 
+    \b
+    Two nodes without a scheduler (run on each; the head, node 0, at 10.0.0.1):
+      hpcgpu run local --gpus 8 --nnodes 2 --node-rank 0 --rdzv-endpoint 10.0.0.1:29400 --rdzv-id exp1
+      hpcgpu run local --gpus 8 --nnodes 2 --node-rank 1 --rdzv-endpoint 10.0.0.1:29400 --rdzv-id exp1
+      ... --dry-run                          # this node's part: its ranks, the interface it would use
+      hpcgpu run local --resume runs/demo-exp1       # on node 0 (node R: runs/demo-exp1-nodeR)
+    Rank 0 (node 0) writes checkpoints into node 0's run dir; resuming needs them where every node
+    can read them (a shared file system, or checkpoint.dir on one). See docs/multinode.md.
+
     Exit status: 0 done, 1 a rank failed, 2 bad input (nothing started; also --resume of a run
     whose checkpoints are all broken, without --allow-restart-from-zero),
     75 stopped cleanly on a signal after a checkpoint (rerun to resume).
     """
+    from hpcgpu.backends.local.multinode import multinode_options, parse_nnodes
     from hpcgpu.host import launch
 
+    multi = multinode_options(parse_nnodes(nnodes), node_rank, rdzv_endpoint, rdzv_id)
     check_json_flag(as_json, dry_run)
     check_allow_restart_flag(allow_restart, resume_run)
     if resume_run:
@@ -64,17 +92,21 @@ def run_local(spec_file, set_items, gpus, nproc, name, max_restarts, container, 
         finish(launch.resume(resume_run, "local", announce=lambda plan: _announce(plan, f"{plan.run_dir}/spec.yaml (resumed)"),
                              allow_restart=allow_restart))
     flags = {"name": name, "distributed.max_restarts": max_restarts}
+    if multi is not None:
+        flags["resources.nodes"] = multi.nnodes
+        os.environ.update(multi.environ())  # the local backend plans this node's part from them (facts)
     if nproc is not None:
         flags.update({"resources.gpus_per_node": 0, "resources.procs_per_node": nproc})
     elif gpus is not None:
         flags["resources.gpus_per_node"] = parse_gpus(gpus)
     spec, source = launch.load_with_overrides(spec_file, with_set_items(flags, set_items), command)
     spec = launch.with_container(spec, container, "podman")
+    run_name = launch.RunName(multi.run_id(spec.name), multi.dir_name(spec.name)) if multi else None
     if dry_run:
         from hpcgpu.backends import get_backend
 
-        return print_plan(launch.plan_new(spec, "local"), get_backend("local"), source, as_json)
-    finish(launch.start(spec, "local", announce=lambda plan: _announce(plan, source)))
+        return print_plan(launch.plan_new(spec, "local", name=run_name), get_backend("local"), source, as_json)
+    finish(launch.start(spec, "local", announce=lambda plan: _announce(plan, source), name=run_name))
 
 
 def outcome_line(code: int, resume: str) -> str:
@@ -97,7 +129,9 @@ def outcome_line(code: int, resume: str) -> str:
 def finish(launched) -> None:
     """Say how the run ended and where everything is; exit with the node agent's status."""
     plan, code = launched.plan, launched.handle.exit_code
-    click.echo(f"hpcgpu: {plan.run_id} {outcome_line(code, f'hpcgpu run local --resume {plan.run_id}')}")
+    # several nodes share the run id: each resumes its own run dir (and reruns this on every node)
+    ref = plan.run_id if plan.nodes == 1 else shlex.quote(plan.run_dir)
+    click.echo(f"hpcgpu: {plan.run_id} {outcome_line(code, f'hpcgpu run local --resume {ref}')}")
     click.echo(f"  logs:        {plan.run_dir}/logs/rank<N>.log  (hpcgpu logs {plan.run_id} --rank N)")
     click.echo(f"  checkpoints: {plan.ckpt_dir}")
     click.echo(f"  tensorboard: tensorboard --logdir {plan.run_dir}/tb")
@@ -106,5 +140,8 @@ def finish(launched) -> None:
 
 def _announce(plan, source: str) -> None:
     click.echo(f"hpcgpu: {plan.run_id}: {plan.world_size} rank(s) on {plan.device_type}, spec {source}")
+    if plan.nodes > 1:
+        click.echo(f"hpcgpu: node {plan.request['node_rank']} of {plan.nodes}, meeting the others at "
+                   f"{plan.request['rdzv_endpoint']}")
     click.echo(f"hpcgpu: run dir {plan.run_dir} (logs/, checkpoints/, tb/)")
     sys.stdout.flush()

@@ -180,26 +180,37 @@ def with_container(spec: Spec, image: Optional[str], default_runtime: str) -> Sp
 # ---------------------------------------------------------------- new runs
 
 
-def run_location(spec: Spec, facts: HostFacts) -> tuple[str, str]:
-    """A fresh run id and the absolute run dir it will get (nothing is created yet)."""
-    run_id = new_run_id(spec.name)
-    return run_id, os.path.join(os.path.normpath(os.path.join(facts.cwd, spec.logging.dir)), run_id)
+@dataclass(frozen=True)
+class RunName:
+    """A run id chosen by the caller instead of drawn (several nodes share one), and the name of
+    this node's run directory under logging.dir."""
+
+    run_id: str
+    dir_name: str
 
 
-def plan_new(spec: Spec, backend_name: str, facts: Optional[HostFacts] = None) -> Plan:
+def run_location(spec: Spec, facts: HostFacts, name: Optional[RunName] = None) -> tuple[str, str]:
+    """A fresh run id (or name's) and the absolute run dir it will get (nothing is created yet)."""
+    run_id = name.run_id if name else new_run_id(spec.name)
+    base = os.path.normpath(os.path.join(facts.cwd, spec.logging.dir))
+    return run_id, os.path.join(base, name.dir_name if name else run_id)
+
+
+def plan_new(spec: Spec, backend_name: str, facts: Optional[HostFacts] = None, name: Optional[RunName] = None) -> Plan:
     """The plan of a new run (what --dry-run prints); creates nothing."""
     facts = facts or gather_facts(backend_name)
-    run_id, run_dir = run_location(spec, facts)
+    run_id, run_dir = run_location(spec, facts, name)
     return get_backend(backend_name).plan(spec, facts, run_id=run_id, run_dir=run_dir, created=time.time())
 
 
-def start(spec: Spec, backend_name: str, announce: Callable[[Plan], None] = lambda plan: None) -> Launched:
+def start(spec: Spec, backend_name: str, announce: Callable[[Plan], None] = lambda plan: None,
+          name: Optional[RunName] = None) -> Launched:
     """Plan, check, create the run dir with plan.json, launch. A refused launch leaves no run dir."""
     backend = get_backend(backend_name)
     facts = gather_facts(backend_name)
-    plan = plan_new(spec, backend_name, facts)
+    plan = plan_new(spec, backend_name, facts, name)
     backend.preflight(plan)
-    plan = create_run(plan, spec, facts, lambda: plan_new(spec, backend_name, facts))
+    plan = create_run(plan, spec, facts, lambda: plan_new(spec, backend_name, facts, name), fixed=name is not None)
     announce(plan)
     try:
         handle = backend.launch(plan, withheld(spec.env, spec.secret_env))
@@ -209,7 +220,7 @@ def start(spec: Spec, backend_name: str, announce: Callable[[Plan], None] = lamb
     return Launched(plan, handle, backend)
 
 
-def create_run(plan: Plan, spec: Spec, facts: HostFacts, replan: Callable[[], Plan]) -> Plan:
+def create_run(plan: Plan, spec: Spec, facts: HostFacts, replan: Callable[[], Plan], fixed: bool = False) -> Plan:
     """Reserve the run dir and write the run's files; on any OSError (full disk, quota, read-only,
     permissions) remove everything this created and raise UserError naming the file and the cause."""
     base = os.path.dirname(plan.run_dir)
@@ -218,7 +229,7 @@ def create_run(plan: Plan, spec: Spec, facts: HostFacts, replan: Callable[[], Pl
     reserved: Optional[str] = None
     try:
         created = make_dirs(base)
-        plan = _reserve_run_dir(plan, replan)
+        plan = _reserve_named_run_dir(plan) if fixed else _reserve_run_dir(plan, replan)
         reserved = plan.run_dir
         materialize(plan, spec, facts)
         return plan
@@ -300,9 +311,18 @@ def _reserve_run_dir(plan: Plan, replan: Callable[[], Plan], tries: int = 5) -> 
     raise UserError(f"could not find a free run directory next to {plan.run_dir}")
 
 
+def _reserve_named_run_dir(plan: Plan) -> Plan:
+    """The run dir of a run id the user chose (--rdzv-id): refused when a run already used it."""
+    if (Path(plan.run_dir) / "run.json").exists():
+        raise UserError(f"run {plan.run_id} already ran here ({plan.run_dir}): a run id names one run",
+                        hint=f"give a new --rdzv-id on every node, or continue it: hpcgpu run local --resume {plan.run_id}")
+    Path(plan.run_dir).mkdir(mode=0o700, exist_ok=True)
+    return plan
+
+
 def materialize(plan: Plan, spec: Spec, facts: HostFacts) -> None:
     """The run dir's subdirectories, plan.json, spec.yaml, and the run in the index."""
-    run_dir = create_run_dir(str(Path(plan.run_dir).parent), plan.run_id)
+    run_dir = create_run_dir(str(Path(plan.run_dir).parent), Path(plan.run_dir).name)
     write_plan(plan)
     write_private_text(run_dir / "spec.yaml", dump_spec(spec))
     register(RunRecord(id=plan.run_id, run_dir=str(run_dir), backend=plan.backend, created=plan.created,

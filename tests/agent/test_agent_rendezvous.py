@@ -4,6 +4,7 @@ names the nodes that arrived and those that did not (read from a real TCPStore).
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -140,7 +141,7 @@ def test_the_registered_handler_is_torchs_c10d_handler_with_hpcgpus_adjustments(
     handler = _create_rdzv_handler(params)
     store = rendezvous._rdzv["store"]
     assert rendezvous._rdzv["run_id"] == "job-0"
-    assert store.get(_arrival_key("job-0", 0)) == socket.gethostname().encode()
+    assert store.get(_arrival_key("job-0", 0)) == f"{socket.gethostname()} (pid {os.getpid()})".encode()
     assert handler.get_backend() == "hpcgpu"
     # the ranks' store factory and the per-attempt reset are in place on the real handler
     assert "_create_tcp_store_server" in vars(handler) and "next_rendezvous" in vars(handler)

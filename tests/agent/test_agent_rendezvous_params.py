@@ -5,6 +5,7 @@ where only the arguments matter; real TCPStores (on loopback, port 0) everywhere
 
 from __future__ import annotations
 
+import os
 import socket
 from datetime import timedelta
 
@@ -51,7 +52,7 @@ def test_an_endpoint_without_a_port_means_torchs_29400(calls):
 def test_the_node_rank_is_the_arrival_this_node_records(calls):
     _create_rdzv_handler(params(is_host=True, loopback=True, node_rank=1, join_timeout=7))
     store = rendezvous._rdzv["store"]
-    assert store.get(_arrival_key("job-7", 1)) == socket.gethostname().encode()
+    assert store.get(_arrival_key("job-7", 1)) == f"{socket.gethostname()} (pid {os.getpid()})".encode()
     assert not store.check([_arrival_key("job-7", 0)])
 
 

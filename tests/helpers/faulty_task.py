@@ -9,6 +9,8 @@ first records `<run dir>/fault-rank<R>.json` (time, pid) and then:
   pause - sleep forever: never reaches the next collective (a hang, or a target for kill -9)
   fill  - fill the file system holding `fill_path` to the last byte, then carry on training
   term  - send SIGTERM to this rank only (not to the node agent), then carry on training
+  gate  - wait (at most 300 s) until `<run dir>/go` exists, then carry on training: the run holds
+          still, every connection open, while a test looks at it (the loss is unchanged)
 """
 
 from __future__ import annotations
@@ -56,6 +58,11 @@ def fault_now(fault: str, rank: int, fill_path: str = "") -> None:
         fill_filesystem(fill_path)
     if fault == "term":
         os.kill(os.getpid(), signal.SIGTERM)
+    if fault == "gate":
+        go = Path(os.environ.get("HPCGPU_RUN_DIR", ".")) / "go"
+        deadline = time.monotonic() + 300
+        while not go.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def make_task(fault: str = "none", rank: int = 1, step: int = 3, attempt: int = 0, fill_path: str = "", **demo_args):

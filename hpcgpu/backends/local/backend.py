@@ -11,8 +11,9 @@ from typing import Mapping, Optional
 
 from hpcgpu.backends import LaunchHandle, RunStatus
 from hpcgpu.backends.local.capacity import check_ranks_fit
+from hpcgpu.backends.local.multinode import describe_node_part, node_request
 from hpcgpu.contract.errors import UserError
-from hpcgpu.contract.plan import Plan
+from hpcgpu.contract.plan import PLAN_FILE, Plan
 from hpcgpu.contract.procs import is_process, pid_alive, signal_process
 from hpcgpu.contract.runfiles import elastic_restarts, read_json, read_result, write_result
 from hpcgpu.contract.states import RunState, state_from_exit
@@ -93,6 +94,9 @@ class LocalBackend:
         plan = core_plan(spec, facts, backend=self.name, run_id=run_id, run_dir=run_dir,
                          visible_gpus=facts.visible_gpus, created=created)
         check_ranks_fit(plan.nproc_per_node, plan.device_type, facts)
+        if plan.nodes > 1:  # this node's part of a run over several nodes (backends/local/multinode.py)
+            previous = read_json(Path(run_dir) / PLAN_FILE) or {}  # a resume: where this node sat
+            plan = with_parts(plan, request=node_request(plan.nodes, facts.environ, previous.get("request")))
         if spec.container is None:
             return plan
         return with_parts(plan, node_argv=agent_command("python3", run_dir),
@@ -150,7 +154,9 @@ class LocalBackend:
                          "the run ended (killed with SIGKILL, or the machine restarted)")
 
     def describe(self, plan: Plan) -> str:
-        return describe_plan(plan)
+        if plan.nodes == 1:
+            return describe_plan(plan)
+        return describe_plan(plan) + "\n" + describe_node_part(plan)
 
     def cancel(self, record: RunRecord) -> None:
         """SIGTERM the launcher: ranks checkpoint and stop (exit 75). An ended run is left alone, and
