@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 
@@ -94,14 +93,14 @@ def run_local(spec_file, set_items, gpus, nproc, name, max_restarts, container, 
     flags = {"name": name, "distributed.max_restarts": max_restarts}
     if multi is not None:
         flags["resources.nodes"] = multi.nnodes
-        os.environ.update(multi.environ())  # the local backend plans this node's part from them (facts)
     if nproc is not None:
         flags.update({"resources.gpus_per_node": 0, "resources.procs_per_node": nproc})
     elif gpus is not None:
         flags["resources.gpus_per_node"] = parse_gpus(gpus)
     spec, source = launch.load_with_overrides(spec_file, with_set_items(flags, set_items), command)
     spec = launch.with_container(spec, container, "podman")
-    run_name = launch.RunName(multi.run_id(spec.name), multi.dir_name(spec.name)) if multi else None
+    # the local backend plans this node's part (node rank, endpoint) from multi.environ()
+    run_name = launch.RunName(multi.run_id(spec.name), multi.dir_name(spec.name), multi.environ()) if multi else None
     if dry_run:
         from hpcgpu.backends import get_backend
 

@@ -13,7 +13,7 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
@@ -182,11 +182,17 @@ def with_container(spec: Spec, image: Optional[str], default_runtime: str) -> Sp
 
 @dataclass(frozen=True)
 class RunName:
-    """A run id chosen by the caller instead of drawn (several nodes share one), and the name of
-    this node's run directory under logging.dir."""
+    """A run id chosen by the caller instead of drawn (the nodes of a run over several nodes share
+    one), the name of this node's run directory under logging.dir, and variables the backend plans
+    this node's part from (on top of the environment)."""
 
     run_id: str
     dir_name: str
+    environ: Mapping[str, str] = field(default_factory=dict)
+
+
+def _facts(backend_name: str, name: Optional[RunName]) -> HostFacts:
+    return gather_facts(backend_name, {**os.environ, **name.environ} if name else None)
 
 
 def run_location(spec: Spec, facts: HostFacts, name: Optional[RunName] = None) -> tuple[str, str]:
@@ -198,7 +204,7 @@ def run_location(spec: Spec, facts: HostFacts, name: Optional[RunName] = None) -
 
 def plan_new(spec: Spec, backend_name: str, facts: Optional[HostFacts] = None, name: Optional[RunName] = None) -> Plan:
     """The plan of a new run (what --dry-run prints); creates nothing."""
-    facts = facts or gather_facts(backend_name)
+    facts = facts or _facts(backend_name, name)
     run_id, run_dir = run_location(spec, facts, name)
     return get_backend(backend_name).plan(spec, facts, run_id=run_id, run_dir=run_dir, created=time.time())
 
@@ -207,7 +213,7 @@ def start(spec: Spec, backend_name: str, announce: Callable[[Plan], None] = lamb
           name: Optional[RunName] = None) -> Launched:
     """Plan, check, create the run dir with plan.json, launch. A refused launch leaves no run dir."""
     backend = get_backend(backend_name)
-    facts = gather_facts(backend_name)
+    facts = _facts(backend_name, name)
     plan = plan_new(spec, backend_name, facts, name)
     backend.preflight(plan)
     plan = create_run(plan, spec, facts, lambda: plan_new(spec, backend_name, facts, name), fixed=name is not None)
@@ -366,6 +372,8 @@ def check_progress_kept(record: RunRecord, plan: Plan, allow_restart: bool) -> O
     ranks still check SHA-256), unless allow_restart. Returns a note for the user, or None."""
     if (plan.spec.get("checkpoint") or {}).get("resume", "auto") != "auto":
         return None  # `never` starts over by choice; a named checkpoint that is broken fails in the ranks
+    if plan.request.get("node_rank", 0):
+        return None  # another node than node 0 (run local --nnodes): rank 0, on node 0, decides for all
     ckpt_dir = Path(plan.ckpt_dir)
     problems = progress_lost(ckpt_dir)
     if problems is None:

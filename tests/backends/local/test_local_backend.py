@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -132,14 +133,17 @@ def test_cancel_refuses_a_run_of_another_host(tmp_path):
         get_backend("local").cancel(record)
 
 
-def test_node_facts_one_node_on_loopback_several_from_the_environment():
+def test_node_facts_one_node_on_loopback_several_from_the_plan():
     one = node_facts(plan_for(""), {})
     assert (one.nnodes, one.node_rank, one.endpoint, one.is_head, one.rdzv_id) == (1, 0, "127.0.0.1:0", True, "demo-1")
-    two = plan_for("resources: {nodes: 2, gpus_per_node: 0}\n")
-    with pytest.raises(UserError, match="HPCGPU_RDZV_ENDPOINT is not set"):
-        node_facts(two, {})
-    second = node_facts(two, {"HPCGPU_RDZV_ENDPOINT": "10.0.0.1:29400", "HPCGPU_NODE_RANK": "1"})
+    two = plan_for("resources: {nodes: 2, gpus_per_node: 0}\n",
+                   environ={"HPCGPU_RDZV_ENDPOINT": "10.0.0.1:29400", "HPCGPU_NODE_RANK": "1"})
+    second = node_facts(two, {})  # from the plan's request (run local --nnodes): the agent's environment need not say it
     assert (second.node_rank, second.endpoint, second.is_head) == (1, "10.0.0.1:29400", False)
+    older = dataclasses.replace(two, request={})  # a plan.json without the request reads the environment
+    with pytest.raises(UserError, match="HPCGPU_RDZV_ENDPOINT is not set"):
+        node_facts(older, {})
+    assert node_facts(older, {"HPCGPU_RDZV_ENDPOINT": "10.0.0.2:1", "HPCGPU_NODE_RANK": "1"}).endpoint == "10.0.0.2:1"
 
 
 def test_facts_are_the_only_input(tmp_path, monkeypatch):
