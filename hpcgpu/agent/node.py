@@ -137,6 +137,11 @@ def network_environment(node: NodeFacts, environ: Mapping[str, str]) -> tuple[No
     GLOO_SOCKET_IFNAME/NCCL_SOCKET_IFNAME for the ranks (unless set), and why (said on stderr and in
     HPCGPU_NETWORK, which each rank's log repeats)."""
     address = node_address(node.endpoint)
+    if node.is_head and not address.is_endpoint_here():
+        raise UserError(f"node 0 must run on the node at the rendezvous endpoint {node.endpoint}, but "
+                        f"{address.endpoint_addr} is not an address of this node (it reaches it from {address.addr})",
+                        hint="start --node-rank 0 on the machine that holds that address, or point "
+                             "--rdzv-endpoint at this one")
     added, notes = ifname_defaults(address, environ)
     why = f"node {node.node_rank} network: {address.reason}" + (
         f"; {', '.join(notes)}" if notes else "")

@@ -37,6 +37,12 @@ class NodeAddress:
     ifname: Optional[str]
     """the interface holding addr (GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME); None when none holds it"""
     reason: str
+    endpoint_addr: str = ""
+    """the address the endpoint's host resolved to on this node"""
+
+    def is_endpoint_here(self) -> bool:
+        """Whether the endpoint is this node (the head must be: its store listens there)."""
+        return self.addr is None or self.addr == self.endpoint_addr
 
 
 def choose_node_address(endpoint: str, endpoint_addr: str, source_addr: str,
@@ -53,7 +59,7 @@ def choose_node_address(endpoint: str, endpoint_addr: str, source_addr: str,
     if ipaddress.ip_address(source_addr).is_loopback:
         # e.g. the head's own name, mapped to 127.0.1.1 in /etc/hosts: the other nodes may still
         # reach it (through DNS) on an interface this node cannot name, so torch's defaults stay
-        return NodeAddress(addr=None, ifname=None, reason=(
+        return NodeAddress(addr=None, ifname=None, endpoint_addr=endpoint_addr, reason=(
             f"{via}: a loopback address, so which interface the other nodes reach this node on is not known "
             "here; left to torch (the host name's address) and NCCL. If nodes on other machines cannot "
             "connect, give --rdzv-endpoint as the head's network address, or set GLOO_SOCKET_IFNAME and "
@@ -62,7 +68,7 @@ def choose_node_address(endpoint: str, endpoint_addr: str, source_addr: str,
         reason = f"{source_addr}: {via}; no interface of this node lists it, so GLOO/NCCL_SOCKET_IFNAME stay unset"
     else:
         reason = f"{source_addr} on {ifname}: {via}, and the interface holding it"
-    return NodeAddress(addr=source_addr, ifname=ifname, reason=reason)
+    return NodeAddress(addr=source_addr, ifname=ifname, reason=reason, endpoint_addr=endpoint_addr)
 
 
 def ifname_defaults(choice: NodeAddress, environ: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:

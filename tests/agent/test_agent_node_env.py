@@ -109,3 +109,20 @@ def test_several_nodes_advertise_the_chosen_address_and_bind_the_stores_to_it():
     assert config.local_addr == "10.231.10.1"  # MASTER_ADDR on the head: not the host name
     assert config.rdzv_configs["bind"] == "10.231.10.1" and config.rdzv_configs["loopback"] is False
     assert '"nproc_per_node": 2' in config.rdzv_configs["plan"]  # what node 0 and the others compare
+
+
+def test_node_0_away_from_the_endpoint_is_refused_before_it_waits_alone():
+    """Two nodes started with --node-rank 0: the one not at the endpoint would serve a rendezvous nobody joins."""
+    from hpcgpu.agent.node import network_environment
+    from tests.agent.test_agent_rendezvous import non_loopback_address
+
+    addr = non_loopback_address()
+    if addr is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    endpoint = "203.0.113.1:29400"  # TEST-NET-3: routable wherever non_loopback_address found addr, never held here
+    with pytest.raises(UserError) as info:
+        network_environment(two_node_facts(endpoint, node_rank=0), {})
+    assert f"node 0 must run on the node at the rendezvous endpoint {endpoint}" in info.value.message
+    assert "--node-rank 0" in info.value.hint
+    _, added = network_environment(two_node_facts(endpoint, node_rank=1), {})  # another node: fine
+    assert added["GLOO_SOCKET_IFNAME"] != "lo"
