@@ -131,6 +131,9 @@ class LocalBackend:
             from hpcgpu.agent.node import run_node  # imports torch: only now, never for --help
 
             code = run_node(plan, withheld=withheld)
+            if plan.request.get("node_rank"):
+                # another node than node 0 of `--nnodes`: its own run dir, where node 0's agent never writes
+                write_result(Path(plan.run_dir), code)
         return LaunchHandle(run_id=plan.run_id, exit_code=code)
 
     def status(self, record: RunRecord) -> RunStatus:

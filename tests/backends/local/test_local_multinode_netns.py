@@ -72,6 +72,8 @@ def test_two_nodes_in_two_namespaces_train_as_one_node_with_two_ranks_over_the_v
     (node1_dir / "go").touch()
     outputs = [p.communicate(timeout=180)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(outputs)
+    node1_status = hpcgpu(["status", str(node1_dir), "--json"], tmp_path, env)
+    assert '"DONE"' in node1_status.stdout, node1_status.stdout + node1_status.stderr  # not LOST: its own result.json
     node0_dir = tmp_path / "runs" / "mn-t1"
     final = json.loads((node0_dir / "summary.json").read_text())["final_loss"]
     assert final == json.loads((baseline_dir / "summary.json").read_text())["final_loss"]
