@@ -7,6 +7,8 @@ host name resolves to 127.0.0.1, which in each namespace is that namespace alone
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -45,42 +47,48 @@ def test_two_nodes_in_two_namespaces_train_as_one_node_with_two_ranks_over_the_v
     endpoint = f"{head.addr}:{PORT}"
     env = base_env(tmp_path / "home")
     (tmp_path / "one").mkdir()
-    baseline = hpcgpu(["run", "local", "-f", write_spec(tmp_path / "one" / "job.yaml", small_spec(name="one")),
-                       "--nproc", "2"], tmp_path / "one", env)
-    assert baseline.returncode == 0, baseline.stdout + baseline.stderr
-    (baseline_dir,) = (tmp_path / "one" / "runs").iterdir()
+    # the baseline, 1 node x 2 ranks on the host's loopback, runs meanwhile (it shares nothing with the nodes)
+    baseline = subprocess.Popen([sys.executable, "-m", "hpcgpu", "run", "local", "-f",
+                                 str(write_spec(tmp_path / "one" / "job.yaml", small_spec(name="one"))), "--nproc", "2"],
+                                cwd=tmp_path / "one", env=env, stdout=(tmp_path / "one" / "out.log").open("w"),
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        # rank 1 (node 1) holds at its 2nd step until `go`: every connection of the run is open meanwhile
+        # a broken network choice fails within the timeouts (gloo cannot connect) instead of hanging
+        spec = write_spec(tmp_path / "job.yaml", small_spec(name="mn", entry=faulty("gate", rank=1, step=2),
+                                                             distributed={"timeout_s": 60, "rdzv_timeout_s": 60}))
+        procs = [subprocess.Popen(node_command(ns, spec, rank, endpoint), cwd=tmp_path, env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                 for rank, ns in ((0, head), (1, other))]
+        node1_dir = tmp_path / "runs" / "mn-t1-node1"
+        wait_for(node1_dir / "fault-rank1.json", procs)
 
-    # rank 1 (node 1) holds at its 2nd step until `go`: every connection of the run is open meanwhile
-    # a broken network choice fails within the timeouts (gloo cannot connect) instead of hanging
-    spec = write_spec(tmp_path / "job.yaml", small_spec(name="mn", entry=faulty("gate", rank=1, step=2),
-                                                         distributed={"timeout_s": 60, "rdzv_timeout_s": 60}))
-    procs = [subprocess.Popen(node_command(ns, spec, rank, endpoint), cwd=tmp_path, env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-             for rank, ns in ((0, head), (1, other))]
-    node1_dir = tmp_path / "runs" / "mn-t1-node1"
-    wait_for(node1_dir / "fault-rank1.json", procs)
+        listening = [local for local, _ in tcp_sockets(head, listening=True)]
+        assert f"{head.addr}:{PORT}" in listening, listening  # the rendezvous store, on the head's address
+        assert all(local.startswith(f"{head.addr}:") for local in listening), f"a server off the veth: {listening}"
+        crossing = tcp_sockets(other, listening=False)
+        assert f"{head.addr}:{PORT}" in {peer for _, peer in crossing}, crossing  # node 1's agent at the head's store
+        assert len(crossing) >= 3, crossing  # agent store, ranks' store, gloo pair(s)
+        assert all(local.startswith(f"{other.addr}:") and peer.startswith(f"{head.addr}:")
+                   for local, peer in crossing), f"node 1 talks over loopback: {crossing}"
 
-    listening = [local for local, _ in tcp_sockets(head, listening=True)]
-    assert f"{head.addr}:{PORT}" in listening, listening  # the rendezvous store, on the head's address
-    assert all(local.startswith(f"{head.addr}:") for local in listening), f"a server off the veth: {listening}"
-    crossing = tcp_sockets(other, listening=False)
-    assert f"{head.addr}:{PORT}" in {peer for _, peer in crossing}, crossing  # node 1's agent at the head's store
-    assert len(crossing) >= 3, crossing  # agent store, ranks' store, gloo pair(s)
-    assert all(local.startswith(f"{other.addr}:") and peer.startswith(f"{head.addr}:")
-               for local, peer in crossing), f"node 1 talks over loopback: {crossing}"
-
-    (node1_dir / "go").touch()
-    outputs = [p.communicate(timeout=180)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(outputs)
-    node1_status = hpcgpu(["status", str(node1_dir), "--json"], tmp_path, env)
-    assert '"DONE"' in node1_status.stdout, node1_status.stdout + node1_status.stderr  # not LOST: its own result.json
-    node0_dir = tmp_path / "runs" / "mn-t1"
-    final = json.loads((node0_dir / "summary.json").read_text())["final_loss"]
-    assert final == json.loads((baseline_dir / "summary.json").read_text())["final_loss"]
-    # global rank 0 on node 0 (the plan's rank table), and each node said which interface it used
-    assert (node0_dir / "logs" / "rank0.log").exists() and (node1_dir / "logs" / "rank1.log").exists()
-    assert f"node 0 network: {head.addr} on {head.ifname}" in outputs[0]
-    assert f"node 1 network: {other.addr} on {other.ifname}" in (node1_dir / "logs" / "rank1.log").read_text()
+        (node1_dir / "go").touch()
+        outputs = [p.communicate(timeout=180)[0] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], "\n".join(outputs)
+        node1_status = hpcgpu(["status", str(node1_dir), "--json"], tmp_path, env)
+        assert '"DONE"' in node1_status.stdout, node1_status.stdout + node1_status.stderr  # not LOST: its own result.json
+        assert baseline.wait(timeout=180) == 0, (tmp_path / "one" / "out.log").read_text()
+        (baseline_dir,) = (tmp_path / "one" / "runs").iterdir()
+        node0_dir = tmp_path / "runs" / "mn-t1"
+        final = json.loads((node0_dir / "summary.json").read_text())["final_loss"]
+        assert final == json.loads((baseline_dir / "summary.json").read_text())["final_loss"]
+        # global rank 0 on node 0 (the plan's rank table), and each node said which interface it used
+        assert (node0_dir / "logs" / "rank0.log").exists() and (node1_dir / "logs" / "rank1.log").exists()
+        assert f"node 0 network: {head.addr} on {head.ifname}" in outputs[0]
+        assert f"node 1 network: {other.addr} on {other.ifname}" in (node1_dir / "logs" / "rank1.log").read_text()
+    finally:
+        if baseline.poll() is None:  # a failure above: end the baseline run and its ranks
+            os.killpg(baseline.pid, signal.SIGKILL)
 
 
 def test_each_node_picks_its_veth_never_lo_and_the_dry_run_says_so(tmp_path, netns_pair: NetnsPair):
