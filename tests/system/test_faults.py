@@ -200,10 +200,11 @@ def test_rendezvous_without_the_second_node_fails_in_time_naming_it(tmp_path):
     run_dir = create_run_dir(str(tmp_path / "runs"), "two-nodes")
     spec = small_spec(resources={"nodes": 2, "gpus_per_node": 0, "procs_per_node": 1},
                       distributed={"rdzv_timeout_s": 4})
+    node = {"HPCGPU_RDZV_ENDPOINT": f"127.0.0.1:{free_port()}", "HPCGPU_NODE_RANK": "0"}
     plan = plan_for(yaml.safe_dump(spec), run_id="two-nodes", run_dir=str(run_dir), cwd=str(tmp_path),
-                    python=sys.executable)
+                    python=sys.executable, environ=node)
     (run_dir / "plan.json").write_text(plan.to_json())
-    env = base_env(tmp_path / "home", {"HPCGPU_RDZV_ENDPOINT": f"127.0.0.1:{free_port()}", "HPCGPU_NODE_RANK": "0"})
+    env = base_env(tmp_path / "home", node)
     t0 = time.monotonic()
     out = hpcgpu(["train", "--plan", run_dir / "plan.json"], tmp_path, env, timeout=90)
     took = time.monotonic() - t0
