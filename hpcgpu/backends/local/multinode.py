@@ -121,6 +121,9 @@ def describe_node_part(plan) -> str:
         choice = node_address(endpoint)
         _, notes = ifname_defaults(choice, {**os.environ, **plan.env})
         lines.append(f"  network:    {choice.reason}" + (f"; {', '.join(notes)}" if notes else ""))
+        if rank == 0 and not choice.is_endpoint_here():
+            lines.append(f"  error:      {choice.endpoint_addr} is not an address of this node: node 0 must run at the "
+                         "endpoint (the run would stop here)")
     except UserError as e:
         lines.append(f"  network:    cannot be chosen on this node now: {e.message}")
     return "\n".join(lines) + "\n"

@@ -140,3 +140,16 @@ def test_the_dry_run_shows_this_nodes_part(tmp_path, monkeypatch):
     plan = json.loads(CliRunner().invoke(cli, [*args, "--json"]).output)
     assert plan["request"] == {"node_rank": 1, "rdzv_endpoint": "127.0.0.1:29400"} and plan["nodes"] == 2
     assert "HPCGPU_NODE_RANK" not in os.environ  # this node's place went into the plan, not into the process
+
+
+def test_the_dry_run_of_node_0_away_from_the_endpoint_says_the_run_would_stop(tmp_path, monkeypatch):
+    from tests.agent.test_agent_rendezvous import non_loopback_address
+
+    if non_loopback_address() is None:
+        pytest.skip("no route off this machine: 203.0.113.1 cannot be reached at all")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HPCGPU_HOME", str(tmp_path / "home"))
+    out = CliRunner().invoke(cli, ["run", "local", "--nproc", "1", "--nnodes", "2", "--node-rank", "0",
+                                   "--rdzv-endpoint", "203.0.113.1:29400", "--rdzv-id", "x", "--dry-run"])
+    assert out.exit_code == 0, out.output
+    assert "error:      203.0.113.1 is not an address of this node: node 0 must run at the endpoint" in out.output
