@@ -62,8 +62,8 @@ def choose_node_address(endpoint: str, endpoint_addr: str, source_addr: str,
         return NodeAddress(addr=None, ifname=None, endpoint_addr=endpoint_addr, reason=(
             f"{via}: a loopback address, so which interface the other nodes reach this node on is not known "
             "here; left to torch (the host name's address) and NCCL. If nodes on other machines cannot "
-            "connect, give --rdzv-endpoint as the head's network address, or set GLOO_SOCKET_IFNAME and "
-            "NCCL_SOCKET_IFNAME"))
+            "connect, give --rdzv-endpoint as the head's network address (Slurm: make the node names resolve "
+            "to their network addresses), or set GLOO_SOCKET_IFNAME and NCCL_SOCKET_IFNAME"))
     if ifname is None:
         reason = f"{source_addr}: {via}; no interface of this node lists it, so GLOO/NCCL_SOCKET_IFNAME stay unset"
     else:
