@@ -1,8 +1,11 @@
-"""Fixtures for the container tests: the podman CPU test image, and how to run it on this machine. A
-pytest plugin, registered for the whole tree by tests/conftest.py; mark such tests `pytest.mark.container`.
+"""Fixtures for the container tests: the CPU test image under podman and under a Docker engine, and
+how to run it on this machine. A pytest plugin, registered for the whole tree by tests/conftest.py;
+mark such tests `pytest.mark.container`.
 
 Skipped unless the image exists; with HPCGPU_REQUIRE_CONTAINER=1 (CI) a missing podman or image
 fails instead, so the tier cannot pass by skipping. Build the image with `make image-test`.
+The docker fixtures skip unless the engine answers and holds podman's copy of the image (`make
+docker-up`: containers/docker-engine.sh); HPCGPU_REQUIRE_DOCKER=1 (set by `make test`) fails instead.
 """
 
 from __future__ import annotations
@@ -57,3 +60,41 @@ def podman_run(test_image, machine_args):
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
 
     return run
+
+
+def _image_id(argv: list[str]) -> str | None:
+    """The image id an `image inspect --format {{.Id}}` prints, without `sha256:`; None if it fails."""
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    return out.stdout.strip().removeprefix("sha256:") if out.returncode == 0 else None
+
+
+def docker_problem() -> str | None:
+    """Why the docker tests cannot run here, or None: the engine answers and has the test image,
+    the same one podman has (a stale copy would test old code)."""
+    if shutil.which("docker") is None:
+        return "docker is not installed (make docker-up installs it)"
+    try:
+        info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True,
+                              text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return "`docker info` did not answer within 60 s"
+    if info.returncode != 0:
+        return f"the docker engine does not answer (start it: make docker-up): {info.stderr.strip()[:200]}"
+    have = _image_id(["docker", "image", "inspect", "--format", "{{.Id}}", IMAGE])
+    if have is None:
+        return f"docker has no {IMAGE} (load it: make docker-up)"
+    want = _image_id(["podman", "image", "inspect", "--format", "{{.Id}}", IMAGE]) if shutil.which("podman") else None
+    if want is not None and want != have:
+        return f"docker's {IMAGE} ({have[:12]}) is not podman's ({want[:12]}): reload it with make docker-up"
+    return None
+
+
+@pytest.fixture(scope="session")
+def docker_image() -> str:
+    """The test image's name in the docker engine; skip (fail under HPCGPU_REQUIRE_DOCKER=1) without it."""
+    problem = docker_problem()
+    if problem:
+        if os.environ.get("HPCGPU_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"HPCGPU_REQUIRE_DOCKER=1 but {problem}", pytrace=False)
+        pytest.skip(problem)
+    return IMAGE
