@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # A real Docker engine on this machine, with the CPU test image in it, for the container test tier.
-# Usage: containers/docker-engine.sh up|down|status. Needs root (apt, dockerd).
+# Usage: containers/docker-engine.sh up [--background]|down|status. Needs root (apt, dockerd).
 #
 # up:     installs docker.io with apt when docker or dockerd is missing; starts dockerd unless an
 #         engine already answers on the default socket (one that is not ours is used, never
 #         restarted or stopped); loads the test image from podman when docker has none or an older
 #         one (image ids differ, so a rebuilt image reaches docker); idempotent.
+#         --background: takes the lock, then does all that in the background (log
+#         $HPCGPU_DOCKER_DIR/up.log) and returns at once; `make test` starts the tests meanwhile, and
+#         the docker tests wait for the lock to be released (tests/helpers/container_image.py).
 # down:   stops the dockerd this script started (not someone else's engine); images stay on disk.
 # status: says whether the engine answers and whether docker's test image is podman's.
 #
@@ -185,10 +188,21 @@ lock() {
 
 main() {
   case "${1:-}" in
-    up) check_inputs; lock; cmd_up ;;
+    up)
+      check_inputs
+      lock
+      if [[ "${2:-}" == --background ]]; then
+        log "continuing in the background (log $DIR/up.log; the lock $DIR/.lock is held until it is done)"
+        # The subshell inherits fd 9, and with it the lock; this process exits at once.
+        (cmd_up) >"$DIR/up.log" 2>&1 </dev/null &
+        disown
+        exit 0
+      fi
+      cmd_up
+      ;;
     down) check_inputs; lock; stop_engine ;;
     status) cmd_status ;;
-    *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+    *) echo "usage: $0 up [--background]|down|status" >&2; exit 2 ;;
   esac
 }
 

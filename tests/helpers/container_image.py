@@ -6,20 +6,28 @@ Skipped unless the image exists; with HPCGPU_REQUIRE_CONTAINER=1 (CI) a missing 
 fails instead, so the tier cannot pass by skipping. Build the image with `make image-test`.
 The docker fixtures skip unless the engine answers and holds podman's copy of the image (`make
 docker-up`: containers/docker-engine.sh); HPCGPU_REQUIRE_DOCKER=1 (set by `make test`) fails instead.
+`make test` sets the engine up in the background while the other tests run: the docker fixture
+first waits until containers/docker-engine.sh releases its lock.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shlex
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("HPCGPU_TEST_IMAGE", "localhost/hpcgpu:test")
+#: containers/docker-engine.sh's directory: its lock (held while `up` runs) and up.log
+DOCKER_DIR = Path(os.environ.get("HPCGPU_DOCKER_DIR", "/tmp/hpcgpu-docker"))
+#: how long the docker fixture waits for a `docker-engine.sh up` under way (apt, engine, image load)
+DOCKER_UP_WAIT_S = 600
 
 
 def podman_machine_args() -> list[str]:
@@ -68,9 +76,40 @@ def _image_id(argv: list[str]) -> str | None:
     return out.stdout.strip().removeprefix("sha256:") if out.returncode == 0 else None
 
 
+def wait_for_docker_up(timeout: float = DOCKER_UP_WAIT_S) -> str | None:
+    """Wait while containers/docker-engine.sh holds its lock (`up --background` under `make test`);
+    a problem when it still holds it after timeout seconds, else None."""
+    try:
+        lock = open(DOCKER_DIR / ".lock")
+    except FileNotFoundError:
+        return None  # never set up by the script: the checks below say what is missing
+    with lock:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return None
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return f"containers/docker-engine.sh still holds {lock.name} after {timeout:.0f} s"
+                time.sleep(0.5)
+
+
+def _up_log() -> str:
+    """The end of the last background `docker-engine.sh up`, to tell why the engine is not there."""
+    try:
+        tail = (DOCKER_DIR / "up.log").read_text().splitlines()[-8:]
+    except FileNotFoundError:
+        return ""
+    return f"\nlast lines of {DOCKER_DIR / 'up.log'}:\n  " + "\n  ".join(tail)
+
+
 def docker_problem() -> str | None:
     """Why the docker tests cannot run here, or None: the engine answers and has the test image,
     the same one podman has (a stale copy would test old code)."""
+    waited = wait_for_docker_up()
+    if waited:
+        return waited
     if shutil.which("docker") is None:
         return "docker is not installed (make docker-up installs it)"
     try:
@@ -94,6 +133,7 @@ def docker_image() -> str:
     """The test image's name in the docker engine; skip (fail under HPCGPU_REQUIRE_DOCKER=1) without it."""
     problem = docker_problem()
     if problem:
+        problem += _up_log()
         if os.environ.get("HPCGPU_REQUIRE_DOCKER") == "1":
             pytest.fail(f"HPCGPU_REQUIRE_DOCKER=1 but {problem}", pytrace=False)
         pytest.skip(problem)
