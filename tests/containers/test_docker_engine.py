@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers.paths import WHERE_TASK
+from tests.helpers.container_image import DOCKER_DIR
+from tests.helpers.paths import REPO, WHERE_TASK
 
 pytestmark = pytest.mark.container
 
@@ -166,6 +167,38 @@ def test_run_local_container_with_the_docker_runtime_trains_inside_docker(baseli
     assert summary(run_dir)["final_loss"] == summary(only_run(baseline["work"]))["final_loss"]
     assert not container_exists(f"hpcgpu-{run_dir.name}")  # --rm: nothing left behind
     print(f"run local --container (docker): {elapsed:.1f} s")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="docker-engine.sh up needs root")
+def test_docker_engine_sh_up_is_a_noop_when_up_and_status_succeeds(docker_image):
+    up = subprocess.run([str(REPO / "containers/docker-engine.sh"), "up"], capture_output=True, text=True,
+                        timeout=120, env={**os.environ, "HPCGPU_TEST_IMAGE": docker_image})
+    assert up.returncode == 0, up.stderr
+    assert "the same as podman's" in up.stderr and "installing" not in up.stderr, up.stderr
+    assert "starting dockerd" not in up.stderr and "loading" not in up.stderr, up.stderr
+    status = subprocess.run([str(REPO / "containers/docker-engine.sh"), "status"], capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "HPCGPU_TEST_IMAGE": docker_image})
+    assert status.returncode == 0 and "engine answers" in status.stderr, status.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="reading other processes' fds needs root")
+def test_no_docker_daemon_holds_the_docker_engine_sh_lock(docker_image):
+    # The docker tests wait for that lock (`up --background` under make test): an engine that
+    # inherited it would hold it for its whole life, and they would wait 10 minutes, then fail.
+    lock = str(DOCKER_DIR / ".lock")
+    holders = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            comm = (proc / "comm").read_text().strip()
+            if not comm.startswith(("dockerd", "containerd", "docker-proxy", "runc")):
+                continue
+            if any(os.readlink(fd) == lock for fd in (proc / "fd").iterdir()):
+                holders.append(f"{comm} (pid {proc.name})")
+        except OSError:
+            continue  # exited while we looked
+    assert not holders, f"{holders} hold {lock}"
 
 
 def _text(work: Path, pattern: str) -> str:
