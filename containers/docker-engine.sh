@@ -49,7 +49,8 @@ install_packages() {
   log "installing docker.io with apt-get"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
-  # Debian's package starts nothing here (no systemd); dockerd is started below.
+  # These machines forbid service starts (/usr/sbin/policy-rc.d exits 101), so the package starts no
+  # engine and start_engine does; on a machine where it does start one, start_engine uses that.
   apt-get install -y -q --no-install-recommends docker.io >/dev/null
   log "docker.io installed in $(elapsed_since "$t0")s"
 }
