@@ -84,7 +84,7 @@ class RankLogs:
         self._tails: dict[int, list[str]] = {}
         self._reader: Optional[threading.Thread] = None
         self._stop = threading.Event()
-        self._passes = 0
+        self._woken = 0
         self._cond = threading.Condition()
         self._closed = False
 
@@ -95,6 +95,7 @@ class RankLogs:
         self.end_attempt()
         self._ranks = [_RankPipes(rank, self.logs_dir) for _, rank in sorted(ranks.items())]
         self._stop.clear()
+        self._wake = os.pipe()  # settle and end_attempt wake the reader instead of waiting out its poll
         self._reader = threading.Thread(target=self._read, name="hpcgpu-ranklogs", daemon=True)
         self._reader.start()
         return {local: (f"/dev/fd/{p.out_w}", f"/dev/fd/{p.err_w}")
@@ -103,8 +104,10 @@ class RankLogs:
     def settle(self, timeout: float = 5.0) -> None:
         """Return once everything written before this call has been read (a dead rank's last lines)."""
         with self._cond:
-            target = self._passes + 2
-            self._cond.wait_for(lambda: self._passes >= target or self._reader is None
+            # the pass that reads this nudge selected after it: it reads all that was written before
+            target = self._woken + 1
+            self._nudge()
+            self._cond.wait_for(lambda: self._woken >= target or self._reader is None
                                 or not self._reader.is_alive(), timeout)
 
     def end_attempt(self) -> None:
@@ -112,8 +115,11 @@ class RankLogs:
         if self._reader is None:
             return
         self._stop.set()
+        self._nudge()
         self._reader.join(timeout=10)
         self._reader = None
+        for fd in self._wake:
+            os.close(fd)
         for p in self._ranks:
             for stream in ("o", "e"):
                 self._take(p, stream, b"", end=True)
@@ -141,8 +147,17 @@ class RankLogs:
         return self._tails.get(rank, [])
 
     # -- the reader thread ----------------------------------------------------------------------
+    def _nudge(self) -> None:
+        try:
+            os.write(self._wake[1], b".")
+        except (BlockingIOError, OSError):
+            pass  # already nudged and not yet read: the reader wakes anyway
+
     def _read(self) -> None:
         sel = selectors.DefaultSelector()
+        os.set_blocking(self._wake[0], False)
+        os.set_blocking(self._wake[1], False)
+        sel.register(self._wake[0], selectors.EVENT_READ, None)
         for p in self._ranks:
             for fd, stream in ((p.out_r, "o"), (p.err_r, "e")):
                 os.set_blocking(fd, False)
@@ -150,15 +165,27 @@ class RankLogs:
         try:
             while True:
                 stopping = self._stop.is_set()
+                woken = False
                 for key, _ in sel.select(timeout=0 if stopping else 0.1):
-                    self._drain(sel, key)
-                with self._cond:
-                    self._passes += 1
-                    self._cond.notify_all()
+                    if key.data is None:
+                        while self._wake_read():
+                            woken = True
+                    else:
+                        self._drain(sel, key)
+                if woken:
+                    with self._cond:
+                        self._woken += 1
+                        self._cond.notify_all()
                 if stopping:
                     return
         finally:
             sel.close()
+
+    def _wake_read(self) -> bool:
+        try:
+            return bool(os.read(self._wake[0], 512))
+        except BlockingIOError:
+            return False
 
     def _drain(self, sel: selectors.BaseSelector, key: Any) -> None:
         p, stream = key.data
@@ -198,17 +225,19 @@ class RankLogs:
         shown_dropped = 0
         while True:
             event = self._queue.get()
-            if event is None:
-                break
-            kind, source, stream, text = event
-            writes = (self._view.line if kind == "line" else self._view.transient)(source, stream, text)
-            if self._dropped != shown_dropped and self._queue.empty():
+            writes = []
+            if event is not None:
+                kind, source, stream, text = event
+                writes = (self._view.line if kind == "line" else self._view.transient)(source, stream, text)
+            if self._dropped != shown_dropped and (event is None or self._queue.empty()):
                 note = (f"hpcgpu: {self._dropped - shown_dropped} lines of the ranks were not shown (the console "
                         "was not keeping up); every line is in the logs: hpcgpu logs RUN --all")
                 writes.append(("e", note.encode() + b"\n"))
                 shown_dropped = self._dropped
             for target, data in writes:
                 self._write(self._out if target == "o" else self._err, data)
+            if event is None:
+                break
         for f in (self._out, self._err):
             self._write(f, b"")
 
