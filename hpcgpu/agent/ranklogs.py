@@ -75,7 +75,8 @@ class RankLogs:
         self.mode = mode
         self._out = out or sys.stdout.buffer
         self._err = err or sys.stderr.buffer
-        self._view = ConsoleView(self._out.isatty() if tty is None else tty)
+        terminal = [s for s, f in (("o", self._out), ("e", self._err)) if (f.isatty() if tty is None else tty)]
+        self._view = ConsoleView(terminal)
         self._queue: queue.Queue = queue.Queue(CONSOLE_BACKLOG)
         self._dropped = 0
         self._console = threading.Thread(target=self._show, name="hpcgpu-console", daemon=True)

@@ -165,18 +165,20 @@ class ConsoleView:
     """What to write to a console (stream 'o' = stdout, 'e' = stderr) so that lines of several ranks
     stay whole and one live line (a progress bar) stays at the bottom of a terminal, like tqdm.write.
 
-    Pure: returns the writes; the agent's console thread performs them. On a terminal a bar is drawn
-    with `\\r`; elsewhere unfinished lines are not shown (they arrive once they end)."""
+    Pure: returns the writes; the agent's console thread performs them. `terminal` holds the streams
+    that are a terminal (one terminal: stdout and stderr usually share it). There a bar is drawn with
+    `\r`; elsewhere (a file, a pipe) unfinished lines are not shown: they arrive once they end."""
 
-    def __init__(self, tty: bool):
-        self.tty = tty
+    def __init__(self, terminal: Iterable[str] = ()):
+        self.terminal = frozenset(terminal)
         self._live: Optional[tuple[object, str, bytes]] = None  # (source, stream, drawn text)
 
     def line(self, source: object, stream: str, text: bytes) -> list[tuple[str, bytes]]:
         """A whole line of `source` (a rank's stream); it replaces that source's live line."""
-        writes = self._clear()
-        writes.append((stream, text + b"\n"))
-        if self._live is not None and self._live[0] != source:
+        if stream not in self.terminal or self._live is None:
+            return [(stream, text + b"\n")]
+        writes = [(self._live[1], b"\r" + CLEAR_TO_EOL), (stream, text + b"\n")]
+        if self._live[0] != source:
             writes.append((self._live[1], b"\r" + self._live[2]))  # someone else's bar: draw it again below
         else:
             self._live = None
@@ -184,16 +186,12 @@ class ConsoleView:
 
     def transient(self, source: object, stream: str, text: bytes) -> list[tuple[str, bytes]]:
         """The unfinished line of `source` as it stands (b"": nothing unfinished)."""
-        if not self.tty:
+        if stream not in self.terminal:
             return []
         if not text:
             if self._live is not None and self._live[0] == source:
-                writes, self._live = self._clear(), None
+                writes, self._live = [(self._live[1], b"\r" + CLEAR_TO_EOL)], None
                 return writes
             return []
-        writes = [] if self._live is None or self._live[1] == stream else self._clear()
         self._live = (source, stream, text)
-        return writes + [(stream, b"\r" + text + CLEAR_TO_EOL)]
-
-    def _clear(self) -> list[tuple[str, bytes]]:
-        return [(self._live[1], b"\r" + CLEAR_TO_EOL)] if self._live is not None else []
+        return [(stream, b"\r" + text + CLEAR_TO_EOL)]

@@ -122,7 +122,7 @@ def test_rank_logs_finds_numbered_logs_only(tmp_path):
 
 
 def test_console_view_keeps_a_bar_at_the_bottom_on_a_terminal():
-    view = ConsoleView(tty=True)
+    view = ConsoleView(terminal={"o", "e"})
     bar = (0, "o")
     assert view.transient(bar, "o", b"[#...] 1/4") == [("o", b"\r[#...] 1/4" + CLEAR_TO_EOL)]
     # another rank's line: clear the bar, print the line, draw the bar again below it
@@ -133,7 +133,14 @@ def test_console_view_keeps_a_bar_at_the_bottom_on_a_terminal():
     assert view.line((1, "o"), "o", b"next") == [("o", b"next\n")]  # no bar left to redraw
 
 
+def test_console_view_leaves_the_bar_alone_for_lines_going_elsewhere():
+    view = ConsoleView(terminal={"o"})  # stdout a terminal, stderr a file
+    view.transient((0, "o"), "o", b"[#...] 1/4")
+    assert view.line((1, "e"), "e", b"warning") == [("e", b"warning\n")]
+    assert view.transient((1, "e"), "e", b"50%") == []
+
+
 def test_console_view_shows_no_unfinished_lines_off_a_terminal():
-    view = ConsoleView(tty=False)
+    view = ConsoleView(terminal=())
     assert view.transient((0, "o"), "o", b"[#...] 1/4") == []
     assert view.line((0, "o"), "o", b"[####] 4/4") == [("o", b"[####] 4/4\n")]
