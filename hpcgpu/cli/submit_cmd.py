@@ -54,6 +54,7 @@ def submit_slurm(spec_file, set_items, nodes, gpus_per_node, nproc_per_node, par
     Examples:
       hpcgpu submit slurm --nodes 2 --gpus-per-node 8 --time 04:00:00 --partition gpu
       hpcgpu submit slurm --nodes 2 --nproc-per-node 2 --follow     # CPU ranks (gloo)
+      hpcgpu submit slurm --nodes 4 --console all   # node logs hold every rank, [rank N] prefixed
       hpcgpu submit slurm --dry-run                                 # print the sbatch script
       hpcgpu submit slurm --dry-run --json                          # ... inside the plan.json it runs
       hpcgpu submit slurm --resume demo-2026 --follow               # continue a cancelled run
