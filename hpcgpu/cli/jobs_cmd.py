@@ -215,6 +215,7 @@ def logs(run, rank, all_ranks, dedup, follow) -> int:
 
     Time order comes from <run dir>/logs/rank<N>.idx, written by the node agent as it reads each
     line (the node's clock); logs without one merge rank by rank.
+
     With -f: exits 0 once the run has ended and its log is printed, naming on stderr how it ended.
     """
     from hpcgpu.host.runs import find_run
