@@ -37,6 +37,20 @@ CONSOLE_BACKLOG = 10_000
 CONSOLE_MODES = ("rank0", "all", "none")
 
 
+def allow_open_files(n: int) -> None:
+    """Raise this process's soft limit on open files to n if it is lower (and the hard limit allows):
+    each local rank costs the agent 8 (4 pipe ends, torch elastic's 2 copies, its log and index),
+    and 128 CPU ranks would pass the usual 1024."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < n:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (n if hard == resource.RLIM_INFINITY else min(n, hard), hard))
+    except (ImportError, ValueError, OSError):
+        pass  # the limit stays; a run with that many ranks fails with EMFILE, naming it
+
+
 class _RankPipes:
     """One rank's two pipes in one attempt, its log and index, and what is left of its lines."""
 
@@ -52,13 +66,18 @@ class _RankPipes:
         self.shown = {"o": b"", "e": b""}
         self.tail: deque = deque(maxlen=TAIL_LINES)
 
-    def write(self, stream: str, lines: list[bytes]) -> None:
-        data = b"".join(line + b"\n" for line in lines)
-        os.write(self.log, data)  # a regular file: written whole
-        self.offset += len(data)
-        os.write(self.idx, index_record(self.offset, time.time(), stream))
+    def write(self, stream: str, lines: list[bytes]) -> Optional[OSError]:
+        """Append whole lines to the log and their record to the index; the error if the disk refused."""
         if stream == "e":
             self.tail.extend(line.decode(errors="replace") for line in lines)
+        data = b"".join(line + b"\n" for line in lines)
+        try:
+            written = os.write(self.log, data)  # a regular file: written whole unless the disk is full
+            self.offset += written
+            os.write(self.idx, index_record(self.offset, time.time(), stream))
+        except OSError as e:  # ENOSPC, EDQUOT: the rank must go on (its pipe must be read), the console too
+            return e
+        return None
 
     def close(self) -> None:
         for fd in (self.out_r, self.out_w, self.err_r, self.err_w, self.log, self.idx):
@@ -88,12 +107,14 @@ class RankLogs:
         self._woken = 0
         self._cond = threading.Condition()
         self._closed = False
+        self._unwritable: set[int] = set()
 
     # -- attempts -------------------------------------------------------------------------------
     def start_attempt(self, ranks: dict[int, int]) -> dict[int, tuple[str, str]]:
         """Pipes for {local rank: global rank}; returns {local rank: (stdout path, stderr path)}
         for torch elastic to open (the agent's own pipe ends, by /dev/fd)."""
         self.end_attempt()
+        allow_open_files(64 + 8 * len(ranks))
         self._ranks = [_RankPipes(rank, self.logs_dir) for _, rank in sorted(ranks.items())]
         self._stop.clear()
         self._wake = os.pipe()  # settle and end_attempt wake the reader instead of waiting out its poll
@@ -203,7 +224,11 @@ class RankLogs:
     def _take(self, p: _RankPipes, stream: str, chunk: bytes, end: bool = False) -> None:
         lines = p.split[stream].feed(chunk) + (p.split[stream].flush() if end else [])
         if lines:
-            p.write(stream, lines)
+            error = p.write(stream, lines)
+            if error is not None and p.rank not in self._unwritable:
+                self._unwritable.add(p.rank)
+                self._emit(("line", None, "e", f"hpcgpu: cannot write the log of rank {p.rank} ({error}); "
+                                                "its lines go on to the console only".encode()))
         if self.mode == "none" or (self.mode == "rank0" and p.rank != 0):
             return
         prefix = rank_prefix(p.rank) if self.mode == "all" else b""

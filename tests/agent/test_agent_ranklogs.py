@@ -132,3 +132,13 @@ def test_a_console_that_stops_reading_never_blocks_the_ranks(tmp_path):
     shown = out.getvalue()
     assert shown.count(b"[rank 0] " + b"x" * 100 + b"\n") < 20_000  # the console lost lines ...
     assert b"lines of the ranks were not shown" in err.getvalue()  # ... and says so, and where they are
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_full_disk_under_the_log_does_not_stop_the_reader_nor_the_console(tmp_path):
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "rank0.log").symlink_to("/dev/full")  # every write: ENOSPC
+    out, err, _ = run_ranks(tmp_path, "rank0", [(0, "o", b"step 1\n"), (0, "o", b"step 2\n")] * 50,
+                            settle_each=False)
+    assert out == b"step 1\nstep 2\n" * 50  # the reader went on: the rank was never left blocked
+    assert err.count(b"hpcgpu: cannot write the log of rank 0") == 1 and b"No space left" in err
