@@ -118,6 +118,8 @@ class RankLogs:
         self._ranks = [_RankPipes(rank, self.logs_dir) for _, rank in sorted(ranks.items())]
         self._stop.clear()
         self._wake = os.pipe()  # settle and end_attempt wake the reader instead of waiting out its poll
+        for fd in self._wake:
+            os.set_blocking(fd, False)
         self._reader = threading.Thread(target=self._read, name="hpcgpu-ranklogs", daemon=True)
         self._reader.start()
         return {local: (f"/dev/fd/{p.out_w}", f"/dev/fd/{p.err_w}")
@@ -177,8 +179,6 @@ class RankLogs:
 
     def _read(self) -> None:
         sel = selectors.DefaultSelector()
-        os.set_blocking(self._wake[0], False)
-        os.set_blocking(self._wake[1], False)
         sel.register(self._wake[0], selectors.EVENT_READ, None)
         for p in self._ranks:
             for fd, stream in ((p.out_r, "o"), (p.err_r, "e")):
