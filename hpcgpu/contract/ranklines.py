@@ -49,8 +49,9 @@ class LineSplitter:
         return lines
 
     def transient(self) -> bytes:
-        """The unfinished line as a terminal shows it now (a progress bar between redraws), or b""."""
-        return collapse_cr(self.pending)
+        """A bar being redrawn (an unfinished line with a `\\r`) as a terminal shows it now, else b"".
+        Other unfinished lines are mostly a line split across two reads: shown once they end."""
+        return collapse_cr(self.pending) if b"\r" in self.pending else b""
 
     def flush(self) -> list[bytes]:
         """At the end: the unfinished last line, as a line of its own."""
