@@ -108,6 +108,7 @@ class RankLogs:
         self._cond = threading.Condition()
         self._closed = False
         self._unwritable: set[int] = set()
+        self._failed: Optional[Exception] = None
 
     # -- attempts -------------------------------------------------------------------------------
     def start_attempt(self, ranks: dict[int, int]) -> dict[int, tuple[str, str]]:
@@ -146,7 +147,8 @@ class RankLogs:
             os.close(fd)
         for p in self._ranks:
             for stream in ("o", "e"):
-                self._take(p, stream, b"", end=True)
+                if self._failed is None:
+                    self._take(p, stream, b"", end=True)
             self._tails[p.rank] = list(p.tail)
             p.close()
         self._ranks = []
@@ -192,8 +194,10 @@ class RankLogs:
                     if key.data is None:
                         while self._wake_read():
                             woken = True
-                    else:
+                    elif self._failed is None:
                         self._drain(sel, key)
+                    else:
+                        self._discard(sel, key)
                 if woken:
                     with self._cond:
                         self._woken += 1
@@ -219,7 +223,22 @@ class RankLogs:
             if not chunk:
                 sel.unregister(key.fd)
                 return
-            self._take(p, stream, chunk)
+            try:
+                self._take(p, stream, chunk)
+            except Exception as e:  # a bug here must not leave the ranks blocked on a full pipe
+                self._failed = e
+                self._emit(("line", None, "e", f"hpcgpu: internal error while copying rank output ({e!r}); "
+                                               "from here on it is discarded so the ranks go on".encode()))
+                return
+
+    @staticmethod
+    def _discard(sel: selectors.BaseSelector, key: Any) -> None:
+        try:
+            while os.read(key.fd, 1 << 16):
+                pass
+            sel.unregister(key.fd)  # end of file
+        except BlockingIOError:
+            pass
 
     def _take(self, p: _RankPipes, stream: str, chunk: bytes, end: bool = False) -> None:
         lines = p.split[stream].feed(chunk) + (p.split[stream].flush() if end else [])

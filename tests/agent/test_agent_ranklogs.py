@@ -30,6 +30,14 @@ def opened(paths: dict, local: int) -> tuple[int, int]:
     return os.open(out, os.O_WRONLY), os.open(err, os.O_WRONLY)
 
 
+def finish_writing(write, timeout: float = 60) -> None:
+    """Run a rank's writes; fail (instead of hanging) if the agent leaves the rank blocked on its pipe."""
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    writer.join(timeout)
+    assert not writer.is_alive(), f"the rank was still blocked writing after {timeout}s: nobody read its pipe"
+
+
 def run_ranks(tmp_path, mode: str, writes: list[tuple[int, str, bytes]], tty: bool = False, console=Console,
               settle_each: bool = True):
     """Two ranks (global 0 and 1) write `writes` [(rank, 'o'|'e', bytes)], exit, and the agent closes.
@@ -39,10 +47,14 @@ def run_ranks(tmp_path, mode: str, writes: list[tuple[int, str, bytes]], tty: bo
     logs = RankLogs(tmp_path, mode, out, err)
     paths = logs.start_attempt({0: 0, 1: 1})
     fds = {rank: opened(paths, rank) for rank in (0, 1)}
-    for rank, stream, data in writes:
-        os.write(fds[rank][0 if stream == "o" else 1], data)
-        if settle_each:
-            logs.settle()
+
+    def rank_writes():
+        for rank, stream, data in writes:
+            os.write(fds[rank][0 if stream == "o" else 1], data)
+            if settle_each:
+                logs.settle()
+
+    finish_writing(rank_writes)
     for pair in fds.values():
         for fd in pair:
             os.close(fd)
@@ -121,8 +133,8 @@ def test_a_console_that_stops_reading_never_blocks_the_ranks(tmp_path):
     out, err = Stuck(), Stuck()
     logs = RankLogs(tmp_path, "all", out, err)
     fd_out, fd_err = opened(logs.start_attempt({0: 0}), 0)
-    for _ in range(200):  # 2 MB: far more than a pipe and the console backlog hold
-        os.write(fd_out, (b"x" * 100 + b"\n") * 100)
+    finish_writing(lambda: [os.write(fd_out, (b"x" * 100 + b"\n") * 100) for _ in range(200)])  # 2 MB:
+    # far more than a pipe and the console backlog hold
     logs.settle()
     assert (tmp_path / "logs" / "rank0.log").stat().st_size == 20_000 * 101  # all logged, console or not
     os.close(fd_out)
@@ -142,3 +154,13 @@ def test_a_full_disk_under_the_log_does_not_stop_the_reader_nor_the_console(tmp_
                             settle_each=False)
     assert out == b"step 1\nstep 2\n" * 50  # the reader went on: the rank was never left blocked
     assert err.count(b"hpcgpu: cannot write the log of rank 0") == 1 and b"No space left" in err
+
+
+def test_a_bug_in_copying_never_leaves_the_ranks_blocked(tmp_path, monkeypatch):
+    def broken(self, p, stream, chunk, end=False):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(RankLogs, "_take", broken)
+    lines = [(0, "o", b"x" * 100 + b"\n")] * 5_000  # 500 KB: blocks a rank whose pipe nobody reads
+    out, err, _ = run_ranks(tmp_path, "rank0", lines, settle_each=False)  # returns: the writes all went through
+    assert b"internal error while copying rank output (RuntimeError('a bug'))" in err
