@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from hpcgpu.cli.common import (allow_restart_option, check_allow_restart_flag, check_json_flag, exit_after_agent,
-                               parse_gpus, print_plan, refuse_options_with_resume, set_option, spec_option,
+from hpcgpu.cli.common import (allow_restart_option, check_allow_restart_flag, check_json_flag, console_option,
+                               exit_after_agent, parse_gpus, print_plan, refuse_options_with_resume, set_option, spec_option,
                                with_dry_run_options, with_set_items)
 
 
@@ -27,17 +27,19 @@ def run() -> None:
 @click.option("--resume", "resume_run", default=None, metavar="RUN",
               help="Continue RUN (id, id prefix or run dir) in its own run dir, from its newest valid checkpoint "
                    "(refused when every checkpoint is broken: see --allow-restart-from-zero).")
+@console_option
 @allow_restart_option
 @with_dry_run_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- SCRIPT ARGS... | -- -m MODULE ARGS...]")
 def run_local(spec_file, set_items, gpus, nproc, name, max_restarts, container, dry_run, command, resume_run=None,
-              as_json=False, allow_restart=False) -> int:
+              as_json=False, allow_restart=False, console=None) -> int:
     """Run the spec's job on this machine: one node agent, one rank per GPU (or --nproc CPU ranks).
 
     \b
     Examples:
       hpcgpu run local                       # ./hpcgpu.yaml, or the bundled demo
       hpcgpu run local --nproc 2             # 2 CPU ranks (gloo)
+      hpcgpu run local --nproc 2 --console all   # every rank's lines, as [rank N] ...
       hpcgpu run local --gpus 4 -f job.yaml
       hpcgpu run local --gpus all -- train.py --lr 3e-4   # any script, like torchrun
       hpcgpu run local --gpus 2 -- -m mypkg.train --lr 3e-4
@@ -63,7 +65,7 @@ def run_local(spec_file, set_items, gpus, nproc, name, max_restarts, container, 
             return print_plan(plan, get_backend("local"), f"{plan.run_dir}/spec.yaml (resumed)", as_json)
         finish(launch.resume(resume_run, "local", announce=lambda plan: _announce(plan, f"{plan.run_dir}/spec.yaml (resumed)"),
                              allow_restart=allow_restart))
-    flags = {"name": name, "distributed.max_restarts": max_restarts}
+    flags = {"name": name, "distributed.max_restarts": max_restarts, "logging.console": console}
     if nproc is not None:
         flags.update({"resources.gpus_per_node": 0, "resources.procs_per_node": nproc})
     elif gpus is not None:
@@ -119,7 +121,7 @@ def finish(launched) -> None:
     """Say how the run ended and where everything is; exit with the node agent's status."""
     plan, code = launched.plan, launched.handle.exit_code
     click.echo(f"hpcgpu: {plan.run_id} {outcome_line(code, resume_command(plan.run_id, plan.run_dir))}")
-    click.echo(f"  logs:        {plan.run_dir}/logs/rank<N>.log  (hpcgpu logs {plan.run_id} --rank N)")
+    click.echo(f"  logs:        {plan.run_dir}/logs/rank<N>.log  (hpcgpu logs {plan.run_id} --rank N | --all | --dedup)")
     click.echo(f"  checkpoints: {plan.ckpt_dir}")
     click.echo(f"  tensorboard: tensorboard --logdir {plan.run_dir}/tb")
     exit_after_agent(code)

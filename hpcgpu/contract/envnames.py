@@ -21,6 +21,8 @@ RESTART_COUNT = "HPCGPU_RESTART_COUNT"
 JOB_RESTARTS = "HPCGPU_JOB_RESTARTS"
 #: "1" when the console the agent prints rank 0 to is a terminal (live progress bar)
 CONSOLE_TTY = "HPCGPU_CONSOLE_TTY"
+#: "agent" when the node agent reads the rank's fd 1 and 2 (pipes) into its log: the rank leaves them be
+RANK_OUTPUT = "HPCGPU_RANK_OUTPUT"
 #: base directory for the run index (default ~/.local/state/hpcgpu)
 HOME = "HPCGPU_HOME"
 #: "1" in the hpcgpu image (containers/Dockerfile), whose entrypoint is `hpcgpu`: a run that
