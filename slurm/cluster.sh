@@ -267,7 +267,13 @@ net_up() {
     ip link set dev "$veth" master "$BRIDGE" && ip link set dev "$veth" up || return 1
     ip -n "$ns" addr replace "$(node_addr "$node")/24" dev eth0 && ip -n "$ns" link set dev eth0 up || return 1
   done
-  wait_for "the node addresses to answer" 10 net_reachable || return 1
+  if ! wait_for "the node addresses to answer" 10 net_reachable; then
+    # Bridged traffic passes iptables' FORWARD chain when br_netfilter is loaded (a Docker engine
+    # with its iptables rules does that, with policy DROP).
+    log "node1, node2 and $CTLD_ADDR do not all reach each other across $BRIDGE; is bridged traffic" \
+      "filtered (sysctl net.bridge.bridge-nf-call-iptables, iptables FORWARD policy)?"
+    return 1
+  fi
   log "network: $BRIDGE $CTLD_ADDR; $(for n in "${NODES[@]}"; do printf '%s %s (%s) ' "$n" "$(node_addr "$n")" "$(node_ns "$n")"; done)"
 }
 
