@@ -62,7 +62,7 @@ check_inputs() {
 
 install_packages() {
   # CI starts from a bare machine; developers usually have the packages already. iproute2 (ip) is
-  # not in every minimal image; unshare and hostname are essential packages (util-linux, hostname).
+  # not in every minimal image; nsenter, unshare and mountpoint come with util-linux (essential).
   local missing=()
   command -v slurmctld >/dev/null && command -v slurmd >/dev/null || missing+=(slurm-wlm)
   command -v munged >/dev/null || missing+=(munge)
