@@ -38,8 +38,8 @@ test-fast: venv
 # Two pytest-xdist workers: the Slurm tests in order on one (mostly waiting on the scheduler), the
 # rest on the other, one test module at a time (tests/conftest.py). TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 2
-test: venv slurm-up image-test
-	HPCGPU_REQUIRE_SLURM=1 HPCGPU_REQUIRE_CONTAINER=1 $(PY) -m pytest -q -m "not gpu" \
+test: venv slurm-up image-test docker-up-background
+	HPCGPU_REQUIRE_SLURM=1 HPCGPU_REQUIRE_CONTAINER=1 HPCGPU_REQUIRE_DOCKER=1 $(PY) -m pytest -q -m "not gpu" \
 	  $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup) $(PYTEST_ARGS)
 
 clean:

@@ -94,10 +94,31 @@ def outcome_line(code: int, resume: str) -> str:
     return f"failed (exit {code})"
 
 
+def resume_command(run_id: str, run_dir: str, environ=None, root: str = "/") -> str:
+    """How to continue a stopped local run, as a command for where the user started it.
+
+    On a host: `hpcgpu run local --resume ID`. In the hpcgpu image (`docker run ... IMAGE train`,
+    HPCGPU_IN_IMAGE=1) the container is gone once the run stops, and with it the run index in its
+    home: a new container of the image continues the run, named by its directory, which the same
+    mount brings back; `hpcgpu` is the image's entrypoint, so its arguments follow the image. The
+    engine is docker (/.dockerenv) or podman (/run/.containerenv); root is for tests."""
+    import os
+    import shlex
+
+    from hpcgpu.contract.envnames import IN_IMAGE
+
+    environ = os.environ if environ is None else environ
+    if environ.get(IN_IMAGE) == "1":
+        for marker, engine in (("run/.containerenv", "podman"), (".dockerenv", "docker")):
+            if os.path.exists(os.path.join(root, marker)):
+                return f"{engine} run <the same options and image> run local --resume {shlex.quote(run_dir)}"
+    return f"hpcgpu run local --resume {run_id}"
+
+
 def finish(launched) -> None:
     """Say how the run ended and where everything is; exit with the node agent's status."""
     plan, code = launched.plan, launched.handle.exit_code
-    click.echo(f"hpcgpu: {plan.run_id} {outcome_line(code, f'hpcgpu run local --resume {plan.run_id}')}")
+    click.echo(f"hpcgpu: {plan.run_id} {outcome_line(code, resume_command(plan.run_id, plan.run_dir))}")
     click.echo(f"  logs:        {plan.run_dir}/logs/rank<N>.log  (hpcgpu logs {plan.run_id} --rank N)")
     click.echo(f"  checkpoints: {plan.ckpt_dir}")
     click.echo(f"  tensorboard: tensorboard --logdir {plan.run_dir}/tb")

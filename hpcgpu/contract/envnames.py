@@ -23,6 +23,9 @@ JOB_RESTARTS = "HPCGPU_JOB_RESTARTS"
 CONSOLE_TTY = "HPCGPU_CONSOLE_TTY"
 #: base directory for the run index (default ~/.local/state/hpcgpu)
 HOME = "HPCGPU_HOME"
+#: "1" in the hpcgpu image (containers/Dockerfile), whose entrypoint is `hpcgpu`: a run that
+#: `docker run IMAGE train` stopped continues in a new container of the image (see cli.run_cmd)
+IN_IMAGE = "HPCGPU_IN_IMAGE"
 #: host:port where the node agents of a multi-node run meet (published by the head node)
 RDZV_ENDPOINT = "HPCGPU_RDZV_ENDPOINT"
 #: this node's index in a multi-node run started without a scheduler
