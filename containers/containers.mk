@@ -22,7 +22,7 @@ HPCGPU_PODMAN_ARGS := $(shell containers/podman-args.sh 2>/dev/null)
 endif
 export HPCGPU_PODMAN_ARGS
 
-.PHONY: image image-test sif
+.PHONY: image image-base image-test sif
 
 # Its own wheelhouse without torch: the build context stays small (no 200 MB CPU torch wheel).
 image: venv
@@ -31,7 +31,11 @@ image: venv
 	DOCKER_BUILDKIT=1 $(DOCKER) build -f containers/Dockerfile --build-arg BASE_IMAGE=$(CUDA_BASE_IMAGE) \
 	  -t $(IMAGE) build/wheelhouse-cuda
 
-image-test: venv
+# The Debian base needs no venv, so `make test` builds it while the venv installs (make -j).
+image-base:
+	containers/build-base.sh
+
+image-test: venv image-base
 	PYTHON=$(PY) HPCGPU_TEST_IMAGE=$(TEST_IMAGE) containers/build-image.sh
 
 sif: image

@@ -23,6 +23,7 @@
 #   HPCGPU_PODMAN_GLOBAL_ARGS  podman global flags (default: --runtime runc --cgroup-manager=cgroupfs)
 set -euo pipefail
 
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DIR="${HPCGPU_DOCKER_DIR:-/tmp/hpcgpu-docker}"
 IMAGE="${HPCGPU_TEST_IMAGE:-localhost/hpcgpu:test}"
 WAIT_S="${HPCGPU_DOCKER_WAIT_S:-60}"
@@ -47,11 +48,9 @@ install_packages() {
   fi
   local t0=$EPOCHREALTIME
   log "installing docker.io with apt-get"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q >/dev/null
   # These machines forbid service starts (/usr/sbin/policy-rc.d exits 101), so the package starts no
   # engine and start_engine does; on a machine where it does start one, start_engine uses that.
-  apt-get install -y -q --no-install-recommends docker.io >/dev/null
+  "$REPO/scripts/apt-install.sh" --no-install-recommends docker.io
   log "docker.io installed in $(elapsed_since "$t0")s"
 }
 

@@ -69,9 +69,7 @@ install_packages() {
   command -v ip >/dev/null || missing+=(iproute2)
   ((${#missing[@]})) || return 0
   log "installing ${missing[*]} with apt-get"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q
-  apt-get install -y -q "${missing[@]}"
+  "$HERE/../scripts/apt-install.sh" "${missing[@]}"
 }
 
 # --- processes -----------------------------------------------------------------------------------
