@@ -9,7 +9,7 @@ TORCH_INDEX  ?=
 # Each integration tier (Slurm, containers) is started by the Makefile and required by the tests in CI.
 PYTEST_ARGS  ?=
 
-.PHONY: venv run test test-unit test-fast test-gpu gpu-check-prepare gpu-check bench bench-smoke clean docs-check mutate
+.PHONY: venv run test test-setup test-unit test-fast test-gpu gpu-check-prepare gpu-check bench bench-smoke clean docs-check mutate
 
 venv: $(VENV)/.installed
 
@@ -38,9 +38,14 @@ test-fast: venv
 # Two pytest-xdist workers: the Slurm tests in order on one (mostly waiting on the scheduler), the
 # rest on the other, one test module at a time (tests/conftest.py). TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 2
-test: venv slurm-up image-test
-	HPCGPU_REQUIRE_SLURM=1 HPCGPU_REQUIRE_CONTAINER=1 HPCGPU_REQUIRE_NETNS=1 $(PY) -m pytest -q -m "not gpu" \
+test:
+	$(MAKE) --no-print-directory -j4 --output-sync=target test-setup
+	HPCGPU_REQUIRE_SLURM=1 HPCGPU_REQUIRE_CONTAINER=1 HPCGPU_REQUIRE_DOCKER=1 HPCGPU_REQUIRE_NETNS=1 $(PY) -m pytest -q -m "not gpu" \
 	  $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup) $(PYTEST_ARGS)
+
+# What the tiers need, set up side by side: the venv installs while apt installs Slurm, podman and
+# debootstrap (scripts/apt-install.sh takes turns at apt's lock) and the base image is made.
+test-setup: venv slurm-up image-test docker-up-background
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache runs mutants

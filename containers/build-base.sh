@@ -33,8 +33,7 @@ command -v runc >/dev/null || need+=(runc)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 if ((${#need[@]})); then
   log "installing ${need[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  "$repo/scripts/apt-install.sh" "${need[@]}"
 fi
 
 if podman "${podman_args[@]}" image exists "$image"; then

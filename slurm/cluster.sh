@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
 # A real two-node Slurm cluster on this machine: one slurmctld, slurmd node1 and node2, a private
-# munged. Usage: slurm/cluster.sh up|down|status. Needs root (daemons, /etc/slurm, /etc/hosts).
+# munged. Usage: slurm/cluster.sh up|down|status|exec NODE CMD... Needs root (daemons, network namespaces,
+# /etc/slurm, /etc/hosts).
+#
+# Each node is a host of its own as far as the network goes: slurmd node1 runs in the network
+# namespace hpcgpu-node1 (interface eth0, address NET.1, host name node1), node2 in hpcgpu-node2
+# (NET.2, node2). Both eth0 are veth pairs whose other ends sit in the bridge hpcgpu-br0 in the root
+# namespace, which holds NET.254: slurmctld, munged and every client outside a job run there and
+# reach the nodes through the bridge; job steps inherit their node's namespace and host name, so
+# multi-node code (rendezvous, gloo, MASTER_ADDR) crosses a real interface, never 127.0.0.1.
+# /etc/hosts maps node1 and node2 to their addresses (lines ending in the marker below). The file
+# system, munge's socket and everything else stay shared.
 #
 # Environment:
 #   HPCGPU_SLURM_DIR    scratch directory for state, spool, logs, pids, munge (default /tmp/hpcgpu-slurm)
 #   HPCGPU_SLURM_CPUS   CPUs declared per node (default 4; config_overrides makes it exact)
 #   HPCGPU_SLURM_MEM_MB RealMemory declared per node in MB (default 8000)
 #   HPCGPU_SLURM_WAIT_S how long `up` waits for both nodes to be idle (default 60)
+#   HPCGPU_SLURM_NET    the first three octets of the cluster's private /24 (default 10.231.1)
 #   HPCGPU_SLURM_FORCE  1: overwrite an /etc/slurm/slurm.conf that this script did not write
 #
 # Clients find the cluster through /etc/slurm/slurm.conf (the compiled-in default), so plain
@@ -18,13 +29,21 @@ DIR="${HPCGPU_SLURM_DIR:-/tmp/hpcgpu-slurm}"
 CPUS="${HPCGPU_SLURM_CPUS:-4}"
 MEM_MB="${HPCGPU_SLURM_MEM_MB:-8000}"
 WAIT_S="${HPCGPU_SLURM_WAIT_S:-60}"
+NET="${HPCGPU_SLURM_NET:-10.231.1}"
 CONF=/etc/slurm/slurm.conf
+HOSTS=/etc/hosts
 TEMPLATE="$HERE/slurm.conf.template"
 MARKER="# hpcgpu-dev-cluster"
 NODES=(node1 node2)
 CTLD_PORT=17000
-NODE1_PORT=17001
-NODE2_PORT=17002
+# The same port on both nodes, as on a real cluster: they listen on different hosts.
+NODE_PORT=17001
+BRIDGE=hpcgpu-br0
+CTLD_ADDR="$NET.254"
+
+node_ns() { printf 'hpcgpu-%s\n' "$1"; }   # node1 -> hpcgpu-node1 (the namespace)
+node_veth() { printf 'hpcgpu-v%s\n' "${1#node}"; }   # node1 -> hpcgpu-v1 (its veth end in the bridge)
+node_addr() { printf '%s.%s\n' "$NET" "${1#node}"; }   # node1 -> NET.1
 
 elapsed_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
 log() { printf 'cluster.sh: %s\n' "$*" >&2; }
@@ -35,18 +54,22 @@ check_inputs() {
   [[ "$DIR" =~ ^/[A-Za-z0-9._/-]+$ ]] || die "HPCGPU_SLURM_DIR must be an absolute path of [A-Za-z0-9._/-], got: $DIR"
   [[ "$CPUS" =~ ^[0-9]+$ && "$MEM_MB" =~ ^[0-9]+$ && "$WAIT_S" =~ ^[0-9]+$ ]] \
     || die "HPCGPU_SLURM_CPUS, HPCGPU_SLURM_MEM_MB and HPCGPU_SLURM_WAIT_S must be integers"
+  local octet='(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])'
+  [[ "$NET" =~ ^$octet\.$octet\.$octet$ ]] \
+    || die "HPCGPU_SLURM_NET must be the first three octets of a private /24 (like 10.231.1), got: $NET"
   [[ "$(id -u)" == 0 ]] || die "must run as root (starts daemons, writes $CONF and /etc/hosts)"
 }
 
 install_packages() {
-  # CI starts from a bare machine; developers usually have the packages already.
-  if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null; then
-    return
-  fi
-  log "installing slurm-wlm and munge with apt-get"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q
-  apt-get install -y -q slurm-wlm munge
+  # CI starts from a bare machine; developers usually have the packages already. iproute2 (ip) is
+  # not in every minimal image; nsenter, unshare and mountpoint come with util-linux (essential).
+  local missing=()
+  command -v slurmctld >/dev/null && command -v slurmd >/dev/null || missing+=(slurm-wlm)
+  command -v munged >/dev/null || missing+=(munge)
+  command -v ip >/dev/null || missing+=(iproute2)
+  ((${#missing[@]})) || return 0
+  log "installing ${missing[*]} with apt-get"
+  "$HERE/../scripts/apt-install.sh" "${missing[@]}"
 }
 
 # --- processes -----------------------------------------------------------------------------------
@@ -129,8 +152,8 @@ render_conf() {
   # Print slurm.conf for this machine; every placeholder in the template must be filled.
   local out
   out="$(sed -e "s|@DIR@|$DIR|g" -e "s|@CPUS@|$CPUS|g" -e "s|@MEM_MB@|$MEM_MB|g" \
-    -e "s|@CTLD_PORT@|$CTLD_PORT|g" -e "s|@NODE1_PORT@|$NODE1_PORT|g" \
-    -e "s|@NODE2_PORT@|$NODE2_PORT|g" "$TEMPLATE")"
+    -e "s|@CTLD_PORT@|$CTLD_PORT|g" -e "s|@CTLD_ADDR@|$CTLD_ADDR|g" -e "s|@NODE_PORT@|$NODE_PORT|g" \
+    -e "s|@NODE1_ADDR@|$(node_addr node1)|g" -e "s|@NODE2_ADDR@|$(node_addr node2)|g" "$TEMPLATE")"
   if grep -q '@[A-Z0-9_]*@' <<<"$out"; then
     die "unfilled placeholder in $TEMPLATE: $(grep -o '@[A-Z0-9_]*@' <<<"$out" | sort -u | tr '\n' ' ')"
   fi
@@ -153,21 +176,192 @@ install_conf() {
   cp "$CONF" "$DIR/slurm.conf"
 }
 
-add_hosts() {
-  # Rendezvous resolves node names; a container's /etc/hosts may be a bind mount, so append.
+# --- /etc/hosts ----------------------------------------------------------------------------------
+
+hosts_lines() {
+  # Our lines: "NET.1 node1 # hpcgpu-dev-cluster", one per node.
   local node
+  for node in "${NODES[@]}"; do printf '%s %s %s\n' "$(node_addr "$node")" "$node" "$MARKER"; done
+}
+
+hosts_without_ours() {
+  # /etc/hosts minus our lines: those with the marker, and the "127.0.0.1 nodeN" lines that
+  # cluster.sh wrote before the nodes had namespaces of their own (exactly that form, nothing else).
+  awk -v m="$MARKER" 'index($0, m) { next }
+    $1 == "127.0.0.1" && NF == 2 && $2 ~ /^node[12]$/ { next }
+    { print }' "$HOSTS"
+}
+
+foreign_hosts_lines() {
+  # Lines (not ours) that map node1 or node2 to some address: they would shadow ours or be shadowed.
+  hosts_without_ours | awk '$1 !~ /^#/ { for (i = 2; i <= NF && $i !~ /^#/; i++) if ($i == "node1" || $i == "node2") { print; next } }'
+}
+
+hosts_are_current() {
+  [[ -z "$(foreign_hosts_lines)" ]] && [[ "$(grep -F "$MARKER" "$HOSTS")" == "$(hosts_lines)" ]] \
+    && ! grep -Eq '^127\.0\.0\.1[[:space:]]+node[12][[:space:]]*$' "$HOSTS"
+}
+
+write_hosts() {
+  # Rewrite /etc/hosts in place (cat >, not mv): in a container it may be a bind mount.
+  local text="$1"
+  printf '%s\n' "$text" >"$HOSTS"
+}
+
+install_hosts() {
+  # Rendezvous resolves node names: map node1/node2 to their namespace addresses, replacing only
+  # our own earlier lines.
+  hosts_are_current && return 0
+  local foreign
+  foreign="$(foreign_hosts_lines)"
+  [[ -z "$foreign" ]] || die "$HOSTS maps node1/node2 on a line cluster.sh did not write; remove it: $foreign"
+  write_hosts "$(hosts_without_ours; hosts_lines)"
+  log "mapped $(hosts_lines | awk '{ printf "%s%s=%s", sep, $2, $1; sep = ", " }') in $HOSTS"
+}
+
+remove_hosts() {
+  grep -qF "$MARKER" "$HOSTS" || grep -Eq '^127\.0\.0\.1[[:space:]]+node[12][[:space:]]*$' "$HOSTS" || return 0
+  write_hosts "$(hosts_without_ours)"
+  log "removed node1/node2 from $HOSTS"
+}
+
+# --- network: a bridge in the root namespace, one namespace per node ------------------------------
+
+ns_exists() { [[ -e "/run/netns/$1" ]]; }
+
+net_problem() {
+  # What is missing from the network layout (empty when complete); cheap, for `up` and `status`.
+  ip -br addr show dev "$BRIDGE" 2>/dev/null | grep -q " UP .*$CTLD_ADDR/24" \
+    || { printf 'bridge %s with %s is not up\n' "$BRIDGE" "$CTLD_ADDR"; return; }
+  local node ns
   for node in "${NODES[@]}"; do
-    if ! awk -v n="$node" '$1 !~ /^#/ { for (i = 2; i <= NF; i++) if ($i == n) found = 1 } END { exit !found }' /etc/hosts; then
-      printf '127.0.0.1 %s\n' "$node" >>/etc/hosts
-      log "added '127.0.0.1 $node' to /etc/hosts"
-    fi
+    ns="$(node_ns "$node")"
+    ns_exists "$ns" || { printf 'namespace %s is missing\n' "$ns"; return; }
+    ip -n "$ns" -br addr show dev eth0 2>/dev/null | grep -q " UP .*$(node_addr "$node")/24" \
+      || { printf 'eth0 in %s has no %s or is down\n' "$ns" "$(node_addr "$node")"; return; }
+    ip -br link show dev "$(node_veth "$node")" 2>/dev/null | grep -q "@" \
+      && ip -d link show dev "$(node_veth "$node")" 2>/dev/null | grep -q "master $BRIDGE" \
+      || { printf '%s is not in %s\n' "$(node_veth "$node")" "$BRIDGE"; return; }
   done
+}
+
+net_up() {
+  # Idempotent: creates what is missing, fixes addresses and link states of what exists.
+  if ! ip link show dev "$BRIDGE" >/dev/null 2>&1; then
+    ip link add "$BRIDGE" type bridge || return 1
+  fi
+  ip addr replace "$CTLD_ADDR/24" dev "$BRIDGE" && ip link set dev "$BRIDGE" up || return 1
+  local node ns veth
+  for node in "${NODES[@]}"; do
+    ns="$(node_ns "$node")"
+    veth="$(node_veth "$node")"
+    ns_exists "$ns" || ip netns add "$ns" || return 1
+    ip -n "$ns" link set dev lo up || return 1
+    if ! ip -n "$ns" link show dev eth0 >/dev/null 2>&1; then
+      # A bridge end whose peer is gone (namespace deleted and made again) cannot be reused.
+      ip link del dev "$veth" 2>/dev/null || true
+      ip link add "$veth" type veth peer name eth0 netns "$ns" || return 1
+    fi
+    ip link set dev "$veth" master "$BRIDGE" && ip link set dev "$veth" up || return 1
+    ip -n "$ns" addr replace "$(node_addr "$node")/24" dev eth0 && ip -n "$ns" link set dev eth0 up || return 1
+  done
+  if ! wait_for "the node addresses to answer" 10 net_reachable; then
+    # Bridged traffic passes iptables' FORWARD chain when br_netfilter is loaded (a Docker engine
+    # with its iptables rules does that, with policy DROP).
+    log "node1, node2 and $CTLD_ADDR do not all reach each other across $BRIDGE; is bridged traffic" \
+      "filtered (sysctl net.bridge.bridge-nf-call-iptables, iptables FORWARD policy)?"
+    return 1
+  fi
+  log "network: $BRIDGE $CTLD_ADDR; $(for n in "${NODES[@]}"; do printf '%s %s (%s) ' "$n" "$(node_addr "$n")" "$(node_ns "$n")"; done)"
+}
+
+net_reachable() {
+  # From each node: the controller's address and the other node answer. Nothing listens on port 9,
+  # so "connection refused" is the answer; a timeout means the bridge does not carry the traffic.
+  local node other out
+  for node in "${NODES[@]}"; do
+    for other in "$CTLD_ADDR" "${NODES[@]}"; do
+      [[ "$other" == "$node" ]] && continue
+      [[ "$other" == node* ]] && other="$(node_addr "$other")"
+      out="$(ip netns exec "$(node_ns "$node")" timeout 2 bash -c "exec 3<>/dev/tcp/$other/9" 2>&1)"
+      [[ $? -eq 0 || "$out" == *refused* ]] || return 1
+    done
+  done
+}
+
+node_exec() {
+  # node_exec NODE CMD...: run CMD as on that node: in its network namespace, with a sysfs that
+  # lists its interfaces (/sys/class/net; the cgroup trees under /sys/fs/cgroup stay the machine's,
+  # which slurmd and podman need) and its host name. Files and processes stay shared.
+  # (`ip netns exec` mounts a fresh /sys without /sys/fs/cgroup, and slurmd then fails to start.)
+  local node="$1"
+  shift
+  nsenter --net="/run/netns/$(node_ns "$node")" -- unshare --mount --uts --propagation slave -- \
+    bash "$HERE/cluster.sh" in-node "$node" "$@"
+}
+
+enter_node() {
+  # The inside half of node_exec, in the fresh mount and UTS namespaces.
+  local node="$1"
+  shift
+  local mnt="$DIR/sysfs/$node"
+  install -d -m 0755 "$mnt"
+  mount -t sysfs "$(node_ns "$node")" "$mnt" || die "mounting sysfs for $node failed"
+  if mountpoint -q /sys/fs/cgroup; then
+    mount --rbind /sys/fs/cgroup "$mnt/fs/cgroup" || die "binding /sys/fs/cgroup for $node failed"
+  fi
+  mount --move "$mnt" /sys || die "mounting $node's sysfs on /sys failed"
+  printf '%s\n' "$node" >/proc/sys/kernel/hostname
+  exec "$@"
+}
+
+ns_pids() { ns_exists "$1" && ip netns pids "$1" 2>/dev/null; }
+
+net_down() {
+  # Processes still in a namespace (a job's leftovers) keep it alive after `ip netns del`: end them.
+  local node ns pids=()
+  for node in "${NODES[@]}"; do
+    ns="$(node_ns "$node")"
+    mapfile -t -O "${#pids[@]}" pids < <(ns_pids "$ns")
+  done
+  if ((${#pids[@]})); then
+    log "stopping processes left in the node namespaces: ${pids[*]}"
+    stop_pids "${pids[@]}"
+  fi
+  for node in "${NODES[@]}"; do
+    ns="$(node_ns "$node")"
+    if ns_exists "$ns"; then ip netns del "$ns" && log "deleted namespace $ns"; fi
+    ip link del dev "$(node_veth "$node")" 2>/dev/null || true
+  done
+  if ip link show dev "$BRIDGE" >/dev/null 2>&1; then ip link del dev "$BRIDGE" && log "deleted bridge $BRIDGE"; fi
 }
 
 # --- slurm daemons -------------------------------------------------------------------------------
 
 ctld_running() { pid_from "$DIR/run/slurmctld.pid" slurmctld >/dev/null; }
-slurmd_running() { pid_from "$DIR/run/slurmd-$1.pid" slurmd >/dev/null; }
+slurmd_alive() { pid_from "$DIR/run/slurmd-$1.pid" slurmd >/dev/null; }
+
+in_ns() {
+  # in_ns PID NAMESPACE: the process lives in that network namespace (same inode).
+  local mine theirs
+  mine="$(stat -L -c %i "/proc/$1/ns/net" 2>/dev/null)" && theirs="$(stat -L -c %i "/run/netns/$2" 2>/dev/null)" \
+    && [[ "$mine" == "$theirs" ]]
+}
+
+slurmd_running() {
+  # slurmd for node $1 is alive and in its node's namespace (one left in the root namespace by an
+  # older cluster.sh, or in a namespace deleted since, does not count).
+  local pid
+  pid="$(pid_from "$DIR/run/slurmd-$1.pid" slurmd)" && in_ns "$pid" "$(node_ns "$1")"
+}
+
+misplaced_slurmd() {
+  local node
+  for node in "${NODES[@]}"; do
+    slurmd_alive "$node" && ! slurmd_running "$node" && return 0
+  done
+  return 1
+}
 
 start_slurm() {
   install -d -m 0755 "$DIR/state" "$DIR/run" "$DIR/log" "$DIR/spool/node1" "$DIR/spool/node2"
@@ -180,8 +374,9 @@ start_slurm() {
   local node
   for node in "${NODES[@]}"; do
     if ! slurmd_running "$node"; then
-      log "starting slurmd -N $node"
-      slurmd -f "$CONF" -N "$node" 9>&- || return 1
+      log "starting slurmd -N $node in namespace $(node_ns "$node") ($(node_addr "$node"))"
+      # Every job step on the node inherits its namespaces: address, interfaces, host name.
+      node_exec "$node" slurmd -f "$CONF" -N "$node" 9>&- || return 1
     fi
   done
 }
@@ -204,7 +399,7 @@ nodes_ready() {
 }
 
 any_running() {
-  munge_running || ctld_running || slurmd_running node1 || slurmd_running node2
+  munge_running || ctld_running || slurmd_alive node1 || slurmd_alive node2
 }
 
 resume_nodes() {
@@ -246,7 +441,12 @@ show_failure() {
     log "sinfo:"
     sinfo -N -l 2>&1 | sed 's/^/  /' >&2 || true
   fi
-  local f
+  log "network: $(net_problem)"
+  ip -br addr show dev "$BRIDGE" 2>&1 | sed 's/^/  /' >&2 || true
+  local node f
+  for node in "${NODES[@]}"; do
+    ip -n "$(node_ns "$node")" -br addr 2>&1 | sed "s/^/  $(node_ns "$node"): /" >&2 || true
+  done
   for f in "$DIR/log/slurmctld.log" "$DIR/log/slurmd-node1.log" "$DIR/log/slurmd-node2.log" "$DIR/munge/log/munged.log"; do
     log "last lines of $f:"
     tail -n 15 "$f" 2>&1 | sed 's/^/  /' >&2 || true
@@ -259,21 +459,25 @@ show_failure() {
 cmd_up() {
   local t0=$EPOCHREALTIME
   install_packages
-  if daemons_running && conf_is_current && nodes_ready; then
+  if daemons_running && conf_is_current && [[ -z "$(net_problem)" ]] && hosts_are_current && nodes_ready; then
     log "already up ($DIR)"
     node_states >&2
     return 0
   fi
   if any_running && ! conf_is_current; then
-    # Daemons read slurm.conf at start: a changed config means a clean restart.
+    # Daemons read slurm.conf at start: a changed config (an older layout) means a clean restart.
     log "slurm.conf changed; restarting the cluster"
+    stop_all
+  elif misplaced_slurmd; then
+    log "a slurmd runs outside its node's namespace; restarting the cluster"
     stop_all
   fi
 
-  add_hosts
+  net_up || show_failure "could not set up the node namespaces and bridge"
+  install_hosts
   start_munge || show_failure "munged did not start"
   install_conf
-  start_slurm || show_failure "slurmctld did not start"
+  start_slurm || show_failure "slurmctld or slurmd did not start"
   resume_nodes
   if ! wait_for "node1 and node2 to be idle" "$WAIT_S" nodes_ready; then
     show_failure "node1/node2 not idle after ${WAIT_S}s"
@@ -315,6 +519,8 @@ stop_all() {
 
 cmd_down() {
   stop_all
+  net_down
+  remove_hosts
   log "down"
 }
 
@@ -322,8 +528,14 @@ missing_daemons() {
   # Names of our daemons that are not running (sinfo alone lags a dead slurmd by SlurmdTimeout).
   munge_running || printf 'munged '
   ctld_running || printf 'slurmctld '
-  slurmd_running node1 || printf 'slurmd-node1 '
-  slurmd_running node2 || printf 'slurmd-node2 '
+  local node
+  for node in "${NODES[@]}"; do
+    if ! slurmd_alive "$node"; then
+      printf 'slurmd-%s ' "$node"
+    elif ! slurmd_running "$node"; then
+      printf 'slurmd-%s-in-%s ' "$node" "$(node_ns "$node")"
+    fi
+  done
 }
 
 cmd_status() {
@@ -332,13 +544,17 @@ cmd_status() {
     return 1
   fi
   sinfo -N -o '%N %P %t %c %m' || true
-  local missing
+  local missing net node
   missing="$(missing_daemons)"
-  if [[ -z "$missing" ]] && nodes_ready; then
+  net="$(net_problem)"
+  if [[ -z "$missing" && -z "$net" ]] && nodes_ready; then
+    for node in "${NODES[@]}"; do
+      printf '%s: namespace %s, eth0 %s\n' "$node" "$(node_ns "$node")" "$(node_addr "$node")"
+    done
     log "up: node1 and node2 are usable ($DIR)"
     return 0
   fi
-  log "down or unhealthy${missing:+ (not running: ${missing% })}; run: slurm/cluster.sh up"
+  log "down or unhealthy${missing:+ (not running: ${missing% })}${net:+ (network: $net)}; run: slurm/cluster.sh up"
   return 1
 }
 
@@ -378,11 +594,26 @@ main() {
       cmd_down
       ;;
     status) cmd_status ;;
+    exec)
+      # exec NODE CMD...: run a command as on node1/node2 (debugging: ip addr, hostname, a server).
+      check_inputs
+      [[ " ${NODES[*]} " == *" ${2:-} "* ]] || die "usage: $0 exec node1|node2 COMMAND [ARG...]"
+      ns_exists "$(node_ns "$2")" || die "namespace $(node_ns "$2") does not exist; run: $0 up"
+      (($# > 2)) || die "usage: $0 exec node1|node2 COMMAND [ARG...]"
+      node_exec "${@:2}"
+      ;;
+    in-node)
+      [[ " ${NODES[*]} " == *" ${2:-} "* ]] || die "in-node is cluster.sh's own (see exec)"
+      enter_node "${@:2}"
+      ;;
     *)
-      echo "usage: $0 up|down|status" >&2
+      echo "usage: $0 up|down|status|exec NODE COMMAND..." >&2
       exit 2
       ;;
   esac
 }
 
-main "$@"
+# Sourced (tests/backends/slurm/test_cluster_sh_hosts.py), it only defines the functions above.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+  main "$@"
+fi

@@ -5,15 +5,16 @@ from __future__ import annotations
 import re
 import signal
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 #: lines of a failed rank's own log shown when it left no traceback (os._exit, a C-level crash)
 LOG_TAIL_LINES = 12
 
 
-def describe_failure(failures: dict, timeout_s: Optional[int] = None, run_dir: Optional[Path] = None) -> str:
-    """Name the rank that failed first, with its traceback (else the end of its log, in run_dir);
-    ranks stopped because of it come after."""
+def describe_failure(failures: dict, timeout_s: Optional[int] = None, run_dir: Optional[Path] = None,
+                     node: str = "", stderr_tail: Optional[Callable[[int], list[str]]] = None) -> str:
+    """Name the rank that failed first and its node, with its traceback (else the end of its log in
+    run_dir, and its last stderr lines); ranks stopped because of it come after."""
     # torch elastic adds the ranks that died on their own first and the ranks it then stopped
     # with SIGTERM after them (dict order). Its timestamps are whole seconds, so they cannot tell
     # a rank killed with SIGKILL from the peer whose collective failed a moment later.
@@ -22,7 +23,8 @@ def describe_failure(failures: dict, timeout_s: Optional[int] = None, run_dir: O
         return (f.exitcode == -signal.SIGTERM, position)
 
     (_, (first_rank, first)), *others = sorted(enumerate(failures.items()), key=order)
-    lines = [f"rank {first_rank} (local rank {first.local_rank}, pid {first.pid}) failed with {_how(first)}"]
+    on = f", {node}" if node else ""
+    lines = [f"rank {first_rank} (local rank {first.local_rank}, pid {first.pid}{on}) failed with {_how(first)}"]
     msg = first.message
     text = ""
     if isinstance(msg, dict):
@@ -31,17 +33,30 @@ def describe_failure(failures: dict, timeout_s: Optional[int] = None, run_dir: O
     elif msg:
         text = str(msg)
         lines.append(f"  {msg}")
-    if not text.strip().startswith("Traceback") and run_dir is not None:
-        tail = log_tail(Path(run_dir) / "logs" / f"rank{first_rank}.log", LOG_TAIL_LINES)
-        if tail:
-            lines.append(f"  last lines of its log ({Path(run_dir) / 'logs' / f'rank{first_rank}.log'}):")
-            lines.extend(f"  | {line}" for line in tail)
+    if not text.strip().startswith("Traceback"):
+        lines.extend(_own_lines(first_rank, run_dir, stderr_tail))
     if others:
         lines.append("then stopped: " + ", ".join(f"rank {r} ({_how(f)})" for _, (r, f) in others))
     hint = _failure_hint(first, text, [r for _, (r, _f) in others], timeout_s)
     if hint:
         lines.append(f"hint: {hint}")
     return "\n".join(lines)
+
+
+def _own_lines(rank: int, run_dir: Optional[Path], stderr_tail: Optional[Callable[[int], list[str]]]) -> list[str]:
+    """A rank that left no traceback: the end of its log (stdout and stderr in order), and its last
+    stderr lines when the log's end does not hold them (a rank printing progress after its error)."""
+    out = []
+    log = Path(run_dir) / "logs" / f"rank{rank}.log" if run_dir is not None else None
+    tail = log_tail(log, LOG_TAIL_LINES) if log is not None else []
+    err = stderr_tail(rank) if stderr_tail is not None else []
+    if any(line not in tail for line in err):
+        out.append("  last lines of its stderr:")
+        out.extend(f"  | {line}" for line in err)
+    if tail:
+        out.append(f"  last lines of its log ({log}):")
+        out.extend(f"  | {line}" for line in tail)
+    return out
 
 
 def _how(f) -> str:

@@ -3,7 +3,8 @@
 It executes the plan: it asks the plan's backend where this node sits (node rank, head address,
 restart count: the only facts it adds), puts the plan's environment in place, starts this node's
 ranks through torch elastic's agent (in-process, c10d rendezvous), forwards
-SIGTERM/SIGINT/SIGHUP/SIGUSR1/SIGUSR2 to them, shows rank 0's output, and turns the ranks'
+SIGTERM/SIGINT/SIGHUP/SIGUSR1/SIGUSR2 to them, reads their output into the rank logs and onto
+its console (agent/ranklogs.py: logging.console), and turns the ranks'
 outcome into one exit status: 0 done, 1 failed (naming the rank and its traceback), 75 stopped
 cleanly and resumable. Node 0 records it in result.json. Reads plan.json with the standard
 library only; imports torch lazily, inside run_node; never imports the host layer.
@@ -22,7 +23,6 @@ from typing import Mapping, Optional
 from hpcgpu.agent.agreement import shared_view
 from hpcgpu.backends import node_facts
 from hpcgpu.contract import envnames, exitcodes
-from hpcgpu.contract.console import ConsoleFollower
 from hpcgpu.contract.errors import UserError
 from hpcgpu.contract.netaddr import NodeAddress, ifname_defaults, node_address
 from hpcgpu.contract.node import NodeFacts
@@ -79,10 +79,14 @@ def rank_environment(plan: Plan, environ: Mapping[str, str], withheld: Mapping[s
     return out
 
 
-def _launch_config(plan: Plan, node: NodeFacts, environ: dict, address: Optional[NodeAddress] = None):
-    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
+def console_mode(plan: Plan) -> str:
+    """logging.console of the plan (plans written before it existed: rank0)."""
+    return plan.spec.get("logging", {}).get("console", "rank0")
 
+
+def _launch_config(plan: Plan, node: NodeFacts, environ: dict, rank_logs, address: Optional[NodeAddress] = None):
     from hpcgpu.agent.elastic import launch_config
+    from hpcgpu.agent.ranklogs import logs_specs
     from hpcgpu.agent.rendezvous import RDZV_BACKEND
 
     dist = plan.spec["distributed"]
@@ -106,7 +110,7 @@ def _launch_config(plan: Plan, node: NodeFacts, environ: dict, address: Optional
         max_restarts=dist["max_restarts"],
         monitor_interval=0.1,
         shutdown_timeout=dist["stop_grace_s"],
-        logs_specs=DefaultLogsSpecs(log_dir=str(Path(plan.run_dir) / "logs" / "elastic")),
+        logs_specs=logs_specs(rank_logs, str(Path(plan.run_dir) / "logs" / "elastic")),
     )
 
 
@@ -117,7 +121,10 @@ def run_node(plan: Plan, environ: Optional[Mapping[str, str]] = None,
     node = node_facts(plan, environ)
     added = rank_environment(plan, environ, withheld or {})
     added[envnames.JOB_RESTARTS] = str(node.restarts)
-    added[envnames.CONSOLE_TTY] = "1" if sys.stdout.isatty() else "0"
+    console = console_mode(plan)
+    # a bar only where someone sees it: on a terminal that shows rank 0
+    added[envnames.CONSOLE_TTY] = "1" if sys.stdout.isatty() and console != "none" else "0"
+    added[envnames.RANK_OUTPUT] = "agent"
     address = None
     if node.nnodes > 1:
         address, net = network_environment(node, {**os.environ, **added})
@@ -168,15 +175,21 @@ def _run_ranks(plan: Plan, node: NodeFacts, address: Optional[NodeAddress] = Non
 
     from hpcgpu.agent.elastic import adjust_torch_elastic
     from hpcgpu.agent.failure import describe_failure
+    from hpcgpu.agent.ranklogs import RankLogs
     from hpcgpu.agent.rendezvous import describe_rdzv_failure, leave, register_rendezvous
 
     run_dir = Path(plan.run_dir)
     dist = plan.spec["distributed"]
+    rank_logs = RankLogs(run_dir, console_mode(plan))
+    where = f"node {node.node_rank} ({node.host})"
+
+    def failure(failures: dict) -> str:
+        return describe_failure(failures, dist["timeout_s"], run_dir, node=where, stderr_tail=rank_logs.stderr_tail)
 
     def on_restart(failures: dict, attempt: int, attempts: int) -> None:
         """Say which rank failed and how, that the ranks restart, and count it for `status`."""
-        print(f"hpcgpu: attempt {attempt} of {attempts} failed:\n"
-              f"{describe_failure(failures, dist['timeout_s'], run_dir)}\n"
+        rank_logs.settle()  # the failed rank's last lines, before the report that quotes them
+        print(f"hpcgpu: attempt {attempt} of {attempts} failed:\n{failure(failures)}\n"
               f"hpcgpu: restarting the ranks (attempt {attempt + 1} of {attempts}, distributed.max_restarts="
               f"{attempts - 1}); they resume from the newest checkpoint", file=sys.stderr, flush=True)
         if node.is_head:
@@ -184,23 +197,23 @@ def _run_ranks(plan: Plan, node: NodeFacts, address: Optional[NodeAddress] = Non
 
     adjust_torch_elastic(on_restart)
     register_rendezvous()
-    config = _launch_config(plan, node, os.environ, address)  # type: ignore[arg-type]
+    config = _launch_config(plan, node, os.environ, rank_logs, address)  # type: ignore[arg-type]
     started = time.time()
-    follower = ConsoleFollower(run_dir, sys.stdout.buffer).start()
     try:
         elastic_launch(config, sys.executable)("-m", "hpcgpu.worker", *entry_words(plan.spec["entry"]))
         return exitcodes.OK
     except ChildFailedError as e:
         if exitcodes.ranks_stopped_cleanly(f.exitcode for f in e.failures.values()):
             return exitcodes.STOPPED_RESUMABLE
-        follower.stop()
-        print(f"hpcgpu: training failed\n{describe_failure(e.failures, dist['timeout_s'], run_dir)}", file=sys.stderr)
+        rank_logs.close()  # the ranks' last lines first, then the report
+        print(f"hpcgpu: training failed\n{failure(e.failures)}", file=sys.stderr)
         return exitcodes.FAILED
     except RendezvousError as e:
-        follower.stop()
+        rank_logs.close()
         print(describe_rdzv_failure(e, node, dist["rdzv_timeout_s"]), file=sys.stderr)
         return exitcodes.FAILED
     except SignalException as e:
+        rank_logs.close()
         # The ranks got the signal and stop_grace_s to save; those that saved left a marker.
         if _stopped_markers(run_dir, started):
             return exitcodes.STOPPED_RESUMABLE
@@ -214,5 +227,5 @@ def _run_ranks(plan: Plan, node: NodeFacts, address: Optional[NodeAddress] = Non
         _kill_children()
         return 130
     finally:
-        follower.stop()
+        rank_logs.close()
         leave(node)

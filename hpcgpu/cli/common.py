@@ -20,6 +20,12 @@ set_option = click.option(
     help="Set any spec key (dotted, repeatable), e.g. --set train.lr=3e-4 --set train.epochs=5; checked like "
          "the spec file. Precedence: spec file < HPCGPU_* variables < --set < the dedicated flags.")
 
+console_option = click.option(
+    "--console", type=click.Choice(["rank0", "all", "none"]), default=None,
+    help="What the console shows of the ranks (logging.console; default rank0): rank 0's lines, every "
+         "rank's prefixed [rank N], or none. All ranks always log to <run dir>/logs/rank<N>.log, and a "
+         "failed rank's traceback always shows. Later: hpcgpu logs RUN --all / --dedup.")
+
 
 def with_set_items(flags: dict, set_items: tuple[str, ...]) -> dict:
     """--set values under the dedicated flags given (a flag not given is None and leaves --set alone)."""

@@ -174,20 +174,61 @@ def follow_log(record, rank: int, path: Path, watch: EndWatch) -> int:
             time.sleep(POLL_S)
 
 
+def print_all_ranks(record, dedup: bool) -> None:
+    """`logs --all` / `--dedup`: every rank's log merged in time order, each line prefixed."""
+    from hpcgpu.contract.ranklines import dedup as group, group_prefix, merge_ranks, rank_logs, timed_lines
+
+    logs_dir = Path(record.run_dir) / "logs"
+    paths = rank_logs(logs_dir)
+    if not paths:
+        raise _missing_log(record, 0, logs_dir / "rank0.log")
+    merged = merge_ranks({rank: timed_lines(path, path.with_suffix(".idx")) for rank, path in paths.items()})
+    out = sys.stdout
+    if dedup:
+        for ranks, text in group(merged):
+            out.write(group_prefix(ranks) + text + "\n")
+    else:
+        for _t, rank, text in merged:
+            out.write(group_prefix([rank]) + text + "\n")
+    out.flush()
+
+
 @click.command()
 @click.argument("run")
-@click.option("--rank", type=click.IntRange(min=0), default=0, show_default=True, help="Which rank's log.")
+@click.option("--rank", type=click.IntRange(min=0), default=None, help="Which rank's log  [default: 0].")
+@click.option("--all", "all_ranks", is_flag=True,
+              help="Every rank's log, merged in time order, each line prefixed [rank N].")
+@click.option("--dedup", is_flag=True,
+              help="Like --all, with a line that several ranks printed shown once: [ranks 0-7] loading data.")
 @click.option("-f", "--follow", is_flag=True,
               help="Keep printing as the log grows until the run ends (Ctrl-C stops following, not the run); "
                    "waits for a log not written yet while the run is pending or starting.")
-def logs(run, rank, follow) -> int:
-    """Print a rank's log (appended across restarts and requeues).
+def logs(run, rank, all_ranks, dedup, follow) -> int:
+    """Print a rank's log (appended across restarts and requeues), or all ranks' logs merged.
+
+    \b
+    Examples:
+      hpcgpu logs demo-2026                 # rank 0
+      hpcgpu logs demo-2026 --rank 3 -f     # follow rank 3 until the run ends
+      hpcgpu logs demo-2026 --all           # every rank, in time order: [rank N] ...
+      hpcgpu logs demo-2026 --dedup         # ... identical lines once: [ranks 0-7] loading data
+
+    Time order comes from <run dir>/logs/rank<N>.idx, written by the node agent as it reads each
+    line (the node's clock); logs without one merge rank by rank.
 
     With -f: exits 0 once the run has ended and its log is printed, naming on stderr how it ended.
     """
     from hpcgpu.host.runs import find_run
 
+    if (all_ranks or dedup) and (rank is not None or follow):
+        raise UserError(f"--{'dedup' if dedup else 'all'} prints every rank's log as it stands; it cannot be "
+                        f"combined with {'--rank' if rank is not None else '--follow'}",
+                        hint="follow one rank with --rank N -f, or rerun --all once the run has ended")
     record = find_run(run)
+    if all_ranks or dedup:
+        print_all_ranks(record, dedup)
+        return 0
+    rank = rank or 0
     path = Path(record.run_dir) / "logs" / f"rank{rank}.log"
     if follow:
         try:

@@ -7,8 +7,8 @@ import sys
 
 import click
 
-from hpcgpu.cli.common import (allow_restart_option, check_allow_restart_flag, check_json_flag, exit_after_agent,
-                               parse_gpus, print_plan, refuse_options_with_resume, set_option, spec_option,
+from hpcgpu.cli.common import (allow_restart_option, check_allow_restart_flag, check_json_flag, console_option,
+                               exit_after_agent, parse_gpus, print_plan, refuse_options_with_resume, set_option, spec_option,
                                with_dry_run_options, with_set_items)
 
 
@@ -28,6 +28,7 @@ def run() -> None:
 @click.option("--resume", "resume_run", default=None, metavar="RUN",
               help="Continue RUN (id, id prefix or run dir) in its own run dir, from its newest valid checkpoint "
                    "(refused when every checkpoint is broken: see --allow-restart-from-zero).")
+@console_option
 @allow_restart_option
 @click.option("--nnodes", default=None, metavar="N",
               help="Several nodes without a scheduler: this run spans N nodes, each started by hand with this "
@@ -45,7 +46,7 @@ def run() -> None:
 @with_dry_run_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- SCRIPT ARGS... | -- -m MODULE ARGS...]")
 def run_local(spec_file, set_items, gpus, nproc, name, max_restarts, container, dry_run, command, resume_run=None,
-              as_json=False, allow_restart=False, nnodes=None, node_rank=None, rdzv_endpoint=None,
+              as_json=False, allow_restart=False, console=None, nnodes=None, node_rank=None, rdzv_endpoint=None,
               rdzv_id=None) -> int:
     """Run the spec's job on this machine: one node agent, one rank per GPU (or --nproc CPU ranks);
     or this machine's part of a run over several nodes (--nnodes), like torchrun on each node.
@@ -54,6 +55,7 @@ def run_local(spec_file, set_items, gpus, nproc, name, max_restarts, container, 
     Examples:
       hpcgpu run local                       # ./hpcgpu.yaml, or the bundled demo
       hpcgpu run local --nproc 2             # 2 CPU ranks (gloo)
+      hpcgpu run local --nproc 2 --console all   # every rank's lines, as [rank N] ...
       hpcgpu run local --gpus 4 -f job.yaml
       hpcgpu run local --gpus all -- train.py --lr 3e-4   # any script, like torchrun
       hpcgpu run local --gpus 2 -- -m mypkg.train --lr 3e-4
@@ -90,7 +92,7 @@ def run_local(spec_file, set_items, gpus, nproc, name, max_restarts, container, 
             return print_plan(plan, get_backend("local"), f"{plan.run_dir}/spec.yaml (resumed)", as_json)
         finish(launch.resume(resume_run, "local", announce=lambda plan: _announce(plan, f"{plan.run_dir}/spec.yaml (resumed)"),
                              allow_restart=allow_restart))
-    flags = {"name": name, "distributed.max_restarts": max_restarts}
+    flags = {"name": name, "distributed.max_restarts": max_restarts, "logging.console": console}
     if multi is not None:
         flags["resources.nodes"] = multi.nnodes
     if nproc is not None:
@@ -125,13 +127,35 @@ def outcome_line(code: int, resume: str) -> str:
     return f"failed (exit {code})"
 
 
+def resume_command(run_id: str, run_dir: str, environ=None, root: str = "/") -> str:
+    """How to continue a stopped local run, as a command for where the user started it.
+
+    On a host: `hpcgpu run local --resume ID`. In the hpcgpu image (`docker run ... IMAGE train`,
+    HPCGPU_IN_IMAGE=1) the container is gone once the run stops, and with it the run index in its
+    home: a new container of the image continues the run, named by its directory, which the same
+    mount brings back; `hpcgpu` is the image's entrypoint, so its arguments follow the image. The
+    engine is docker (/.dockerenv) or podman (/run/.containerenv); root is for tests."""
+    import os
+    import shlex
+
+    from hpcgpu.contract.envnames import IN_IMAGE
+
+    environ = os.environ if environ is None else environ
+    if environ.get(IN_IMAGE) == "1":
+        for marker, engine in (("run/.containerenv", "podman"), (".dockerenv", "docker")):
+            if os.path.exists(os.path.join(root, marker)):
+                return f"{engine} run <the same options and image> run local --resume {shlex.quote(run_dir)}"
+    return f"hpcgpu run local --resume {run_id}"
+
+
 def finish(launched) -> None:
     """Say how the run ended and where everything is; exit with the node agent's status."""
     plan, code = launched.plan, launched.handle.exit_code
     # several nodes share the run id: each resumes its own run dir (and reruns this on every node)
-    ref = plan.run_id if plan.nodes == 1 else shlex.quote(plan.run_dir)
-    click.echo(f"hpcgpu: {plan.run_id} {outcome_line(code, f'hpcgpu run local --resume {ref}')}")
-    click.echo(f"  logs:        {plan.run_dir}/logs/rank<N>.log  (hpcgpu logs {plan.run_id} --rank N)")
+    how = resume_command(plan.run_id, plan.run_dir) if plan.nodes == 1 else \
+        f"hpcgpu run local --resume {shlex.quote(plan.run_dir)}"
+    click.echo(f"hpcgpu: {plan.run_id} {outcome_line(code, how)}")
+    click.echo(f"  logs:        {plan.run_dir}/logs/rank<N>.log  (hpcgpu logs {plan.run_id} --rank N | --all | --dedup)")
     click.echo(f"  checkpoints: {plan.ckpt_dir}")
     click.echo(f"  tensorboard: tensorboard --logdir {plan.run_dir}/tb")
     exit_after_agent(code)

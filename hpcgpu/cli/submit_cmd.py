@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from hpcgpu.cli.common import (allow_restart_option, check_allow_restart_flag, check_json_flag, print_plan,
+from hpcgpu.cli.common import (allow_restart_option, check_allow_restart_flag, check_json_flag, console_option, print_plan,
                                refuse_options_with_resume, set_option, spec_option, with_set_items)
 from hpcgpu.contract.errors import UserError
 
@@ -42,17 +42,19 @@ def submit() -> None:
               help="Submit a new job that continues RUN (cancelled, stopped, timed out) from its newest "
                    "checkpoint, with the spec it was started with. Combines only with --dry-run/--wait/--follow "
                    "(and --allow-restart-from-zero).")
+@console_option
 @allow_restart_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- SCRIPT ARGS...]")
 def submit_slurm(spec_file, set_items, nodes, gpus_per_node, nproc_per_node, partition, account, qos, time_limit,
                  constraint, mem, cpus_per_task, container, name, dry_run, wait, follow, command,
-                 resume_run=None, as_json=False, allow_restart=False) -> int:
+                 resume_run=None, as_json=False, allow_restart=False, console=None) -> int:
     """Submit the spec's job to Slurm: one task per node, each starting that node's ranks.
 
     \b
     Examples:
       hpcgpu submit slurm --nodes 2 --gpus-per-node 8 --time 04:00:00 --partition gpu
       hpcgpu submit slurm --nodes 2 --nproc-per-node 2 --follow     # CPU ranks (gloo)
+      hpcgpu submit slurm --nodes 4 --console all   # node logs hold every rank, [rank N] prefixed
       hpcgpu submit slurm --dry-run                                 # print the sbatch script
       hpcgpu submit slurm --dry-run --json                          # ... inside the plan.json it runs
       hpcgpu submit slurm --resume demo-2026 --follow               # continue a cancelled run
@@ -76,7 +78,8 @@ def submit_slurm(spec_file, set_items, nodes, gpus_per_node, nproc_per_node, par
         return _submitted(launched, wait, follow)
     flags = {"name": name, "resources.nodes": nodes, "resources.cpus_per_task": cpus_per_task,
              "resources.mem": mem, "resources.time": time_limit, "slurm.partition": partition,
-             "slurm.account": account, "slurm.qos": qos, "slurm.constraint": constraint}
+             "slurm.account": account, "slurm.qos": qos, "slurm.constraint": constraint,
+             "logging.console": console}
     if nproc_per_node is not None and gpus_per_node:
         raise UserError("--nproc-per-node runs CPU ranks; it cannot be combined with --gpus-per-node "
                         f"{gpus_per_node}", hint="GPU jobs start one rank per GPU: give --gpus-per-node only")

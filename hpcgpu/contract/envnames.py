@@ -21,8 +21,13 @@ RESTART_COUNT = "HPCGPU_RESTART_COUNT"
 JOB_RESTARTS = "HPCGPU_JOB_RESTARTS"
 #: "1" when the console the agent prints rank 0 to is a terminal (live progress bar)
 CONSOLE_TTY = "HPCGPU_CONSOLE_TTY"
+#: "agent" when the node agent reads the rank's fd 1 and 2 (pipes) into its log: the rank leaves them be
+RANK_OUTPUT = "HPCGPU_RANK_OUTPUT"
 #: base directory for the run index (default ~/.local/state/hpcgpu)
 HOME = "HPCGPU_HOME"
+#: "1" in the hpcgpu image (containers/Dockerfile), whose entrypoint is `hpcgpu`: a run that
+#: `docker run IMAGE train` stopped continues in a new container of the image (see cli.run_cmd)
+IN_IMAGE = "HPCGPU_IN_IMAGE"
 #: host:port where the node agents of a multi-node run meet (published by the head node)
 RDZV_ENDPOINT = "HPCGPU_RDZV_ENDPOINT"
 #: this node's index in a multi-node run started without a scheduler

@@ -5,7 +5,8 @@ A run directory holds everything about one run:
     spec.yaml       the resolved spec, for people and `--resume`
     run.json        what was launched: id, backend, job id / launcher pid and start time, nodes, created
     result.json     how the last attempt ended (written by node 0's agent: exit status, when)
-    logs/           rank{N}.log per rank (appended across restarts), agent logs, NCCL logs
+    logs/           rank{N}.log per rank (appended across restarts), rank{N}.idx (when each line was read,
+                    for `logs --all`: hpcgpu/contract/ranklines.py), agent logs, NCCL logs
     checkpoints/    step-numbered checkpoints (unless checkpoint.dir points elsewhere)
     tb/             TensorBoard events
     exit/           rank{N}.json: how each rank ended (done / stopped)

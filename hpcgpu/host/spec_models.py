@@ -209,6 +209,10 @@ class Logging(_Model):
     """Write TensorBoard events on rank 0 to `<run dir>/tb`."""
     progress: Literal["auto", "bar", "lines", "off"] = "auto"
     """auto: a live bar on a terminal, plain periodic lines in a log file."""
+    console: Literal["rank0", "all", "none"] = "rank0"
+    """What the launcher's console shows of the ranks (every rank always logs to logs/rank<N>.log):
+    rank0: rank 0's lines; all: every rank's, each prefixed `[rank N] `; none: nothing. Rank stdout
+    goes to stdout, rank stderr to stderr; a failed rank's traceback or last lines always show."""
 
 
 class Debug(_Model):

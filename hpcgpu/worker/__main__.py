@@ -18,7 +18,7 @@ from pathlib import Path
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from hpcgpu.contract import console, envnames, exitcodes
+from hpcgpu.contract import envnames, exitcodes
 from hpcgpu.contract.node import attempt_restarts
 from hpcgpu.worker import api, context, stop
 from hpcgpu.worker.dist import barrier, teardown
@@ -27,18 +27,20 @@ from hpcgpu.worker.report import write_exit
 
 
 def redirect_output(run_dir: Path, info: RankInfo) -> Path:
-    """Send fd 1 and 2 (C libraries such as NCCL included) to `<run dir>/logs/rank{R}.log`, appending."""
+    """Send fd 1 and 2 (C libraries such as NCCL included) to `<run dir>/logs/rank{R}.log`, appending.
+
+    Under hpcgpu's node agent they already are: the agent reads them from pipes into that log and
+    its console (hpcgpu/agent/ranklogs.py). Started otherwise (plain torchrun), the rank writes the
+    log itself."""
     log = run_dir / "logs" / f"rank{info.rank}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    if info.local_rank == 0 and "TORCHELASTIC_RUN_ID" in os.environ:
-        # the node agent copies this rank's log to its console from here on (hpcgpu/contract/console.py)
-        console.announce(run_dir, log, offset=os.fstat(fd).st_size)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
+    if os.environ.get(envnames.RANK_OUTPUT) != "agent":
+        log.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
     sys.stdout.reconfigure(line_buffering=True)
     sys.stderr.reconfigure(line_buffering=True)
     print(f"==== hpcgpu rank {info.rank}/{info.world_size} (local {info.local_rank}, node {info.node_rank}) "

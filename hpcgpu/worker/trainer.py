@@ -177,7 +177,8 @@ class Trainer:
         t0 = time.perf_counter()
         self._build()
         self._resume()
-        self.progress.start_step = self.start_step
+        # a resume on another world size recounts the steps (_restore_position): the bar counts to that
+        self.progress.start_step, self.progress.total = self.start_step, self.total_steps
         self.metrics = Metrics(self.ctx.run_dir, self.ctx.spec.logging.tensorboard and self.info.is_main,
                                self.device, self.start_step)
         self._announce()

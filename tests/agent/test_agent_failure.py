@@ -102,3 +102,22 @@ def test_a_traceback_is_not_followed_by_the_log(tmp_path):
     (tmp_path / "logs" / "rank0.log").write_text("noise\n")
     text = describe_failure({0: Failure(1, 0, 5, tb("Traceback\n  boom"))}, run_dir=tmp_path)
     assert "last lines" not in text and "noise" not in text
+
+
+def test_the_failed_rank_is_named_with_its_node():
+    text = describe_failure({3: Failure(1, 1, 5, "oops")}, node="node 1 (gpu07)")
+    assert text.splitlines()[0] == "rank 3 (local rank 1, pid 5, node 1 (gpu07)) failed with exit code 1"
+
+
+def test_without_a_traceback_its_last_stderr_lines_show_when_the_log_end_lacks_them(tmp_path):
+    (tmp_path / "logs").mkdir()
+    progress = "".join(f"step {i}\n" for i in range(40))  # stdout after the error pushed it out of the tail
+    (tmp_path / "logs" / "rank1.log").write_text("NCCL WARN socket closed\n" + progress)
+    tails = {1: ["NCCL WARN socket closed"]}
+    text = describe_failure({1: Failure(-6, 1, 5)}, run_dir=tmp_path, stderr_tail=tails.get)
+    assert "last lines of its stderr:\n  | NCCL WARN socket closed" in text
+    assert "last lines of its log" in text and "| step 39" in text
+    # stderr lines already in the log's tail are not shown twice
+    (tmp_path / "logs" / "rank1.log").write_text("step 1\nNCCL WARN socket closed\n")
+    text = describe_failure({1: Failure(-6, 1, 5)}, run_dir=tmp_path, stderr_tail=tails.get)
+    assert "last lines of its stderr" not in text and "| NCCL WARN socket closed" in text

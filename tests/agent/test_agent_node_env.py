@@ -105,7 +105,7 @@ def test_several_nodes_advertise_the_chosen_address_and_bind_the_stores_to_it():
     plan = plan_for("resources: {nodes: 2, gpus_per_node: 0}\n",
                     environ={"HPCGPU_NODE_RANK": "0", "HPCGPU_RDZV_ENDPOINT": "10.231.10.1:29400"})
     address = NodeAddress(addr="10.231.10.1", ifname="veth-a", reason="test")
-    config = _launch_config(plan, two_node_facts("10.231.10.1:29400", node_rank=0), {}, address)
+    config = _launch_config(plan, two_node_facts("10.231.10.1:29400", node_rank=0), {}, None, address)
     assert config.local_addr == "10.231.10.1"  # MASTER_ADDR on the head: not the host name
     assert config.rdzv_configs["bind"] == "10.231.10.1" and config.rdzv_configs["loopback"] is False
     assert '"nproc_per_node": 2' in config.rdzv_configs["plan"]  # what node 0 and the others compare

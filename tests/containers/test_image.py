@@ -94,3 +94,6 @@ def test_sigterm_reaches_the_ranks_through_tini(test_image, machine_args, tmp_pa
             child.wait()
     assert child.returncode == 75, output
     assert _summary(tmp_path)["status"] == "stopped"
+    # how to go on there: a new container of the image (tests/containers/test_docker_engine.py runs it)
+    (run,) = (tmp_path / "runs").iterdir()
+    assert f"continue with: podman run <the same options and image> run local --resume /work/runs/{run.name}" in output

@@ -114,3 +114,23 @@ def test_rank_devices_two_nodes_of_three_on_cpu():
         (0, 0, 0, "cpu", "gloo"), (1, 0, 1, "cpu", "gloo"), (2, 0, 2, "cpu", "gloo"),
         (3, 1, 0, "cpu", "gloo"), (4, 1, 1, "cpu", "gloo"), (5, 1, 2, "cpu", "gloo"),
     ]
+
+
+def test_a_plan_holding_utf8_text_loads_on_a_node_whose_locale_is_ascii(tmp_path):
+    # JSON is UTF-8 whatever the node's locale; batch jobs often run with LANG=C (an ASCII locale
+    # once Python's C-locale coercion and UTF-8 mode are off, as on many cluster images)
+    import os
+    import subprocess
+    import sys
+
+    plan = plan_for("env: {GREETING: café}\nresources: {gpus_per_node: 0}\n", run_dir=str(tmp_path))
+    (tmp_path / "plan.json").write_text(json.dumps(plan.to_dict(), ensure_ascii=False), encoding="utf-8")
+    env = {**os.environ, "LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    code = ("import locale, sys; from hpcgpu.contract.plan import load_plan; "
+            "print(locale.getpreferredencoding(False), load_plan(sys.argv[1]).env['GREETING'].encode('unicode_escape').decode())")
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr
+    encoding, name = p.stdout.split()
+    assert encoding.lower() in ("ansi_x3.4-1968", "ascii", "us-ascii")  # the locale really is ASCII
+    assert name == "caf\\xe9"

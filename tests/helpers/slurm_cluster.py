@@ -8,9 +8,11 @@ job states come from `scontrol show job` (kept MinJobAge=600 s after the end) an
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -19,6 +21,8 @@ from pathlib import Path
 import pytest
 
 NODES = ("node1", "node2")
+#: the cluster's private /24 (slurm/cluster.sh: node1 is .1, node2 .2, slurmctld's bridge .254)
+NET = ipaddress.ip_network(f"{os.environ.get('HPCGPU_SLURM_NET', '10.231.1')}.0/24")
 #: sinfo %t states in which a node runs (or can run) jobs
 USABLE = {"idle", "mix", "alloc", "comp"}
 #: JobState values after which a job never runs again (unless someone requeues it)
@@ -39,7 +43,23 @@ def cluster_problem() -> str | None:
         return f"sinfo failed: {out.stderr.strip()}"
     states = dict(line.split() for line in out.stdout.splitlines() if line.strip())
     bad = {n: states.get(n, "missing") for n in NODES if states.get(n) not in USABLE}
-    return f"nodes not usable: {bad}" if bad else None
+    if bad:
+        return f"nodes not usable: {bad}"
+    return layout_problem()
+
+
+def layout_problem() -> str | None:
+    """Why the node names do not resolve to the nodes' own addresses in NET (the cluster predates
+    the node namespaces, or /etc/hosts was edited), or None."""
+    for node in NODES:
+        try:
+            addr = socket.gethostbyname(node)
+        except OSError as e:
+            return f"{node} does not resolve: {e}"
+        if ipaddress.ip_address(addr) not in NET:
+            return (f"{node} resolves to {addr}, not to an address in {NET}: the cluster is not the one "
+                    "with a network namespace per node")
+    return None
 
 
 @pytest.fixture(scope="session")

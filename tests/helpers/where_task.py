@@ -20,6 +20,7 @@ def make_task(**kwargs):
         "executable": sys.executable,
         "hpcgpu": os.path.dirname(hpcgpu.__file__),
         "containerenv": os.path.exists("/run/.containerenv"),  # podman writes it into every container
+        "dockerenv": os.path.exists("/.dockerenv"),  # docker does (and some hosts have it too)
         "node": os.environ.get("SLURMD_NODENAME"),
         "restart": int(os.environ.get("HPCGPU_RESTART_COUNT") or 0),
     }

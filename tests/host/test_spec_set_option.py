@@ -75,3 +75,16 @@ def test_a_bad_key_or_value_names_the_key_and_starts_nothing(tmp_path, monkeypat
     result, _ = dry_run(tmp_path, monkeypatch, "--nproc", "2", "--set", item)
     assert isinstance(result.exception, UserError) and named in str(result.exception)  # `main` exits 2 on it
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_malformed_item_points_at_the_list_of_keys():
+    with pytest.raises(UserError) as raised:
+        parse_set_options(["train lr=3"])
+    assert "docs/spec.md" in raised.value.hint and "hpcgpu spec show" in raised.value.hint
+
+
+def test_a_value_that_is_not_yaml_says_how_to_quote_a_list():
+    with pytest.raises(UserError) as raised:
+        parse_set_options(["entry.args=[--lr, 3"])
+    assert raised.value.message.startswith("--set entry.args: ")
+    assert "quote it for your shell" in raised.value.hint and "--set 'entry.args=[--lr, \"3\"]'" in raised.value.hint

@@ -27,3 +27,5 @@ def test_resuming_on_another_world_size_ends_at_the_last_epoch(tmp_path, first, 
     steps_left = (2 * 1024 - samples_done) // (16 * then)
     assert summary["steps"] == 10 + steps_left
     assert "(2.00 epochs)" in two.log(0)
+    total = 10 + steps_left  # the progress lines count to the recounted end, not the first run's
+    assert f"step {total}/{total} " in two.log(0), two.log(0)[-2000:]
