@@ -99,8 +99,8 @@ def run_local(spec_file, set_items, gpus, nproc, name, max_restarts, container, 
         flags.update({"resources.gpus_per_node": 0, "resources.procs_per_node": nproc})
     elif gpus is not None:
         flags["resources.gpus_per_node"] = parse_gpus(gpus)
-    spec, source = launch.load_with_overrides(spec_file, with_set_items(flags, set_items), command)
-    spec = launch.with_container(spec, container, "podman")
+    spec, source = launch.load_with_overrides(spec_file, with_set_items(flags, set_items), command,
+                                              (container, "podman"))
     # the local backend plans this node's part (node rank, endpoint) from multi.environ()
     run_name = launch.RunName(multi.run_id(spec.name), multi.dir_name(spec.name), multi.environ()) if multi else None
     if dry_run:

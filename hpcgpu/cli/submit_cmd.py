@@ -87,8 +87,8 @@ def submit_slurm(spec_file, set_items, nodes, gpus_per_node, nproc_per_node, par
         flags.update({"resources.gpus_per_node": 0, "resources.procs_per_node": nproc_per_node})
     elif gpus_per_node is not None:
         flags["resources.gpus_per_node"] = gpus_per_node
-    spec, source = launch.load_with_overrides(spec_file, with_set_items(flags, set_items), command)
-    spec = launch.with_container(spec, container, "apptainer")
+    spec, source = launch.load_with_overrides(spec_file, with_set_items(flags, set_items), command,
+                                              (container, "apptainer"))
     if dry_run:
         return print_plan(launch.plan_new(spec, "slurm"), get_backend("slurm"), source, as_json)
     return _submitted(launch.start(spec, "slurm"), wait, follow)

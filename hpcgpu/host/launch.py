@@ -113,11 +113,13 @@ def _unsupported(flag: str) -> UserError:
              "-u, -B, -O, -OO, -W, -X dev/faulthandler/utf8/importtime/tracemalloc)")
 
 
-def load_with_overrides(spec_file: Optional[str], flags: Mapping[str, Any], cmd: tuple[str, ...] = ()) -> tuple[Spec, str]:
-    """spec < HPCGPU_* environment < flags; `-- CMD` replaces the spec's entry."""
+def load_with_overrides(spec_file: Optional[str], flags: Mapping[str, Any], cmd: tuple[str, ...] = (),
+                        container: Optional[tuple[str, str]] = None) -> tuple[Spec, str]:
+    """spec < HPCGPU_* environment < flags; `-- CMD` replaces the spec's entry; container: the
+    --container flag's (image, runtime when neither the spec nor the flags name one)."""
     spec, source = load_spec(spec_file)
     spec = apply_overrides(spec, env_overrides(dict(os.environ)))
-    overrides = dict(flags)
+    overrides = {**dict(flags), **container_overrides(spec.container is not None, flags, container)}
     if cmd:
         e = entry_from_command(cmd)
         overrides.update({"entry.script": None, "entry.module": None, "entry.task": None, "entry.args": []})
@@ -168,13 +170,18 @@ def not_python(path: Path) -> bool:
     return head.startswith(b"#!") and b"python" not in head.split(b"\n", 1)[0]
 
 
-def with_container(spec: Spec, image: Optional[str], default_runtime: str) -> Spec:
-    """--container IMAGE: only the image changes; the spec's runtime, binds and extra_args stay
-    (without a container section: default_runtime, podman locally, apptainer on Slurm)."""
-    if not image:
-        return spec
-    return apply_overrides(spec, {"container.image": image,
-                                  "container.runtime": None if spec.container else default_runtime})
+def container_overrides(spec_has_container: bool, flags: Mapping[str, Any],
+                        container: Optional[tuple[str, str]]) -> dict[str, Any]:
+    """--container IMAGE: only the image changes; the runtime, binds and extra_args of the spec (or of
+    --set container.*) stay; with neither, the backend's default runtime (podman locally, apptainer
+    on Slurm). Applied with the other flags, so `--set container.runtime=docker --container IMG` is
+    one valid container section, not a runtime without an image."""
+    if not container or not container[0]:
+        return {}
+    image, default_runtime = container
+    if spec_has_container or flags.get("container.runtime") is not None:
+        return {"container.image": image}
+    return {"container.image": image, "container.runtime": default_runtime}
 
 
 # ---------------------------------------------------------------- new runs

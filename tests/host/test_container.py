@@ -205,3 +205,19 @@ def test_container_flag_keeps_the_spec_runtime_binds_and_args(tmp_path):
     assert argv[:2] == ["docker", "run"] and "/data:/data:ro" in argv and "--shm-size=8g" in argv
     assert argv[argv.index("python3") - 1] == "new:1"
     assert node_command("--container", "new:1")[:2] == ["podman", "run"]
+    # the runtime from --set and the image from --container make one container section
+    (tmp_path / "job.yaml").unlink()
+    argv = node_command("--set", "container.runtime=docker", "--container", "new:1")
+    assert argv[:2] == ["docker", "run"] and argv[argv.index("python3") - 1] == "new:1"
+
+
+@pytest.mark.parametrize("spec_has_container, flags, want", [
+    (False, {}, {"container.image": "img:1", "container.runtime": "podman"}),  # the backend's default runtime
+    (True, {}, {"container.image": "img:1"}),  # the spec's runtime stays
+    (False, {"container.runtime": "docker"}, {"container.image": "img:1"}),  # so does --set's
+])
+def test_the_container_flag_sets_the_image_and_a_runtime_only_when_none_is_named(spec_has_container, flags, want):
+    from hpcgpu.host.launch import container_overrides
+
+    assert container_overrides(spec_has_container, flags, ("img:1", "podman")) == want
+    assert container_overrides(spec_has_container, flags, (None, "podman")) == {}  # no --container
