@@ -14,7 +14,8 @@ from hpcgpu.worker import stop
 
 
 @pytest.fixture
-def one_rank_group(tmp_path):
+def one_rank_group(tmp_path, monkeypatch):
+    monkeypatch.setattr(stop, "_cooperative", stop._cooperative)  # should_stop marks the process cooperative
     tdist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
     stop.reset()
     yield
