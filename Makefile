@@ -35,9 +35,10 @@ test-unit: venv
 test-fast: venv
 	$(PY) -m pytest -q -m "not slurm and not container and not gpu" $(PYTEST_ARGS)
 
-# Two pytest-xdist workers: the Slurm tests in order on one (mostly waiting on the scheduler), the
-# rest on the other, one test module at a time (tests/conftest.py). TEST_WORKERS=0 runs in one process.
-TEST_WORKERS ?= 2
+# Three pytest-xdist workers on two cores: the Slurm tests in order on one (mostly waiting on the
+# scheduler), the rest on the other two, one test module at a time (tests/conftest.py).
+# TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 3
 test:
 	$(MAKE) --no-print-directory -j4 --output-sync=target test-setup
 	HPCGPU_REQUIRE_SLURM=1 HPCGPU_REQUIRE_CONTAINER=1 HPCGPU_REQUIRE_DOCKER=1 HPCGPU_REQUIRE_NETNS=1 $(PY) -m pytest -q -m "not gpu" \

@@ -31,11 +31,11 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """How `make test` shares the tiers between two pytest-xdist workers (`-n 2 --dist loadgroup`).
+    """How `make test` shares the tiers between pytest-xdist workers (`-n 3 --dist loadgroup`).
 
     The Slurm tests are one group, run first and in order on one worker: they share the two-node
-    cluster, and most of their time is spent waiting on the scheduler, which the other worker fills
-    with everything else (a test that submits jobs without the marker joins by marking itself
+    cluster, and most of their time is spent waiting on the scheduler, while the other workers fill
+    the two cores with everything else (a test that submits jobs without the marker joins by marking itself
     xdist_group("slurm")). Every other test module is a group of its own, so a module-scoped
     fixture (a baseline run, a paused run) starts once. Without xdist the marks change nothing.
     """
