@@ -40,3 +40,30 @@ def test_an_async_fsdp_run_gets_one_gloo_group_for_its_saves(tmp_path, monkeypat
     trainer._build()
     assert trainer.ckpt_group is not None and trainer.ckpt_group is not tdist.group.WORLD
     assert tdist.get_backend(trainer.ckpt_group) == "gloo"
+
+
+def test_fsdp_shards_each_unit_the_task_names_then_the_whole_model(tmp_path, monkeypatch, one_rank_group):
+    # Task.shard_units (docs/trainer.md): each unit becomes its own FSDP unit, so its parameters are
+    # gathered one unit at a time; without them only the root would be one
+    import dataclasses
+
+    import torch
+    from torch.distributed.fsdp import FSDPModule
+
+    rig(monkeypatch)
+
+    class TwoLayers(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first, self.second = torch.nn.Linear(1, 4), torch.nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.second(self.first(x))
+
+    task = dataclasses.replace(const_task(samples=16), model=TwoLayers,
+                               shard_units=lambda model: [model.first, model.second])
+    ctx = context(tmp_path, "u", train={"strategy": "fsdp", "batch_size": 4, "epochs": 1})
+    trainer = trainer_mod.Trainer(ctx, task)
+    trainer._build()
+    assert isinstance(trainer.model.first, FSDPModule) and isinstance(trainer.model.second, FSDPModule)
+    assert isinstance(trainer.model, FSDPModule)
