@@ -35,3 +35,23 @@ def test_a_script_with_detail_on_cpu_is_planned_with_a_warning(tmp_path):
     warnings = [n for n in p.env_notes if n.startswith("warning: TORCH_DISTRIBUTED_DEBUG=DETAIL")]
     assert len(warnings) == 1 and "SIGSEGV" in warnings[0]
     assert not any("DETAIL on CPU" in n for n in plan("entry: {script: train.py}\n").env_notes)
+
+
+def test_the_refusal_says_what_works_instead():
+    with pytest.raises(UserError) as info:
+        plan("debug: {torch_distributed: detail}\n")
+    assert "use debug.torch_distributed: info on CPU, or detail with GPUs" in info.value.hint
+
+
+def test_the_script_warning_says_what_crashes_and_what_to_use():
+    (warning,) = [n for n in plan("entry: {script: train.py}\ndebug: {torch_distributed: detail}\n").env_notes
+                  if n.startswith("warning: TORCH_DISTRIBUTED_DEBUG=DETAIL")]
+    assert "a script wraps a model in DDP over gloo in this mode" in warning
+    assert warning.endswith("use debug.torch_distributed: info")
+
+
+def test_dp_with_detail_on_cpu_is_planned_without_refusal_or_warning():
+    # dp is one process driving its devices: no process group, so DETAIL's DDP crash cannot happen
+    p = plan("train: {strategy: dp}\ndebug: {torch_distributed: detail}\n")
+    assert p.env["TORCH_DISTRIBUTED_DEBUG"] == "DETAIL"
+    assert not any("DETAIL on CPU" in n for n in p.env_notes)
