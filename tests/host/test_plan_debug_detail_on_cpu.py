@@ -40,7 +40,7 @@ def test_a_script_with_detail_on_cpu_is_planned_with_a_warning(tmp_path):
 def test_the_refusal_says_what_works_instead():
     with pytest.raises(UserError) as info:
         plan("debug: {torch_distributed: detail}\n")
-    assert "use debug.torch_distributed: info on CPU, or detail with GPUs" in info.value.hint
+    assert info.value.hint == "use debug.torch_distributed: info on CPU, or detail with GPUs"
 
 
 def test_the_script_warning_says_what_crashes_and_what_to_use():
