@@ -84,3 +84,18 @@ def test_private_text_is_utf8_under_an_ascii_locale_too(tmp_path):
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert target.read_bytes() == "grüße".encode("utf-8")
+
+
+def test_run_files_are_written_as_utf8_whatever_the_locale(tmp_path):
+    # spec.yaml and friends may hold non-ASCII text (an env value, a path); a node whose locale is C
+    # (ASCII once Python's coercion and UTF-8 mode are off) must still write them, as UTF-8
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    code = ("import sys; from pathlib import Path; from hpcgpu.contract.runfiles import write_private_text; "
+            "write_private_text(Path(sys.argv[1]), 'caf\\u00e9')")
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "f.txt")], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "f.txt").read_bytes() == "café".encode("utf-8")
