@@ -107,7 +107,12 @@ def test_trains_the_demo_inside_the_image_to_the_same_loss_as_on_the_host(projec
 
 
 def test_sigterm_to_the_host_command_checkpoints_inside_and_resume_continues(project):
-    write_spec(project["dir"], SLOW)
+    # held after 3 steps (batch 16 per rank) until the test has looked and sent SIGTERM: however fast
+    # the machine, the signal lands mid-run
+    hold = project["dir"] / "hold"
+    hold.touch()
+    held = {**SLOW["entry"]["task_args"], "hold_after": 48, "hold_file": str(hold)}
+    write_spec(project["dir"], {**SLOW, "entry": {**SLOW["entry"], "task_args": held}})
     log_file = open(project["dir"] / "first.log", "w")
     first = subprocess.Popen([sys.executable, "-m", "hpcgpu", "run", "local", "--nproc", "2", "--container",
                               project["image"]], cwd=project["dir"], env=project["env"], stdout=log_file,
@@ -127,6 +132,11 @@ def test_sigterm_to_the_host_command_checkpoints_inside_and_resume_continues(pro
         assert early.returncode == 2 and f"still running here (launcher pid {first.pid})" in early.stderr, early.stderr
 
         first.send_signal(signal.SIGTERM)  # the host process only; it forwards to podman, podman to the agent
+        deadline = time.monotonic() + 60  # the ranks have the stop request before they go on
+        while "SIGTERM received" not in _text(run_dirs(project), "logs/rank0.log"):
+            assert first.poll() is None and time.monotonic() < deadline, _text([project["dir"]], "first.log")
+            time.sleep(0.2)
+        hold.unlink()
         rc = first.wait(timeout=90)
     finally:
         if first.poll() is None:
