@@ -106,7 +106,11 @@ def test_docker_run_image_train_trains_the_mounted_spec_to_completion(baseline):
 
 def test_docker_stop_checkpoints_exits_75_and_the_printed_command_resumes_to_the_same_loss(
         baseline, docker_image, tmp_path):
-    work = project(tmp_path / "work", SLOW)
+    # held after 3 steps (batch 16 per rank) until the stop request has reached the ranks: however
+    # fast the machine, `docker stop` lands mid-run (/work is the mounted project dir)
+    held = {**SLOW["entry"]["task_args"], "hold_after": 48, "hold_file": "/work/hold"}
+    work = project(tmp_path / "work", {**SLOW, "entry": {**SLOW["entry"], "task_args": held}})
+    (work / "hold").touch()
     name = f"hpcgpu-test-stop-{os.getpid()}"
     first_log = tmp_path / "first.log"
     with open(first_log, "w") as log_file:
@@ -118,7 +122,12 @@ def test_docker_stop_checkpoints_exits_75_and_the_printed_command_resumes_to_the
             assert first.poll() is None and time.monotonic() < deadline, first_log.read_text()
             time.sleep(0.2)
         # SIGTERM to tini; -t 120 as docs/containers.md advises (SIGKILL only after 120 s, not 10)
-        subprocess.run(["docker", "stop", "-t", "120", name], check=True, capture_output=True, timeout=240)
+        stop = subprocess.Popen(["docker", "stop", "-t", "120", name], stdout=subprocess.DEVNULL)
+        while "SIGTERM received" not in _text(work, "runs/*/logs/rank0.log"):
+            assert first.poll() is None and time.monotonic() < deadline + 60, first_log.read_text()
+            time.sleep(0.2)
+        (work / "hold").unlink()
+        assert stop.wait(timeout=240) == 0
         rc = first.wait(timeout=120)
     finally:
         if first.poll() is None:
