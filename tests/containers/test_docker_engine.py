@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from tests.helpers.container_image import DOCKER_DIR
+from tests.helpers.lock_holders import lock_holders
 from tests.helpers.paths import REPO, WHERE_TASK
 
 pytestmark = pytest.mark.container
@@ -199,18 +200,7 @@ def test_no_docker_daemon_holds_the_docker_engine_sh_lock(docker_image):
     # The docker tests wait for that lock (`up --background` under make test): an engine that
     # inherited it would hold it for its whole life, and they would wait 10 minutes, then fail.
     lock = str(DOCKER_DIR / ".lock")
-    holders = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            comm = (proc / "comm").read_text().strip()
-            if not comm.startswith(("dockerd", "containerd", "docker-proxy", "runc")):
-                continue
-            if any(os.readlink(fd) == lock for fd in (proc / "fd").iterdir()):
-                holders.append(f"{comm} (pid {proc.name})")
-        except OSError:
-            continue  # exited while we looked
+    holders = lock_holders(lock, lambda comm: comm.startswith(("dockerd", "containerd", "docker-proxy", "runc")))
     assert not holders, f"{holders} hold {lock}"
 
 

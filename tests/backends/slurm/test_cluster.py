@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.paths import REPO
+from tests.helpers.lock_holders import lock_holders
 from tests.helpers.slurm_cluster import NET
 
 pytestmark = pytest.mark.slurm
@@ -141,16 +142,5 @@ def test_no_daemon_holds_the_cluster_sh_lock(slurm_cluster):
     # A daemon that inherits cluster.sh's flock fd holds the lock for its whole life, and every later
     # `cluster.sh up` then waits 120 s for it (this is what failed the first CI run).
     lock = Path(os.environ.get("HPCGPU_SLURM_DIR", "/tmp/hpcgpu-slurm")) / ".lock"
-    holders = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            comm = (proc / "comm").read_text().strip()
-            if comm not in ("slurmctld", "slurmd", "slurmstepd", "munged"):
-                continue
-            if any(os.readlink(fd) == str(lock) for fd in (proc / "fd").iterdir()):
-                holders.append(f"{comm} (pid {proc.name})")
-        except OSError:
-            continue  # exited while we looked
+    holders = lock_holders(lock, lambda comm: comm in ("slurmctld", "slurmd", "slurmstepd", "munged"))
     assert not holders, f"{holders} hold {lock}"
