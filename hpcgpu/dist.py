@@ -17,6 +17,7 @@ from hpcgpu.worker.api import (  # noqa: F401
     barrier,
     checkpoint_dir,
     device,
+    heartbeat,
     init,
     is_main,
     last_checkpoint,
@@ -34,6 +35,6 @@ from hpcgpu.worker.task import Task  # noqa: F401
 
 __all__ = [
     "init", "rank_info", "is_main", "device", "print0", "barrier", "run_dir", "checkpoint_dir",
-    "should_stop", "save_checkpoint", "load_checkpoint", "wait_for_checkpoint", "last_checkpoint",
+    "should_stop", "heartbeat", "save_checkpoint", "load_checkpoint", "wait_for_checkpoint", "last_checkpoint",
     "CheckpointError", "RankInfo", "Task",
 ]

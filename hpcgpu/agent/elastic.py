@@ -1,9 +1,10 @@
 """Every adjustment hpcgpu makes to torch elastic, in one place, each guarded by a feature check.
 
-torch elastic is the agent's engine (what torchrun runs). hpcgpu needs six things it does not do:
+torch elastic is the agent's engine (what torchrun runs). hpcgpu needs seven things it does not do:
 forward Slurm's USR1/USR2, wait less than 30 s for survivors after a rank failure, treat a group
 that stopped cleanly (exit 75) as final under max_restarts, keep stores on the address they are for,
-give restarted ranks a fresh store, and number the nodes by node rank. The public knobs are used where they exist (LaunchConfig
+give restarted ranks a fresh store, number the nodes by node rank, and end (or restart) an attempt
+whose ranks the hang watchdog found hung. The public knobs are used where they exist (LaunchConfig
 fields, environment variables); the rest patches private internals, so each patch checks that
 what it replaces exists and otherwise warns once and leaves torch as it is
 (tests/agent/test_agent_elastic.py pins each one against the installed torch).
@@ -109,6 +110,8 @@ def make_clean_stops_final() -> None:
     def make(original):
         def monitor(self, worker_group):
             result = original(self, worker_group)
+            if result.state == WorkerState.HEALTHY:
+                result = _hung_result(self, worker_group) or result
             if result.state == WorkerState.FAILED and exitcodes.ranks_stopped_cleanly(
                     f.exitcode for f in result.failures.values()):
                 self._remaining_restarts = 0
@@ -122,6 +125,38 @@ def make_clean_stops_final() -> None:
     _patch(LocalElasticAgent, "_monitor_workers", make, "LocalElasticAgent._monitor_workers",
            "with distributed.max_restarts > 0 a stop that reached only the ranks restarts them")
 
+
+def _hung_result(agent: Any, worker_group: Any):
+    """The watchdog's verdict as torch elastic's: a failed attempt (restarted under max_restarts),
+    the hung ranks of this node failing with exitcodes.HUNG (all of them when the rank behind is on
+    another node); None while the ranks make progress.
+
+    The ranks are killed here, at once: none can save (the healthy ones wait in a collective with
+    the one behind) and a SIGTERM would only wait out torch's 30 s before its SIGKILL."""
+    if _watch is None:
+        return None
+    workers = worker_group.workers
+    hung = _watch([(w.local_rank, w.global_rank, w.id) for w in workers])
+    if hung is None:
+        return None
+    import signal
+
+    from torch.distributed.elastic.agent.server.api import RunResult, WorkerState
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    pcontext = getattr(agent, "_pcontext", None)
+    if pcontext is not None:
+        pcontext.close(signal.SIGKILL, FAILURE_GRACE_S)
+
+    named = [w for w in workers if w.global_rank in hung] or list(workers)
+    return RunResult(state=WorkerState.FAILED, failures={
+        w.global_rank: ProcessFailure(local_rank=w.local_rank, pid=w.id, exitcode=exitcodes.HUNG, error_file="")
+        for w in named})
+
+
+#: called with the (local rank, global rank, pid) of each running rank at every monitor pass; returns
+#: None while the ranks make progress, else the global ranks found hung (agent/watchdog.py)
+_watch: Optional[Callable[[list], Optional[list[int]]]] = None
 
 #: called as (failures, failed attempt, attempts in all) before torch elastic restarts the ranks;
 #: the node agent sets it per run (adjust_torch_elastic), the patched monitor reads it
@@ -209,12 +244,15 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def adjust_torch_elastic(on_restart: Optional[Callable[[dict, int, int], None]] = None) -> None:
+def adjust_torch_elastic(on_restart: Optional[Callable[[dict, int, int], None]] = None,
+                         watch: Optional[Callable[[list], Optional[list[int]]]] = None) -> None:
     """Everything above that applies process-wide (the rendezvous parts apply per handler);
-    on_restart reports a failed attempt that torch elastic is about to restart."""
-    global _on_restart
+    on_restart reports a failed attempt that torch elastic is about to restart; watch is the hang
+    watchdog's check (none: the ranks are not watched)."""
+    global _on_restart, _watch
     if on_restart is not None:
         _on_restart = on_restart
+    _watch = watch
     quiet_elastic_logs()
     limit_failure_teardown()
     make_clean_stops_final()

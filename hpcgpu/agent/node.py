@@ -167,6 +167,35 @@ def entry_words(entry: dict) -> tuple[str, ...]:
     return (*((target,) if isinstance(target, str) else target), *entry.get("args", []))
 
 
+def make_watchdog(plan: Plan, node: NodeFacts):
+    """This node's hang watchdog (watchdog.stall_s > 0), its heartbeat file named to the ranks; None when off."""
+    from hpcgpu.agent.watchdog import Watchdog, store_peers
+
+    stall_s = plan.spec.get("watchdog", {}).get("stall_s", 0)  # plans written before it existed: off
+    if not stall_s:
+        return None
+    peers = store_peers(node) if node.nnodes > 1 else None
+    watchdog = Watchdog(Path(plan.run_dir), stall_s, plan.nproc_per_node, node.node_rank, node.host,
+                        peers=peers, is_head=node.is_head)
+    os.environ.update(watchdog.environment)
+    old_name_only = flight_recorder_env(os.environ)
+    if old_name_only:
+        os.environ.update(old_name_only)
+    return watchdog
+
+
+def flight_recorder_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The flight recorder's size under the name this torch reads: before torch 2.8 only NCCL had one,
+    sized by TORCH_NCCL_TRACE_BUFFER_SIZE (torch 2.8+ reads TORCH_FR_BUFFER_SIZE, and warns about
+    the old name)."""
+    from torch._C import _distributed_c10d as c10d
+
+    size = environ.get("TORCH_FR_BUFFER_SIZE")
+    if not size or hasattr(c10d, "_dump_fr_trace_json") or "TORCH_NCCL_TRACE_BUFFER_SIZE" in environ:
+        return {}
+    return {"TORCH_NCCL_TRACE_BUFFER_SIZE": size}
+
+
 def _run_ranks(plan: Plan, node: NodeFacts, address: Optional[NodeAddress] = None) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -175,6 +204,7 @@ def _run_ranks(plan: Plan, node: NodeFacts, address: Optional[NodeAddress] = Non
 
     from hpcgpu.agent.elastic import adjust_torch_elastic
     from hpcgpu.agent.failure import describe_failure
+    from hpcgpu.agent.watchdog import console_summary
     from hpcgpu.agent.ranklogs import RankLogs
     from hpcgpu.agent.rendezvous import describe_rdzv_failure, leave, register_rendezvous
 
@@ -186,16 +216,24 @@ def _run_ranks(plan: Plan, node: NodeFacts, address: Optional[NodeAddress] = Non
     def failure(failures: dict) -> str:
         return describe_failure(failures, dist["timeout_s"], run_dir, node=where, stderr_tail=rank_logs.stderr_tail)
 
+    watchdog = make_watchdog(plan, node)
+
+    def hang() -> Optional[str]:
+        """The hang found in the attempt that just ended (said once), else None."""
+        report, watchdog.report = watchdog.report, None
+        return console_summary(report, watchdog.md_path) if report else None
+
     def on_restart(failures: dict, attempt: int, attempts: int) -> None:
         """Say which rank failed and how, that the ranks restart, and count it for `status`."""
         rank_logs.settle()  # the failed rank's last lines, before the report that quotes them
-        print(f"hpcgpu: attempt {attempt} of {attempts} failed:\n{failure(failures)}\n"
+        said = (hang() if watchdog else None) or failure(failures)
+        print(f"hpcgpu: attempt {attempt} of {attempts} failed:\n{said}\n"
               f"hpcgpu: restarting the ranks (attempt {attempt + 1} of {attempts}, distributed.max_restarts="
               f"{attempts - 1}); they resume from the newest checkpoint", file=sys.stderr, flush=True)
         if node.is_head:
             count_elastic_restart(run_dir)
 
-    adjust_torch_elastic(on_restart)
+    adjust_torch_elastic(on_restart, watchdog.check if watchdog else None)
     register_rendezvous()
     config = _launch_config(plan, node, os.environ, rank_logs, address)  # type: ignore[arg-type]
     started = time.time()
@@ -206,6 +244,12 @@ def _run_ranks(plan: Plan, node: NodeFacts, address: Optional[NodeAddress] = Non
         if exitcodes.ranks_stopped_cleanly(f.exitcode for f in e.failures.values()):
             return exitcodes.STOPPED_RESUMABLE
         rank_logs.close()  # the ranks' last lines first, then the report
+        said = hang() if watchdog else None
+        if said:
+            print(f"{said}\nhpcgpu: the ranks were stopped; nothing was saved since the last checkpoint (the "
+                  "others wait in a collective with the rank behind, so they cannot save); a resume continues "
+                  "from it", file=sys.stderr)
+            return exitcodes.HUNG
         print(f"hpcgpu: training failed\n{failure(e.failures)}", file=sys.stderr)
         return exitcodes.FAILED
     except RendezvousError as e:
@@ -228,4 +272,6 @@ def _run_ranks(plan: Plan, node: NodeFacts, address: Optional[NodeAddress] = Non
         return 130
     finally:
         rank_logs.close()
+        if watchdog:
+            watchdog.close()
         leave(node)

@@ -142,6 +142,11 @@ def _create_rdzv_handler(params):
     return handler
 
 
+def joined_store():
+    """The rendezvous store this agent joined (the node agents' meeting place)."""
+    return _rdzv["store"]
+
+
 def _left_key(run_id: str, node_rank: int) -> str:
     return f"hpcgpu/{run_id}/left/{node_rank}"
 

@@ -121,6 +121,9 @@ def outcome_line(code: int, resume: str) -> str:
         return "done"
     if state is RunState.STOPPED:
         return f"stopped after a checkpoint; continue with: {resume}"
+    if state is RunState.HUNG:
+        return (f"hung: no rank made progress for watchdog.stall_s; the hang report (hang-*.md in the run dir) "
+                f"names the rank behind; continue from the last checkpoint with: {resume}")
     if state is RunState.INTERRUPTED:
         return (f"interrupted by {signal.Signals(code - 128).name} before its ranks could checkpoint; "
                 f"continue from the previous checkpoint with: {resume}")

@@ -34,3 +34,6 @@ RDZV_ENDPOINT = "HPCGPU_RDZV_ENDPOINT"
 NODE_RANK = "HPCGPU_NODE_RANK"
 #: several nodes: the address and interface this node's ranks use, and why (set by the node agent)
 NETWORK = "HPCGPU_NETWORK"
+#: the node agent's heartbeat file (contract/heartbeat.py): ranks report progress there; unset when
+#: the watchdog is off or the rank was started by something else (plain torchrun)
+HEARTBEAT_FILE = "HPCGPU_HEARTBEAT_FILE"

@@ -11,6 +11,10 @@ USAGE = 2
 #: stopped cleanly on a signal (preemption, time limit, Ctrl-C) after a checkpoint: resumable.
 #: 75 is EX_TEMPFAIL from sysexits.h: "temporary failure, retry later".
 STOPPED_RESUMABLE = 75
+#: hung: no rank made progress for watchdog.stall_s; the hang report (<run dir>/hang-<time>.md) names
+#: the rank(s) behind. Resumable from the last checkpoint. 76 follows 75; sysexits.h's EX_PROTOCOL
+#: meaning does not apply.
+HUNG = 76
 
 #: signals that ask a run to stop (hpcgpu.worker.stop's, plus Ctrl-C): a launcher or agent they end
 #: before a checkpoint exits 128 + the signal's number, as a shell reports it

@@ -78,3 +78,22 @@ def count_elastic_restart(run_dir: Path) -> int:
 def elastic_restarts(run_dir: Path) -> int:
     """How many times the node agent restarted this run's ranks after a failure, over all launches."""
     return int((read_json(Path(run_dir) / RESTARTS_FILE) or {}).get("restarts") or 0)
+
+
+def hang_reports(run_dir: Path) -> list[Path]:
+    """The hang reports the watchdog wrote in this run (hang-<time>.md), oldest first."""
+    return sorted(Path(run_dir).glob("hang-*.md"))
+
+
+def last_hang(run_dir: Path) -> Optional[str]:
+    """One line on the newest hang report: which rank(s) on which node(s), and where the report is."""
+    reports = hang_reports(run_dir)
+    if not reports:
+        return None
+    data = read_json(reports[-1].with_suffix(".json")) or {}
+    culprits = data.get("culprits") or []
+    hosts = sorted({r.get("host", "?") for r in data.get("ranks", []) if r.get("rank") in culprits})
+    who = (f"rank(s) {', '.join(map(str, culprits))} on {', '.join(hosts)}" if culprits
+           else "no rank behind (every rank waited at the same place)")
+    count = f" ({len(reports)} hangs in all)" if len(reports) > 1 else ""
+    return f"{who}; {reports[-1]}{count}"

@@ -19,6 +19,8 @@ class RunState(str, Enum):
     INTERRUPTED = "INTERRUPTED"
     """stopped by a signal (Ctrl-C, SIGTERM, a preemption) before its ranks could checkpoint: during
     start-up, or they did not save within distributed.stop_grace_s; resumes from the previous checkpoint"""
+    HUNG = "HUNG"
+    """no rank made progress for watchdog.stall_s: the hang report in the run directory says which and where"""
     CANCELLED = "CANCELLED"
     TIMEOUT = "TIMEOUT"
     PREEMPTED = "PREEMPTED"
@@ -46,12 +48,14 @@ class RunState(str, Enum):
 
 
 def state_from_exit(code: int) -> RunState:
-    """The state a node agent's exit status means: 0 DONE, 75 STOPPED, 128 + a stop signal
+    """The state a node agent's exit status means: 0 DONE, 75 STOPPED, 76 HUNG, 128 + a stop signal
     INTERRUPTED (130: Ctrl-C), anything else FAILED (137, SIGKILL, is a kill, not a stop)."""
     if code == exitcodes.OK:
         return RunState.DONE
     if code == exitcodes.STOPPED_RESUMABLE:
         return RunState.STOPPED
+    if code == exitcodes.HUNG:
+        return RunState.HUNG
     if exitcodes.stopped_by_signal(code):
         return RunState.INTERRUPTED
     return RunState.FAILED

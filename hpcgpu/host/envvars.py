@@ -48,8 +48,12 @@ class EnvDefault:
         return f"{self.why}; {self.link}"
 
 
-def debug_defaults(debug: Debug, run_dir: str) -> list[EnvDefault]:
-    """The NCCL / torch.distributed variables the spec's debug section asks for."""
+#: collectives each rank's flight recorder keeps for a hang report (about 0.5 KB each)
+WATCHDOG_FLIGHT_ENTRIES = "1000"
+
+
+def debug_defaults(debug: Debug, run_dir: str, watchdog: bool = False) -> list[EnvDefault]:
+    """The NCCL / torch.distributed variables the spec's debug section (and the watchdog) ask for."""
     out: list[EnvDefault] = [
         # One thread per rank by default: N ranks x all cores oversubscribes the CPU badly (torchrun
         # does the same when it starts more than one process per node).
@@ -71,6 +75,12 @@ def debug_defaults(debug: Debug, run_dir: str) -> list[EnvDefault]:
     if debug.flight_recorder:
         out.append(EnvDefault("TORCH_NCCL_TRACE_BUFFER_SIZE", "2000", "debug.flight_recorder: keep recent collectives",
                               _FLIGHT))
+    if watchdog:
+        # the hang report's "who is behind": each rank's last entered and completed collective (a
+        # torch that reads only the older TORCH_NCCL_TRACE_BUFFER_SIZE gets it from the node agent)
+        out.append(EnvDefault("TORCH_FR_BUFFER_SIZE", WATCHDOG_FLIGHT_ENTRIES,
+                              "watchdog: record recent collectives (gloo and NCCL) for a hang report", _FLIGHT))
+    if debug.flight_recorder:
         out.append(EnvDefault("TORCH_NCCL_DUMP_ON_TIMEOUT", "1", "debug.flight_recorder: dump on timeout", _FLIGHT))
         out.append(EnvDefault("TORCH_FR_DUMP_TEMP_FILE", f"{run_dir}/flight/rank_", "debug.flight_recorder: dump location",
                               _FLIGHT))

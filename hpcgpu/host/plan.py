@@ -83,7 +83,7 @@ def pin_layout(spec: Spec, layout: NodeLayout, ckpt_dir: str) -> Spec:
 
 def rank_defaults(spec: Spec, run_dir: str) -> list[EnvDefault]:
     """Every default hpcgpu sets for the ranks of this spec (the user's values win over them)."""
-    defaults = debug_defaults(spec.debug, run_dir)
+    defaults = debug_defaults(spec.debug, run_dir, watchdog=spec.watchdog.stall_s > 0)
     if spec.resources.nodes == 1:
         # gloo listens on the address the host name resolves to (often the LAN); one node needs loopback only
         defaults.append(EnvDefault("GLOO_SOCKET_IFNAME", "lo", "single node: gloo connections stay on loopback",

@@ -141,6 +141,13 @@ class Distributed(_Model):
     """The Trainer agrees on stop requests every N steps (one small all-reduce): a stop lands within N steps."""
 
 
+class Watchdog(_Model):
+    """The hang watchdog: notice ranks that stopped making progress, report where each one is, end the run."""
+
+    stall_s: int = Field(120, ge=0, le=MAX_WAIT_S)
+    """When no rank has made progress for this many seconds the run is hung: the node agents write `<run dir>/hang-<time>.md` (which rank is behind, every rank's stack and collective sequence number) and end the run with exit status 76, or restart it under distributed.max_restarts. Keep it below distributed.timeout_s, which otherwise ends a hang first, without the report. 0 turns the watchdog off. Ranks report progress through the Trainer, or `hpcgpu.dist.heartbeat()` and `should_stop()` in a script; a script that calls neither is watched for liveness only (a stopped process)."""
+
+
 class Train(_Model):
     """Settings of the built-in Trainer (ignored for script and module entries)."""
 
@@ -305,6 +312,8 @@ class Spec(_Model):
     """Run directories, TensorBoard, progress."""
     debug: Debug = Field(default_factory=Debug)
     """NCCL and torch.distributed debug variables."""
+    watchdog: Watchdog = Field(default_factory=Watchdog)
+    """Hang detection and reports."""
     env: dict[str, str] = Field(default_factory=dict)
     """Extra environment variables for every rank (they override hpcgpu's defaults)."""
     secret_env: list[str] = Field(default_factory=list)

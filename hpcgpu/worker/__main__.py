@@ -20,7 +20,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from hpcgpu.contract import envnames, exitcodes
 from hpcgpu.contract.node import attempt_restarts
-from hpcgpu.worker import api, context, stop
+from hpcgpu.worker import api, context, heartbeat, stop
 from hpcgpu.worker.dist import barrier, teardown
 from hpcgpu.worker.rank import RankInfo, detect_rank
 from hpcgpu.worker.report import write_exit
@@ -111,6 +111,7 @@ def main() -> int:
     info = detect_rank()
     if os.environ.get(envnames.RUN_DIR):
         redirect_output(Path(os.environ[envnames.RUN_DIR]), info)
+        heartbeat.start(Path(os.environ[envnames.RUN_DIR]), info.rank, info.local_rank)
     ctx = context.current()
     stop.install(cooperative=ctx.spec.entry.kind == "task")
     context.resolve_resume(ctx, os.environ)

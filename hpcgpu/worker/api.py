@@ -13,6 +13,7 @@ import torch
 
 from hpcgpu.worker import checkpoint as ckpt
 from hpcgpu.worker import context, stop
+from hpcgpu.worker import heartbeat as _heartbeat
 from hpcgpu.worker import dist as _dist
 from hpcgpu.worker.rank import RankInfo
 from hpcgpu.worker.saver import Checkpointer
@@ -76,8 +77,17 @@ def checkpoint_dir() -> Path:
 
 
 def should_stop() -> bool:
-    """True on every rank once any rank got a stop signal; call it on all ranks at each step boundary."""
+    """True on every rank once any rank got a stop signal; call it on all ranks at each step boundary.
+    Each call is also a heartbeat for the hang watchdog (a step ended)."""
+    _heartbeat.step_boundary()
     return stop.should_stop(_collective_device())
+
+
+def heartbeat(phase: str = "user", step: Optional[int] = None) -> None:
+    """Tell the hang watchdog this rank made progress (cheap: two stores to shared memory; call it as
+    often as you like). phase: one of start, data, forward, backward, optimizer, collective,
+    checkpoint, eval, user; step: your step number (shown in hang reports). should_stop() beats too."""
+    _heartbeat.user_beat(phase, step)
 
 
 def _collective_device() -> torch.device:
@@ -102,6 +112,7 @@ def save_checkpoint(state: dict, step: int) -> Optional[Path]:
     copy to CPU and the write continues in the background (wait_for_checkpoint() blocks for it).
     """
     ctx = context.current()
+    _heartbeat.beat("checkpoint", step)
     spec_hash, spec_json = spec_fingerprint(ctx.spec.model_dump(mode="json"))
     payload = {"user": state, "step": step, "rng": rng_state(), "spec": {"hash": spec_hash, "json": spec_json}}
     return _checkpointer().save(step, payload, {"world_size": ctx.info.world_size, "spec_hash": spec_hash})

@@ -11,7 +11,7 @@ import torch.distributed as tdist
 
 from hpcgpu.contract.errors import UserError
 from hpcgpu.worker import checkpoint as ckpt
-from hpcgpu.worker import stop
+from hpcgpu.worker import heartbeat, stop
 from hpcgpu.worker.context import WorkerContext, agree_resume
 from hpcgpu.worker.data import ResumableSampler, batches_per_epoch, make_loader
 from hpcgpu.worker.dist import barrier, is_distributed
@@ -188,7 +188,9 @@ class Trainer:
         finally:
             self.progress.close()
             self.metrics.close()
+        heartbeat.beat("checkpoint", self.step)
         self.saver.wait()
+        heartbeat.beat("collective")
         barrier(self.device)  # nobody exits (and gets the others killed) before the checkpoint is durable
         final = self._mean_over_ranks(self._last_loss) if self.step > self.start_step else None
         stats = {"status": status, "final_loss": final, "steps": self.step, "epoch": self.epoch,
@@ -221,6 +223,8 @@ class Trainer:
                 self._save()
             # agreeing costs an all-reduce and a host sync: do it every stop_check_every steps, not every step
             check = self.step % self.ctx.spec.distributed.stop_check_every == 0
+            if check and self.step < self.total_steps:
+                heartbeat.beat("collective", self.step)
             if self.step < self.total_steps and check and stop.should_stop(self._collective_device()):
                 if self.saver.last_step != self.step:
                     self._save()
@@ -230,13 +234,18 @@ class Trainer:
     def _train_step(self, it) -> torch.Tensor:
         self.model.train()
         accum, total = self.cfg.grad_accum, torch.zeros((), device=self.device)
+        step = self.step + 1  # the hang watchdog's view: which phase of which step this rank is in
         for micro in range(accum):
+            heartbeat.beat("data", step)
             inputs, target = _to(next(it), self.device)
             with grad_sync(self.model, self.cfg.strategy, micro == accum - 1):
+                heartbeat.beat("forward")
                 with autocast(self.cfg.precision, self.device):
                     loss = self.task.loss(self.model(inputs), target) / accum
+                heartbeat.beat("backward")
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += loss.detach().float()
+        heartbeat.beat("optimizer")
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -262,6 +271,7 @@ class Trainer:
         self._loss_sum, self._loss_n, self._t_log, self._step_log = 0.0, 0, now, self.step
 
     def _mean_over_ranks(self, value: torch.Tensor) -> float:
+        heartbeat.beat("collective", self.step)
         t = value.detach().float().clone().to(self._collective_device())
         if is_distributed():
             tdist.all_reduce(t)
@@ -274,6 +284,7 @@ class Trainer:
     # ------------------------------------------------------------------ saving
 
     def _save(self) -> None:
+        heartbeat.beat("checkpoint", self.step)
         state = self._state()
         meta = {"epoch": self.epoch, "world_size": self.info.world_size, "strategy": self.cfg.strategy,
                 "spec_hash": self.spec_hash}

@@ -16,7 +16,8 @@ from hpcgpu.contract.states import RunState, state_from_exit
     (130, RunState.INTERRUPTED),  # Ctrl-C before a checkpoint: a person's stop, not a failure
     (-9, RunState.FAILED),
     (74, RunState.FAILED),
-    (76, RunState.FAILED),
+    (76, RunState.HUNG),  # the watchdog found no progress for watchdog.stall_s
+    (77, RunState.FAILED),
     (128 + 15, RunState.INTERRUPTED),  # SIGTERM
     (128 + 1, RunState.INTERRUPTED),  # SIGHUP
     (128 + 10, RunState.INTERRUPTED),  # SIGUSR1
@@ -37,6 +38,7 @@ TABLE = {
     RunState.STOPPED: (True, True),
     RunState.FAILED: (True, True),
     RunState.INTERRUPTED: (True, True),
+    RunState.HUNG: (True, True),
     RunState.LOST: (True, True),
     RunState.CANCELLED: (True, True),
     RunState.TIMEOUT: (True, True),

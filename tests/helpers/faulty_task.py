@@ -11,10 +11,14 @@ first records `<run dir>/fault-rank<R>.json` (time, pid) and then:
   term  - send SIGTERM to this rank only (not to the node agent), then carry on training
   gate  - wait (at most 300 s) until `<run dir>/go` exists, then carry on training: the run holds
           still, every connection open, while a test looks at it (the loss is unchanged)
+  spin  - spin in a tight Python loop forever: no progress, full CPU
+  loader - (with train.num_workers > 0) the data-loader worker of rank R sleeps forever once rank R
+          has read S batches of 8 samples: the rank waits on its loader, the others in a collective
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -58,11 +62,18 @@ def fault_now(fault: str, rank: int, fill_path: str = "") -> None:
         fill_filesystem(fill_path)
     if fault == "term":
         os.kill(os.getpid(), signal.SIGTERM)
+    if fault == "spin":
+        while True:
+            pass
     if fault == "gate":
         go = Path(os.environ.get("HPCGPU_RUN_DIR", ".")) / "go"
         deadline = time.monotonic() + 300
         while not go.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+#: the batch size the loader fault counts in (relkit.small_spec's train.batch_size)
+LOADER_BATCH = 8
 
 
 def make_task(fault: str = "none", rank: int = 1, step: int = 3, attempt: int = 0, fill_path: str = "", **demo_args):
@@ -78,4 +89,27 @@ def make_task(fault: str = "none", rank: int = 1, step: int = 3, attempt: int = 
         return loss(output, target)
 
     task.loss = faulty_loss
+    if fault == "loader" and me == rank:
+        task = dataclasses.replace(task, dataset=_StuckInWorker(task.dataset, step * LOADER_BATCH))
     return task
+
+
+class _StuckInWorker:
+    """The dataset, except that a data-loader worker process sleeps forever at sample index `after`
+    of the rank's reads (the rank's main process is never stopped by it)."""
+
+    def __init__(self, dataset, after: int):
+        self.dataset, self.after, self.reads = dataset, after, 0
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        import torch.utils.data
+
+        self.reads += 1
+        if torch.utils.data.get_worker_info() is not None and self.reads > self.after:
+            _record(int(os.environ.get("RANK", "0")))
+            while True:
+                time.sleep(1)
+        return self.dataset[i]

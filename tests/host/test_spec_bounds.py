@@ -88,6 +88,7 @@ UPPER_BOUNDS = [
     ("checkpoint.keep_last", 1_000_000_000, 1_000_000_001),
     ("slurm.signal_before_s", 65535, 65536),
     ("slurm.max_timeout_requeues", 1000, 1001),
+    ("watchdog.stall_s", 604800, 604801),
 ]
 
 

@@ -17,7 +17,7 @@ def test_the_resolved_spec_keeps_the_order_of_the_reference():
     assert text.startswith("# hpcgpu resolved spec: validated, every default filled in\nname: x\nentry:\n")
     sections = [ln.rstrip(":") for ln in text.splitlines() if ln and not ln.startswith((" ", "#"))]
     assert [s.split(":")[0] for s in sections] == ["name", "entry", "resources", "distributed", "train", "checkpoint",
-                                                    "logging", "debug", "env", "secret_env", "slurm", "container"]
+                                                    "logging", "debug", "watchdog", "env", "secret_env", "slurm", "container"]
 
 
 def test_the_resolved_data_is_plain_json_even_for_yaml_dates_and_binary_task_args():

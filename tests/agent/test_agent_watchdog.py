@@ -1,0 +1,273 @@
+"""The hang watchdog's judgement (agent/watchdog.py): progress, idleness, who is behind, the report."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from hpcgpu.agent import watchdog as wd
+from hpcgpu.contract.heartbeat import PHASE, RankHeartbeat, Slot
+from hpcgpu.contract.runfiles import last_hang
+
+#: a flight-recorder dump as torch 2.13's gloo writes it (trimmed): 13 entered, 12 completed
+FLIGHT = json.dumps({
+    "entries": [{"collective_seq_id": 12, "pg_id": 0, "profiling_name": "gloo:all_reduce", "is_p2p": False},
+                {"collective_seq_id": 13, "pg_id": 0, "profiling_name": "gloo:all_reduce", "is_p2p": False}],
+    "pg_status": {"0": {"last_completed_collective": "12", "last_enqueued_collective": "13",
+                        "last_started_collective": "-1"}},
+    "version": "2.10"})
+
+
+def slot(beats=0, step=0, phase="start", pid=1):
+    return Slot(beats, step, phase, 0, pid)
+
+
+def watch(beats=0, work=0, phase="start"):
+    return wd.RankWatch(rank=0, local_rank=0, pid=1, beats=beats, work=work, phase=phase)
+
+
+# -- progress ---------------------------------------------------------------------------------------
+
+
+def test_a_new_beat_is_progress():
+    assert wd.progressed(watch(beats=10, work=5), slot(11, 3, "forward"), "S", 5, node_beats=True)
+
+
+def test_an_armed_rank_that_only_burns_cpu_makes_no_progress():
+    # a rank spinning in a loop (or in user code) after its first steps: CPU moves, beats do not
+    assert not wd.progressed(watch(beats=10, work=5), slot(10, 3, "forward"), "R", 99, node_beats=True)
+
+
+def test_cpu_counts_as_progress_before_the_rank_is_armed():
+    # the first forward and backward (compilation, autotuning) may take long without a beat
+    beats = wd.ARM_BEATS - 1
+    assert wd.progressed(watch(beats=beats, work=5), slot(beats, 1, "forward"), "R", 99, node_beats=True)
+    assert not wd.progressed(watch(beats=beats, work=5), slot(beats, 1, "forward"), "S", 5, node_beats=True)
+
+
+@pytest.mark.parametrize("phase", ["checkpoint", "start"])
+def test_cpu_or_io_counts_as_progress_in_busy_phases(phase):
+    # a large checkpoint written for minutes is not a hang
+    assert wd.progressed(watch(beats=50, work=5, phase=phase), slot(50, 9, phase), "D", 6, node_beats=True)
+    assert not wd.progressed(watch(beats=50, work=5, phase=phase), slot(50, 9, phase), "S", 5, node_beats=True)
+
+
+def test_a_stopped_process_never_progresses():
+    assert not wd.progressed(watch(beats=1), slot(2, 1, "data"), "T", 0, node_beats=True)
+    assert not wd.progressed(watch(beats=1), slot(1, 1, "data"), "t", 0, node_beats=False)
+
+
+def test_without_any_beat_on_the_node_a_live_rank_always_progresses():
+    # a script that never calls hpcgpu.dist: liveness only (an idle rank may wait on a GPU)
+    assert wd.progressed(watch(), slot(), "S", 0, node_beats=False)
+
+
+def test_idle_is_the_time_since_the_last_progress_of_any_live_rank():
+    a, b = watch(), wd.RankWatch(rank=1, local_rank=1, pid=2)
+    wd.observe([a, b], [slot(5, 1, "data"), slot(5, 1, "data", pid=2)], [("S", 1), ("S", 1)], now=100.0)
+    wd.observe([a, b], [slot(6, 1, "forward"), slot(5, 1, "data", pid=2)], [("S", 1), ("S", 1)], now=101.0)
+    assert wd.idle_s([a, b], 110.0) == 9.0  # rank 0 beat at 101
+    b.state = ""  # gone ranks do not count
+    assert wd.idle_s([b], 110.0) is None
+
+
+# -- culprits ---------------------------------------------------------------------------------------
+
+
+def rank(r, beats=10, state="S", flight=None):
+    return {"rank": r, "beats": beats, "state": state, "flight": flight}
+
+
+def fl(entered, completed):
+    return {"entered": entered, "completed": completed, "waiting_in": ["gloo:all_reduce"] if entered > completed else []}
+
+
+def test_a_stopped_rank_is_the_culprit_and_the_others_collective_is_named():
+    names, why = wd.culprits([rank(0, flight=fl(13, 12)), rank(1, state="T")])
+    assert names == [1]
+    assert "stopped by a signal" in why and "wait in collective #13, which it has not entered" in why
+
+
+def test_the_rank_that_entered_the_fewest_collectives_is_behind():
+    names, why = wd.culprits([rank(0, flight=fl(13, 12)), rank(1, flight=fl(12, 12)), rank(2, flight=fl(13, 12))])
+    assert names == [1]
+    assert "entered collective #12" in why and "the others #13" in why
+
+
+def test_with_equal_collectives_the_rank_with_the_fewest_beats_is_behind():
+    names, why = wd.culprits([rank(0, beats=40, flight=fl(5, 5)), rank(1, beats=38, flight=fl(5, 5))])
+    assert names == [1] and "heartbeat" in why
+
+
+def test_beats_decide_when_a_rank_has_no_flight_record():
+    assert wd.culprits([rank(0, beats=40), rank(1, beats=38, flight=fl(5, 5))])[0] == [1]
+
+
+def test_when_every_rank_stands_at_the_same_place_nobody_is_blamed():
+    names, why = wd.culprits([rank(0, flight=fl(5, 4)), rank(1, flight=fl(5, 4))])
+    assert names == [] and "same place" in why
+
+
+def test_flight_summary_reads_entered_completed_and_the_open_collectives():
+    assert wd.summarize_flight(FLIGHT) == {"process_group": "0", "entered": 13, "completed": 12,
+                                           "waiting_in": ["gloo:all_reduce"]}
+    assert wd.summarize_flight("not json") is None
+    assert wd.summarize_flight(json.dumps({"entries": []})) is None
+
+
+# -- the report ---------------------------------------------------------------------------------------
+
+
+def report(tmp_path, culprits=(1,)):
+    ranks = [
+        {"rank": 0, "node_rank": 0, "host": "n1", "pid": 10, "state": "S", "beats": 9, "step": 3, "phase": "backward",
+         "idle_s": 5.0, "flight": fl(13, 12), "children": [], "files": [],
+         "stacks": [{"thread": "MainThread", "main": True, "frames": [
+             {"file": "torch/autograd/__init__.py", "line": 1, "function": "backward", "code": "run_backward()"}]}]},
+        {"rank": 1, "node_rank": 1, "host": "n2", "pid": 11, "state": "S", "beats": 8, "step": 3, "phase": "forward",
+         "idle_s": 5.2, "flight": fl(12, 12), "children": [{"pid": 12, "state": "S", "name": "pt_data_worker"}],
+         "files": [],
+         "stacks": [{"thread": "MainThread", "main": True, "frames": [
+             {"file": "train.py", "line": 20, "function": "main", "code": "step()"},
+             {"file": "train.py", "line": 31, "function": "step", "code": "time.sleep(10**6)"}]}]},
+    ]
+    return wd.HangReport(time="20261202-120000", stall_s=5, idle_s=5.0, culprits=list(culprits), why="behind",
+                         ranks=ranks, files={"directory": str(tmp_path)})
+
+
+def test_the_report_names_the_rank_its_node_and_its_innermost_frame_first(tmp_path):
+    text = wd.render_markdown(report(tmp_path))
+    assert "**Stalled: rank(s) 1 on n2**: behind." in text
+    assert "collective #13 entered, #12 completed (waiting in gloo:all_reduce)" in text
+    frames = text.split("## Rank 1: main thread, innermost first")[1]
+    assert frames.index("train.py:31 in step: time.sleep(10**6)") < frames.index("train.py:20 in main")
+    assert "pt_data_worker pid 12 S" in text
+    assert "watchdog.stall_s = 5" in text
+
+
+def test_the_console_summary_shows_the_culprits_frames_and_the_report_path(tmp_path):
+    text = wd.console_summary(report(tmp_path), tmp_path / "hang-x.md")
+    lines = text.splitlines()
+    assert lines[0].startswith("hpcgpu: hang: rank(s) 1 on n2 made no progress for 5 s")
+    assert "hpcgpu:     at train.py:31 in step: time.sleep(10**6)" in lines
+    assert lines[-1] == f"hpcgpu: hang report: {tmp_path / 'hang-x.md'}"
+    assert not any("rank 0 on n1" in line for line in lines)  # only the culprits' lines
+
+
+def test_a_report_without_culprits_says_no_rank_is_behind(tmp_path):
+    text = wd.render_markdown(report(tmp_path, culprits=()))
+    assert "**No rank is behind**" in text
+
+
+def test_status_line_names_the_newest_reports_culprits(tmp_path):
+    assert last_hang(tmp_path) is None
+    for stamp, culprits in (("20261202-110000", [0]), ("20261202-120000", [1])):
+        r = report(tmp_path, culprits)
+        (tmp_path / f"hang-{stamp}.md").write_text("x")
+        (tmp_path / f"hang-{stamp}.json").write_text(json.dumps({"culprits": r.culprits, "ranks": r.ranks}))
+    assert last_hang(tmp_path) == f"rank(s) 1 on n2; {tmp_path / 'hang-20261202-120000.md'} (2 hangs in all)"
+
+
+# -- the agent's loop, over real processes --------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_the_watchdog_finds_a_silent_rank_after_stall_s_and_collects_the_others_stacks(tmp_path):
+    clock = Clock()
+    dog = wd.Watchdog(tmp_path, stall_s=30, nproc=2, node_rank=0, host="here", clock=clock)
+    env = {**os.environ, **dog.environment, "PYTHONPATH": os.getcwd()}
+    # rank 0 answers report requests (worker/heartbeat.py's thread); rank 1 is stopped with SIGSTOP
+    code = ("import sys, time; from pathlib import Path; from hpcgpu.worker import heartbeat as hb\n"
+            "hb.start(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[2]))\n"
+            "[hb.beat('data', 1) for _ in range(10)]\n"
+            "print('ready', flush=True); time.sleep(300)\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(r)], env=env, stdout=subprocess.PIPE,
+                              text=True) for r in (0, 1)]
+    try:
+        for p in procs:
+            assert p.stdout.readline().strip() == "ready"
+        workers = [(0, 0, procs[0].pid), (1, 1, procs[1].pid)]
+        assert dog.check(workers) is None  # the first poll
+        os.kill(procs[1].pid, 19)  # SIGSTOP
+        clock.now += 29.5
+        assert dog.check(workers) is None  # idle, not for stall_s yet
+        clock.now += 1.0
+        assert dog.check(workers) == [1]
+        data = json.loads(dog.md_path.with_suffix(".json").read_text())
+        by_rank = {r["rank"]: r for r in data["ranks"]}
+        assert by_rank[1]["state"] == "T" and "stopped" in by_rank[1]["no_stack"]
+        main = next(t for t in by_rank[0]["stacks"] if t["main"])
+        assert main["frames"][-1]["file"] == "<string>"  # the child's own code, where it sleeps
+        assert oct(dog.md_path.stat().st_mode & 0o777) == "0o600"
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        dog.close()
+
+
+def test_beats_of_an_earlier_attempts_rank_do_not_count():
+    # the slot still holds the pid of the rank that wrote it: the new rank (pid 2) has not opened it
+    w = wd.RankWatch(rank=0, local_rank=0, pid=2)
+    wd.observe([w], [slot(50, 9, "optimizer", pid=1)], [("S", 1)], now=1.0)
+    assert (w.beats, w.phase) == (0, "start")
+
+
+def test_a_rank_that_keeps_beating_is_never_hung(tmp_path):
+    clock = Clock()
+    dog = wd.Watchdog(tmp_path, stall_s=5, nproc=1, node_rank=0, host="here", clock=clock)
+    hb = RankHeartbeat(dog.file.path, 0)
+    workers = [(0, 0, os.getpid())]
+    for step in range(20):
+        hb.beat(PHASE["forward"], step)
+        clock.now += 2.0
+        assert dog.check(workers) is None
+    dog.close()
+    time.sleep(0)  # nothing left behind
+    assert not dog.file.path.exists()
+
+
+# -- the node agent's switch ------------------------------------------------------------------------------
+
+
+def test_the_agent_watches_only_when_the_plan_asks(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from hpcgpu.agent.node import make_watchdog
+    from hpcgpu.contract import envnames
+
+    monkeypatch.delenv(envnames.HEARTBEAT_FILE, raising=False)
+    node = SimpleNamespace(nnodes=1, node_rank=0, host="here", is_head=True)
+    for spec in ({}, {"watchdog": {"stall_s": 0}}):  # a plan from before the watchdog, and off
+        assert make_watchdog(SimpleNamespace(spec=spec, run_dir=str(tmp_path), nproc_per_node=2), node) is None
+    assert envnames.HEARTBEAT_FILE not in os.environ
+    dog = make_watchdog(SimpleNamespace(spec={"watchdog": {"stall_s": 9}}, run_dir=str(tmp_path), nproc_per_node=2),
+                        node)
+    try:
+        assert dog.stall_s == 9 and os.environ[envnames.HEARTBEAT_FILE] == str(dog.file.path)
+    finally:
+        dog.close()
+
+
+def test_an_old_torch_gets_the_flight_record_size_under_the_nccl_name(monkeypatch):
+    from torch._C import _distributed_c10d as c10d
+
+    from hpcgpu.agent.node import flight_recorder_env
+
+    assert flight_recorder_env({"TORCH_FR_BUFFER_SIZE": "1000"}) == {}  # torch 2.8+: the new name only
+    monkeypatch.delattr(c10d, "_dump_fr_trace_json")
+    assert flight_recorder_env({"TORCH_FR_BUFFER_SIZE": "1000"}) == {"TORCH_NCCL_TRACE_BUFFER_SIZE": "1000"}
+    assert flight_recorder_env({"TORCH_FR_BUFFER_SIZE": "1000", "TORCH_NCCL_TRACE_BUFFER_SIZE": "7"}) == {}
+    assert flight_recorder_env({}) == {}
