@@ -197,7 +197,10 @@ class HangReport:
     files: dict = field(default_factory=dict)
 
     def culprit_nodes(self) -> list[str]:
-        return sorted({r["host"] for r in self.ranks if r["rank"] in self.culprits})
+        """Where the culprits run: the host, with the node rank when the run has several nodes."""
+        several = len({r["node_rank"] for r in self.ranks}) > 1
+        return sorted({f"node {r['node_rank']} ({r['host']})" if several else r["host"]
+                       for r in self.ranks if r["rank"] in self.culprits})
 
 
 def _frames(rank: dict, n: int) -> list[str]:

@@ -92,7 +92,9 @@ def last_hang(run_dir: Path) -> Optional[str]:
         return None
     data = read_json(reports[-1].with_suffix(".json")) or {}
     culprits = data.get("culprits") or []
-    hosts = sorted({r.get("host", "?") for r in data.get("ranks", []) if r.get("rank") in culprits})
+    several = len({r.get("node_rank") for r in data.get("ranks", [])}) > 1
+    hosts = sorted({f"node {r.get('node_rank')} ({r.get('host', '?')})" if several else r.get("host", "?")
+                    for r in data.get("ranks", []) if r.get("rank") in culprits})
     who = (f"rank(s) {', '.join(map(str, culprits))} on {', '.join(hosts)}" if culprits
            else "no rank behind (every rank waited at the same place)")
     count = f" ({len(reports)} hangs in all)" if len(reports) > 1 else ""

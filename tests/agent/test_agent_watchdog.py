@@ -142,7 +142,7 @@ def report(tmp_path, culprits=(1,)):
 
 def test_the_report_names_the_rank_its_node_and_its_innermost_frame_first(tmp_path):
     text = wd.render_markdown(report(tmp_path))
-    assert "**Stalled: rank(s) 1 on n2**: behind." in text
+    assert "**Stalled: rank(s) 1 on node 1 (n2)**: behind." in text
     assert "collective #13 entered, #12 completed (waiting in gloo:all_reduce)" in text
     frames = text.split("## Rank 1: main thread, innermost first")[1]
     assert frames.index("train.py:31 in step: time.sleep(10**6)") < frames.index("train.py:20 in main")
@@ -153,7 +153,7 @@ def test_the_report_names_the_rank_its_node_and_its_innermost_frame_first(tmp_pa
 def test_the_console_summary_shows_the_culprits_frames_and_the_report_path(tmp_path):
     text = wd.console_summary(report(tmp_path), tmp_path / "hang-x.md")
     lines = text.splitlines()
-    assert lines[0].startswith("hpcgpu: hang: rank(s) 1 on n2 made no progress for 5 s")
+    assert lines[0].startswith("hpcgpu: hang: rank(s) 1 on node 1 (n2) made no progress for 5 s")
     assert "hpcgpu:     at train.py:31 in step: time.sleep(10**6)" in lines
     assert lines[-1] == f"hpcgpu: hang report: {tmp_path / 'hang-x.md'}"
     assert not any("rank 0 on n1" in line for line in lines)  # only the culprits' lines
@@ -170,7 +170,7 @@ def test_status_line_names_the_newest_reports_culprits(tmp_path):
         r = report(tmp_path, culprits)
         (tmp_path / f"hang-{stamp}.md").write_text("x")
         (tmp_path / f"hang-{stamp}.json").write_text(json.dumps({"culprits": r.culprits, "ranks": r.ranks}))
-    assert last_hang(tmp_path) == f"rank(s) 1 on n2; {tmp_path / 'hang-20261202-120000.md'} (2 hangs in all)"
+    assert last_hang(tmp_path) == f"rank(s) 1 on node 1 (n2); {tmp_path / 'hang-20261202-120000.md'} (2 hangs in all)"
 
 
 # -- the agent's loop, over real processes --------------------------------------------------------------

@@ -104,3 +104,32 @@ def test_each_node_picks_its_veth_never_lo_and_the_dry_run_says_so(tmp_path, net
         assert f"this node: node {rank} of 2" in out.stdout
         assert f"network:    {ns.addr} on {ns.ifname}:" in out.stdout
         assert f"GLOO_SOCKET_IFNAME={ns.ifname}, NCCL_SOCKET_IFNAME={ns.ifname}" in out.stdout
+
+
+def test_a_hung_rank_on_node_1_is_named_by_node_0_and_both_nodes_end_hung(tmp_path, netns_pair: NetnsPair):
+    """The watchdogs of the two agents pool their views on the rendezvous store: node 0 writes the
+    one report, naming the rank on node 1 that never reached the collective rank 0 waits in."""
+    head, other = netns_pair.head, netns_pair.other
+    env = base_env(tmp_path / "home")
+    spec = write_spec(tmp_path / "job.yaml", small_spec(name="mn", entry=faulty("pause", rank=1, step=3),
+                                                         watchdog={"stall_s": 3},
+                                                         distributed={"timeout_s": 600, "rdzv_timeout_s": 60}))
+    procs = [subprocess.Popen(node_command(ns, spec, rank, f"{head.addr}:{PORT}"), cwd=tmp_path, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+             for rank, ns in ((0, head), (1, other))]
+    try:
+        outputs = [p.communicate(timeout=180)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    assert [p.returncode for p in procs] == [76, 76], "\n".join(outputs)
+    (md,) = (tmp_path / "runs" / "mn-t1").glob("hang-*.md")
+    report = json.loads(md.with_suffix(".json").read_text())
+    assert report["culprits"] == [1], md.read_text()
+    ranks = {r["rank"]: r for r in report["ranks"]}
+    assert (ranks[0]["node_rank"], ranks[1]["node_rank"]) == (0, 1)
+    assert ranks[1]["flight"]["entered"] < ranks[0]["flight"]["entered"], md.read_text()
+    assert "**Stalled: rank(s) 1 on node 1 (" in md.read_text()
+    assert "hpcgpu: hang: rank(s) 1 on node 1 (" in outputs[0] and "hpcgpu: hang: rank(s) 1 on node 1 (" in outputs[1]
+    assert not list((tmp_path / "runs" / "mn-t1-node1").glob("hang-*.md"))  # one report, on node 0
