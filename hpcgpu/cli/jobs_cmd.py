@@ -13,7 +13,7 @@ from hpcgpu.contract.errors import UserError
 
 def _checkpoint_dir(run_dir: Path) -> Path:
     """The plan's checkpoint directory (absolute), else <run dir>/checkpoints."""
-    from hpcgpu.contract.runfiles import last_hang, read_json
+    from hpcgpu.contract.runfiles import read_json
 
     plan = read_json(run_dir / "plan.json") or {}
     return Path(plan.get("ckpt_dir") or run_dir / "checkpoints")
@@ -30,7 +30,7 @@ def _latest_checkpoint_step(run_dir: Path):
 def run_state(record) -> dict:
     """Facts about a run for `status`: state from its backend, nodes, restarts, last checkpoint."""
     from hpcgpu.backends import get_backend
-    from hpcgpu.contract.runfiles import last_hang, read_json
+    from hpcgpu.contract.runfiles import last_hang, load_excluded, read_json
 
     run_dir = Path(record.run_dir)
     info = read_json(run_dir / "run.json") or {}
@@ -45,6 +45,7 @@ def run_state(record) -> dict:
         "id": record.id, "backend": record.backend, "state": state, "reason": reason or None,
         "job_id": record.job_id, "nodes": nodes, "restarts": restarts,
         "last_checkpoint_step": _latest_checkpoint_step(run_dir), "last_hang": last_hang(run_dir),
+        "excluded_nodes": ",".join(load_excluded(run_dir)["nodes"]) or None,
         "run_dir": record.run_dir,
     }
 

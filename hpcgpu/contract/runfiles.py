@@ -99,3 +99,12 @@ def last_hang(run_dir: Path) -> Optional[str]:
            else "no rank behind (every rank waited at the same place)")
     count = f" ({len(reports)} hangs in all)" if len(reports) > 1 else ""
     return f"{who}; {reports[-1]}{count}"
+
+
+#: the nodes a Slurm job excludes after hangs, and why (backends/slurm/node_hangs.py writes it)
+EXCLUDED_FILE = "excluded.json"
+
+
+def load_excluded(run_dir: Path) -> dict[str, Any]:
+    """{"nodes": [...], "requeues": n, "history": [...]}: what earlier hangs excluded."""
+    return read_json(Path(run_dir) / EXCLUDED_FILE) or {"nodes": [], "requeues": 0, "history": []}

@@ -146,6 +146,8 @@ class Watchdog(_Model):
 
     stall_s: int = Field(120, ge=0, le=MAX_WAIT_S)
     """When no rank has made progress for this many seconds the run is hung: the node agents write `<run dir>/hang-<time>.md` (which rank is behind, every rank's stack and collective sequence number) and end the run with exit status 76, or restart it under distributed.max_restarts. Keep it below distributed.timeout_s, which otherwise ends a hang first, without the report. 0 turns the watchdog off. Ranks report progress through the Trainer, or `hpcgpu.dist.heartbeat()` and `should_stop()` in a script; a script that calls neither is watched for liveness only (a stopped process)."""
+    requeues: int = Field(2, ge=0, le=1000)
+    """Under Slurm: after a hang, requeue the job this many times at most, each time without the node(s) where the rank behind ran (accumulated, shown by `hpcgpu status`), while the partition keeps enough other nodes. Never when no rank was behind, or when the same rank hung again on another node (it hangs wherever it runs: the cause is in the code or data, not the node). 0: a hang ends the job."""
 
 
 class Train(_Model):

@@ -89,6 +89,7 @@ UPPER_BOUNDS = [
     ("slurm.signal_before_s", 65535, 65536),
     ("slurm.max_timeout_requeues", 1000, 1001),
     ("watchdog.stall_s", 604800, 604801),
+    ("watchdog.requeues", 1000, 1001),
 ]
 
 

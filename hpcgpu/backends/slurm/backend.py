@@ -125,7 +125,8 @@ class SlurmBackend:
         # (sbatch --export=ALL), never the script or a file.
         command = NodeCommand(list(plan.container_prefix) + list(plan.node_argv), env={},
                               rdzv_dir=Path(plan.run_dir) / "rdzv", grace_s=plan.request["grace_s"],
-                              rdzv_timeout_s=plan.request["rdzv_timeout_s"])
+                              rdzv_timeout_s=plan.request["rdzv_timeout_s"],
+                              hang_requeues=plan.request.get("hang_requeues", 0), run_dir=plan.run_dir)
         executor = _executor(plan)
         said = io.StringIO()  # submitit prints sbatch's stderr on failure: say it once, in our error
         try:
@@ -166,8 +167,11 @@ class SlurmBackend:
             state = state_from_exit(result["exit_code"]) if result else state if raw else RunState.UNKNOWN
         elif state is RunState.FAILED:
             result = read_result(run_dir, since=_epoch(fields.get("StartTime")))
-            if result and state_from_exit(result["exit_code"]) is RunState.STOPPED:
-                state = RunState.STOPPED  # checkpointed and stopped, but not requeued (e.g. timeouts used up)
+            ended = state_from_exit(result["exit_code"]) if result else None
+            if ended in (RunState.STOPPED, RunState.HUNG):
+                # checkpointed and stopped, but not requeued (e.g. timeouts used up); or hung, and not
+                # requeued (no spare node, the same rank hung on two nodes)
+                state = ended
         return RunStatus(state=state, nodes=nodelist, restarts=restarts, reason=reason)
 
     def cancel(self, record: RunRecord) -> None:

@@ -30,8 +30,12 @@ stopped before its ranks could checkpoint: a stop during start-up), after the st
 ``checkpoint()`` (called by submitit's handler) returns a DelayedSubmission of the next attempt and
 submitit runs ``scontrol requeue`` and exits; other nodes wait for that (bounded) and exit 75,
 writing no result. The same exit without submitit's requeue (SIGTERM preemption, scancel, no
-submitit) -> exit 75, no result. Any other exit -> NodeCommandError: the job fails, no requeue.
-So the job's outcome is task 0's result; other tasks may have none.
+submitit) -> exit 75, no result. Exit 76 (exitcodes.HUNG: the node agents' watchdog found the ranks
+hung and node 0 wrote a hang report) -> node 0 requeues the job without the node(s) of the rank
+behind, within ``hang_requeues`` (node_hangs.py), and exits 76; when it may not, NodeCommandError
+with the reason; other nodes wait for node 0's marker and exit 76. Any other exit ->
+NodeCommandError: the job fails, no requeue. So the job's outcome is task 0's result; other tasks
+may have none.
 
 submitit 1.5.x (core/job_environment.py), as measured on the dev cluster: its handler for USR2
 (SUBMITIT_PREEMPT_SIGNAL) runs on every task, but only global rank 0 calls checkpoint() and
@@ -56,9 +60,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from hpcgpu.backends.slurm.node import job_key, job_restarts
+from hpcgpu.backends.slurm.node_hangs import decide, load_reports, partition_nodes, record_exclusion, requeue_without
 from hpcgpu.contract.envnames import JOB_RESTARTS, RDZV_ENDPOINT
 from hpcgpu.contract.ports import free_port, publish_endpoint, wait_file
-from hpcgpu.contract.exitcodes import STOPPED_RESUMABLE
+from hpcgpu.contract.exitcodes import HUNG, STOPPED_RESUMABLE
+from hpcgpu.contract.runfiles import load_excluded
 
 
 
@@ -76,6 +82,11 @@ class _ChildExited(BaseException):
     def __init__(self, returncode: int):
         super().__init__(returncode)
         self.returncode = returncode
+
+
+def _exit_hung(signum: int, frame: Any) -> None:
+    """SIGTERM handler of a hung non-head node waiting for node 0: the requeue came."""
+    raise SystemExit(HUNG)
 
 
 def _exit_stopped(signum: int, frame: Any) -> None:
@@ -143,6 +154,8 @@ class NodeCommand:
         rdzv_timeout_s: float = 300.0,
         forward_signal: bool | None = None,
         requeues: int = 0,
+        hang_requeues: int = 0,
+        run_dir: str | os.PathLike[str] | None = None,
     ):
         if isinstance(argv, str) or not argv or not all(isinstance(a, str) for a in argv):
             raise TypeError(f"argv must be a non-empty list of str, got {argv!r}")
@@ -154,10 +167,15 @@ class NodeCommand:
         self.forward_signal = forward_signal
         #: requeues done through checkpoint(); the restart count is the max of this and Slurm's
         self.requeues = int(requeues)
+        #: requeues allowed after a hang, each without the hung node(s) (node_hangs.py); run_dir holds
+        #: the hang reports (default: the parent of rdzv_dir, as the backend lays a run out)
+        self.hang_requeues = int(hang_requeues)
+        self.run_dir = str(run_dir) if run_dir is not None else str(Path(self.rdzv_dir).parent)
         self._proc: subprocess.Popen | None = None
         self._returncode: int | None = None
         self._stopping = False
         self._done = False
+        self._hang_requeued = False
         self._previous_handler: Any = None
 
     # --- pickling: the running child never travels with the object ------------------------------
@@ -165,7 +183,7 @@ class NodeCommand:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.update(_proc=None, _returncode=None, _stopping=False, _done=False,
-                     _previous_handler=None)
+                     _previous_handler=None, _hang_requeued=False)
         return state
 
     def __repr__(self) -> str:
@@ -228,8 +246,8 @@ class NodeCommand:
                 returncode = self._returncode = exited.returncode
             return self._outcome(returncode)
         except SystemExit:
-            # submitit leaves through sys.exit() right after `scontrol requeue`.
-            if self._stopping:
+            # submitit leaves through sys.exit() right after `scontrol requeue`; _after_hang too
+            if self._stopping or getattr(self, "_hang_requeued", False):
                 head_outcome = "requeued"
             raise
         finally:
@@ -273,6 +291,8 @@ class NodeCommand:
         if returncode == 0:
             return {"node": int(os.environ.get("SLURM_NODEID") or 0), "host": host,
                     "returncode": 0, "restarts": self.restart_count()}
+        if returncode == HUNG:
+            self._after_hang()
         if self._stopped_by_signal(returncode):
             if self._stopping and not self.is_head():
                 self._await_requeue(returncode)
@@ -286,6 +306,32 @@ class NodeCommand:
             f"exit status {returncode}",
             returncode,
         )
+
+    def _after_hang(self) -> None:
+        """The node agent found the ranks hung (exit 76). Node 0 requeues the job without the node(s)
+        of the rank behind, or ends it (node_hangs.decide); the other nodes wait for its word."""
+        if not self.is_head():
+            signal.signal(signal.SIGTERM, _exit_hung)  # the requeue's SIGTERM ends the wait
+            outcome = wait_file(self.head_marker_path(), 120)
+            _log(f"hung; node 0 {outcome or 'did not say how it ended'}")
+            raise SystemExit(HUNG)
+        run_dir = Path(getattr(self, "run_dir", None) or Path(self.rdzv_dir).parent)
+        done = load_excluded(run_dir)
+        decision = decide(
+            load_reports(run_dir), done["nodes"], done["requeues"], getattr(self, "hang_requeues", 0),
+            int(os.environ.get("SLURM_JOB_NUM_NODES") or 1),
+            partition_nodes(os.environ.get("SLURM_JOB_PARTITION")))
+        if decision.requeue:
+            failed = requeue_without(job_key(), decision.exclude)
+            if failed is None:
+                record_exclusion(run_dir, decision, job_key())
+                _log(f"hung: {decision.reason}; requeued without {', '.join(decision.exclude)}")
+                self._hang_requeued = True
+                raise SystemExit(HUNG)
+            _log(f"hung: {decision.reason}; the requeue failed: {failed}")
+        else:
+            _log(f"hung; not requeued: {decision.reason}")
+        raise NodeCommandError(f"node 0: the ranks hung and the job is not requeued: {decision.reason}", HUNG)
 
     def _await_requeue(self, returncode: int) -> None:
         """Non-head, child stopped: wait (bounded) for node 0 to requeue the job or to end it."""

@@ -286,6 +286,8 @@ def slurm_plan(spec: Spec, facts: HostFacts, *, run_id: str, run_dir: str, creat
         "grace_s": node_grace_s(spec),
         "rdzv_timeout_s": spec.distributed.rdzv_timeout_s,
         "max_timeout_requeues": spec.slurm.max_timeout_requeues,
+        # after a hang: requeues without the hung node(s) (backends/slurm/node_hangs.py)
+        "hang_requeues": spec.watchdog.requeues if spec.watchdog.stall_s else 0,
         # set when gpus_per_node 'all' was a guess (no sinfo here): fine for a dry run, refused by a submission
         "assumed": assumed,
     }

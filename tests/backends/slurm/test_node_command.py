@@ -100,6 +100,28 @@ def test_failure_raises_with_its_exit_status(tmp_path, no_slurm_env):
     assert err.value.returncode == 3
 
 
+def test_a_hang_without_requeues_left_fails_the_job_saying_why(tmp_path, no_slurm_env):
+    # the node agent exits 76 (hung); watchdog.requeues 0: node 0 ends the job, the reason named
+    (tmp_path / "run").mkdir()
+    cmd = NodeCommand([sys.executable, "-c", "import sys; sys.exit(76)"], rdzv_dir=tmp_path / "run" / "rdzv",
+                      hang_requeues=0)
+    assert cmd.run_dir == str(tmp_path / "run")  # the backend's layout: rdzv_dir inside the run dir
+    with pytest.raises(NodeCommandError, match=r"hung and the job is not requeued: no hang report") as err:
+        cmd()
+    assert err.value.returncode == 76
+    assert (tmp_path / "run" / "rdzv" / "local-0.head").read_text().strip() == "ended"
+
+
+def test_a_hung_non_head_node_waits_for_node_0_and_exits_76(tmp_path, no_slurm_env, monkeypatch):
+    monkeypatch.setenv("SLURM_NODEID", "1")
+    (tmp_path / "local-0.endpoint").write_text("127.0.0.1:1\n")
+    (tmp_path / "local-0.head").write_text("requeued\n")
+    cmd = NodeCommand([sys.executable, "-c", "import sys; sys.exit(76)"], rdzv_dir=tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        cmd()
+    assert exit_.value.code == 76
+
+
 def test_non_head_node_times_out_with_a_clear_error(tmp_path, no_slurm_env, monkeypatch):
     monkeypatch.setenv("SLURM_NODEID", "1")
     cmd = NodeCommand(["true"], rdzv_dir=tmp_path, rdzv_timeout_s=0.5)

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -318,3 +319,41 @@ def test_two_nodes_in_podman_containers_train_to_the_same_loss(slurm, cancel_job
     assert all("started pid" in log and f"{image} python3 -m hpcgpu train" in log
                for log in (p.read_text() for p in (run_dir / "submitit").glob("*_log.out"))), node_logs(run_dir)
     assert final_loss(run_dir) == baseline
+
+
+def test_a_hung_node_is_excluded_on_the_requeue_and_the_job_finishes_on_another_to_the_same_loss(
+        slurm, cancel_jobs, baseline, tmp_path):
+    # one node of the two-node cluster runs the job (2 ranks); rank 1 is stopped with SIGSTOP after the
+    # step-4 checkpoint: the watchdog (stall_s 3) reports it, node 0 requeues the job without that node,
+    # and the job resumes on the other node from its own checkpoint, to the uninterrupted loss
+    slow = {**TRAIN["entry"], "task_args": {**TRAIN["entry"]["task_args"], "delay_s": 0.5}}
+    spec = write_spec(tmp_path, {**TRAIN, "entry": slow, "watchdog": {"stall_s": 3}, "checkpoint": {"every_steps": 4}})
+    home = tmp_path / "home"
+    run_id, job_id, run_dir = submit(["-f", str(spec), "--nodes", "1", "--nproc-per-node", "2", "--time", "30"],
+                                     tmp_path, home, cancel_jobs)
+    header = wait_for_text(run_dir / "logs" / "rank1.log", r"^==== hpcgpu rank 1/2 .* pid \d+ on \S+ ", 90,
+                           lambda: node_logs(run_dir))
+    pid, hung_node = re.search(r"^==== hpcgpu rank 1/2 .* pid (\d+) on (\S+) ", header, re.MULTILINE).groups()
+    wait_for_text(run_dir / "logs" / "rank0.log", r"^step 6/32 ", 90, lambda: node_logs(run_dir))
+    os.kill(int(pid), signal.SIGSTOP)
+
+    info = slurm.wait_for_job(job_id, lambda i: i.state == "PENDING" and i.restarts == 1, 90, "requeued after the hang")
+    assert info.raw.get("ExcNodeList") == hung_node, info.raw
+    time.sleep(2)  # a StartTime=now in the requeue's own second fails the job ("credential revoked")
+    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True, timeout=30)
+    final = slurm.wait_job_final(job_id, timeout_s=120)
+    assert final.state == "COMPLETED" and final.restarts == 1, node_logs(run_dir)
+    assert final_loss(run_dir) == baseline
+
+    (report,) = [json.loads(p.read_text()) for p in run_dir.glob("hang-*.json")]
+    assert report["culprits"] == [1] and {r["host"] for r in report["ranks"]} == {hung_node}, report
+    log = (run_dir / "logs" / "rank0.log").read_text()
+    other = re.search(r"attempt 2 \(elastic restart 0, job restart 1\) pid \d+ on (\S+) ", log).group(1)
+    assert other != hung_node, log[-3000:]
+    assert re.search(r"^hpcgpu: resuming from \S+step_0000000[48]: step [48],", log, re.MULTILINE), log[-3000:]
+    excluded = json.loads((run_dir / "excluded.json").read_text())
+    assert (excluded["nodes"], excluded["requeues"]) == ([hung_node], 1), excluded
+    assert excluded["history"][0]["reason"] == f"rank(s) 1 hung on {hung_node}", excluded
+    fields = status_fields(hpcgpu(["status", run_id], tmp_path, home).stdout)
+    assert (fields["state"], fields["excluded_nodes"]) == ("DONE", hung_node), fields
+    assert fields["last_hang"].startswith(f"rank(s) 1 on {hung_node}; "), fields
