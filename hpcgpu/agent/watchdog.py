@@ -218,7 +218,7 @@ def rank_line(r: dict) -> str:
     fr = r.get("flight")
     seq = (f", collective #{fr['entered']} entered, #{fr['completed']} completed"
            + (f" (waiting in {', '.join(fr['waiting_in'])})" if fr["waiting_in"] else "")) if fr else ""
-    beat = f"step {r['step']}, {r['phase']}" if r.get("beats") else "no heartbeat"
+    beat = f"last heartbeat: {r['phase']} of step {r['step']}" if r.get("beats") else "no heartbeat"
     return f"{where}: {state}, {beat}{seq}, no progress for {r['idle_s']:.0f} s"
 
 
