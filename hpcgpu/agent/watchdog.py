@@ -377,6 +377,24 @@ def store_peers(node: Any) -> StorePeers:
     return StorePeers(joined_store, node.rdzv_id, node.node_rank, node.nnodes)
 
 
+def remove_stale_files(directory: Path) -> list[Path]:
+    """Delete heartbeat files left by node agents that were killed (their pid is gone); the agent's
+    own pid is in each name (hpcgpu-<pid>-<ns>.hb)."""
+    removed = []
+    for path in directory.glob("hpcgpu-*-*.hb"):
+        try:
+            pid = int(path.name.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        if not Path(f"/proc/{pid}").exists():
+            try:
+                path.unlink()
+                removed.append(path)
+            except OSError:
+                pass
+    return removed
+
+
 class Watchdog:
     """One node agent's watchdog over its ranks (one attempt at a time)."""
 
@@ -385,6 +403,7 @@ class Watchdog:
                  clock: Callable[[], float] = time.monotonic):
         self.run_dir, self.stall_s, self.node_rank, self.host = Path(run_dir), stall_s, node_rank, host
         self.peers, self.is_head, self.clock = peers or Peers(), is_head, clock
+        remove_stale_files(default_dir())
         self.file = HeartbeatFile(default_dir() / f"hpcgpu-{os.getpid()}-{time.time_ns()}.hb", nproc)
         self.watches: list[RankWatch] = []
         self.report: Optional[HangReport] = None

@@ -16,7 +16,6 @@ import json
 import os
 import sys
 import threading
-import time
 import traceback
 from pathlib import Path
 from typing import Optional
@@ -30,6 +29,8 @@ REQUEST_POLL_S = 0.2
 MAX_FRAMES = 40
 
 _hb: Optional[RankHeartbeat] = None
+_watcher: Optional[threading.Thread] = None
+_stopped = threading.Event()
 _step = 0
 _boundaries = 0  # a script's should_stop() calls: its steps, unless it numbers them itself
 _numbered = False
@@ -37,12 +38,15 @@ _numbered = False
 
 def start(run_dir: Path, rank: int, local_rank: int, environ=os.environ) -> bool:
     """Open this rank's slot and start the watcher thread; False when no agent watches."""
-    global _hb
+    global _hb, _watcher
+    stop()
     _hb = open_rank_heartbeat(environ, local_rank)
     if _hb is None:
         return False
+    _stopped.clear()
     out = Path(run_dir) / "logs" / "hang"
-    threading.Thread(target=_answer_requests, args=(_hb, out, rank), name="hpcgpu-watchdog", daemon=True).start()
+    _watcher = threading.Thread(target=_answer_requests, args=(_hb, out, rank), name="hpcgpu-watchdog", daemon=True)
+    _watcher.start()
     return True
 
 
@@ -73,15 +77,18 @@ def step_boundary() -> None:
 
 
 def stop() -> None:
-    """No more beats (the rank is ending): the agent stops judging a rank that is leaving."""
-    global _hb
+    """No more beats, and the watcher thread ends."""
+    global _hb, _watcher
     _hb = None
+    _stopped.set()
+    if _watcher is not None:
+        _watcher.join(timeout=2 * REQUEST_POLL_S + 1)
+        _watcher = None
 
 
 def _answer_requests(hb: RankHeartbeat, out: Path, rank: int) -> None:
     answered = hb.report_request()
-    while True:
-        time.sleep(REQUEST_POLL_S)
+    while not _stopped.wait(REQUEST_POLL_S):
         request = hb.report_request()
         if request == answered:
             continue

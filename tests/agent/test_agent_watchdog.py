@@ -271,3 +271,14 @@ def test_an_old_torch_gets_the_flight_record_size_under_the_nccl_name(monkeypatc
     assert flight_recorder_env({"TORCH_FR_BUFFER_SIZE": "1000"}) == {"TORCH_NCCL_TRACE_BUFFER_SIZE": "1000"}
     assert flight_recorder_env({"TORCH_FR_BUFFER_SIZE": "1000", "TORCH_NCCL_TRACE_BUFFER_SIZE": "7"}) == {}
     assert flight_recorder_env({}) == {}
+
+
+def test_heartbeat_files_of_killed_agents_are_removed_and_live_ones_kept(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale, live, other = (tmp_path / f"hpcgpu-{dead.pid}-1.hb", tmp_path / f"hpcgpu-{os.getpid()}-2.hb",
+                          tmp_path / "hpcgpu-notapid-3.hb")
+    for p in (stale, live, other):
+        p.write_bytes(b"")
+    assert wd.remove_stale_files(tmp_path) == [stale]
+    assert live.exists() and other.exists() and not stale.exists()
