@@ -158,6 +158,7 @@ def describe_plan(plan: Plan) -> str:
         f"nodes:    {plan.nodes} x {plan.nproc_per_node} rank(s) on {plan.device_type}"
         f" = world size {plan.world_size}, {plan.process_group_backend}, {plan.precision}",
         f"entry:    {entry_text(plan.spec)}",
+        f"watchdog: {watchdog_text(plan.spec)}",
         "",
         "node command:",
         f"  {shlex.join(argv)}",
@@ -177,6 +178,16 @@ def rank_table_text(plan: Plan) -> str:
     rows += [f"{r.rank:>4}  {r.node:>4}  {r.local_rank:>5}  {r.device:<8} {r.backend}"
              for r in plan.ranks]
     return "\n".join(rows)
+
+
+def watchdog_text(spec: Mapping[str, Any]) -> str:
+    """What the hang watchdog will do (docs/troubleshooting.md)."""
+    w = spec.get("watchdog") or {}
+    if not w.get("stall_s"):
+        return "off (watchdog.stall_s 0): a hang ends only at distributed.timeout_s"
+    then = (f"restart the ranks (distributed.max_restarts {spec['distributed']['max_restarts']})"
+            if spec["distributed"]["max_restarts"] else "end the run with status 76")
+    return f"hang report after {w['stall_s']} s without progress on any rank, then {then}"
 
 
 def entry_text(spec: Mapping[str, Any]) -> str:

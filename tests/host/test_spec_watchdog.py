@@ -30,3 +30,13 @@ def test_with_the_watchdog_on_the_ranks_keep_a_flight_record_and_off_they_do_not
 def test_a_flight_record_size_the_user_set_wins():
     plan = plan_for("env: {TORCH_FR_BUFFER_SIZE: '50'}\n")
     assert plan.env["TORCH_FR_BUFFER_SIZE"] == "50"
+
+
+def test_the_dry_run_says_what_the_watchdog_will_do():
+    from hpcgpu.host.plan import describe_plan
+
+    assert ("watchdog: hang report after 120 s without progress on any rank, then end the run with status 76"
+            in describe_plan(plan_for("name: x\n")))
+    assert "then restart the ranks (distributed.max_restarts 2)" in describe_plan(
+        plan_for("distributed: {max_restarts: 2}\nwatchdog: {stall_s: 30}\n"))
+    assert "watchdog: off (watchdog.stall_s 0)" in describe_plan(plan_for("watchdog: {stall_s: 0}\n"))

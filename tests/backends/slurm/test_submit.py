@@ -354,6 +354,9 @@ def test_a_hung_node_is_excluded_on_the_requeue_and_the_job_finishes_on_another_
     excluded = json.loads((run_dir / "excluded.json").read_text())
     assert (excluded["nodes"], excluded["requeues"]) == ([hung_node], 1), excluded
     assert excluded["history"][0]["reason"] == f"rank(s) 1 hung on {hung_node}", excluded
+    # node 0's log keeps both attempts (sbatch --open-mode=append): the hang, then the requeue
+    node0 = (run_dir / "submitit" / f"{job_id}_0_log.out").read_text()
+    assert f"hpcgpu[node 0]: hung: rank(s) 1 hung on {hung_node}; requeued without {hung_node}" in node0, node0[-3000:]
     fields = status_fields(hpcgpu(["status", run_id], tmp_path, home).stdout)
     assert (fields["state"], fields["excluded_nodes"]) == ("DONE", hung_node), fields
     assert fields["last_hang"].startswith(f"rank(s) 1 on {hung_node}; "), fields
