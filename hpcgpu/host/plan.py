@@ -180,13 +180,15 @@ def rank_table_text(plan: Plan) -> str:
     return "\n".join(rows)
 
 
-def watchdog_text(spec: Mapping[str, Any]) -> str:
+def watchdog_text(spec: Mapping[str, Any], slurm: bool = False) -> str:
     """What the hang watchdog will do (docs/troubleshooting.md)."""
     w = spec.get("watchdog") or {}
     if not w.get("stall_s"):
         return "off (watchdog.stall_s 0): a hang ends only at distributed.timeout_s"
     then = (f"restart the ranks (distributed.max_restarts {spec['distributed']['max_restarts']})"
             if spec["distributed"]["max_restarts"] else "end the run with status 76")
+    if slurm and w.get("requeues"):
+        then += f"; a job requeues without the hung node, up to {w['requeues']} times (watchdog.requeues)"
     return f"hang report after {w['stall_s']} s without progress on any rank, then {then}"
 
 

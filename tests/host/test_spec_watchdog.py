@@ -40,3 +40,12 @@ def test_the_dry_run_says_what_the_watchdog_will_do():
     assert "then restart the ranks (distributed.max_restarts 2)" in describe_plan(
         plan_for("distributed: {max_restarts: 2}\nwatchdog: {stall_s: 30}\n"))
     assert "watchdog: off (watchdog.stall_s 0)" in describe_plan(plan_for("watchdog: {stall_s: 0}\n"))
+
+
+def test_the_slurm_dry_run_adds_the_requeue_without_the_hung_node():
+    from hpcgpu.host.plan import watchdog_text
+
+    spec = plan_for("name: x\n").spec
+    assert watchdog_text(spec, slurm=True).endswith(
+        "then end the run with status 76; a job requeues without the hung node, up to 2 times (watchdog.requeues)")
+    assert "requeues" not in watchdog_text({**spec, "watchdog": {"stall_s": 5, "requeues": 0}}, slurm=True)

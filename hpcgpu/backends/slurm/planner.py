@@ -22,7 +22,7 @@ from hpcgpu.contract.errors import UserError
 from hpcgpu.contract.plan import Plan
 from hpcgpu.contract.text import has_control_chars
 from hpcgpu.host.facts import HostFacts
-from hpcgpu.host.plan import agent_command, core_plan, rank_table_text, with_parts
+from hpcgpu.host.plan import agent_command, core_plan, rank_table_text, watchdog_text, with_parts
 from hpcgpu.host.spec import Spec
 
 #: Variables Slurm sets that the node agent reads; docker/podman do not inherit the environment,
@@ -351,6 +351,7 @@ def describe_slurm(plan: Plan) -> str:
         f"run:      {plan.run_id} (slurm)\nrun dir:  {plan.run_dir}\n"
         f"nodes:    {plan.nodes} x {plan.nproc_per_node} rank(s) on {plan.device_type} = world size {plan.world_size}"
         f", {plan.process_group_backend}, {plan.precision}\n"
+        f"watchdog: {watchdog_text(spec, slurm=True)}\n"
         f"each node runs: {shlex.join([*plan.container_prefix, *plan.node_argv])}\n\n"
         f"--- sbatch script ---\n{request['sbatch']}--- end ---\n\n" + rank_table_text(plan) + "\n"
         + "".join(f"{n}\n" for n in notes)
