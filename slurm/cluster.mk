@@ -1,4 +1,4 @@
-# The local two-node Slurm cluster (slurm/cluster.sh); included by the top-level Makefile.
+# The local three-node Slurm cluster (slurm/cluster.sh); included by the top-level Makefile.
 # Clients find it through /etc/slurm/slurm.conf, so no SLURM_CONF is exported here or anywhere.
 # HPCGPU_SLURM_DIR (scratch dir, default /tmp/hpcgpu-slurm) passes through the environment.
 
@@ -8,7 +8,7 @@ PY ?= .venv/bin/python
 
 .PHONY: slurm-up slurm-down slurm-status test-slurm
 
-## slurm-up: start (or check) the local cluster: munged, slurmctld, slurmd node1 + node2
+## slurm-up: start (or check) the local cluster: munged, slurmctld, slurmd node1, node2, node3
 slurm-up:
 	$(SLURM_CLUSTER) up
 
@@ -16,7 +16,7 @@ slurm-up:
 slurm-down:
 	$(SLURM_CLUSTER) down
 
-## slurm-status: print sinfo; fails when node1/node2 are not usable
+## slurm-status: print sinfo; fails when node1-node3 are not usable
 slurm-status:
 	$(SLURM_CLUSTER) status
 

@@ -1,22 +1,23 @@
 #!/usr/bin/env bash
-# A real two-node Slurm cluster on this machine: one slurmctld, slurmd node1 and node2, a private
-# munged. Usage: slurm/cluster.sh up|down|status|exec NODE CMD... Needs root (daemons, network namespaces,
+# A real three-node Slurm cluster on this machine: one slurmctld, slurmd node1, node2 and node3, a
+# private munged. Partition debug (the default) holds node1 and node2; partition wide holds all
+# three, so a two-node job there has a spare node (the hang watchdog's requeue without a hung node). Usage: slurm/cluster.sh up|down|status|exec NODE CMD... Needs root (daemons, network namespaces,
 # /etc/slurm, /etc/hosts).
 #
 # Each node is a host of its own as far as the network goes: slurmd node1 runs in the network
 # namespace hpcgpu-node1 (interface eth0, address NET.1, host name node1), node2 in hpcgpu-node2
-# (NET.2, node2). Both eth0 are veth pairs whose other ends sit in the bridge hpcgpu-br0 in the root
+# (NET.2, node2), node3 likewise. Every eth0 is one end of a veth pair whose other ends sit in the bridge hpcgpu-br0 in the root
 # namespace, which holds NET.254: slurmctld, munged and every client outside a job run there and
 # reach the nodes through the bridge; job steps inherit their node's namespace and host name, so
 # multi-node code (rendezvous, gloo, MASTER_ADDR) crosses a real interface, never 127.0.0.1.
-# /etc/hosts maps node1 and node2 to their addresses (lines ending in the marker below). The file
+# /etc/hosts maps the nodes to their addresses (lines ending in the marker below). The file
 # system, munge's socket and everything else stay shared.
 #
 # Environment:
 #   HPCGPU_SLURM_DIR    scratch directory for state, spool, logs, pids, munge (default /tmp/hpcgpu-slurm)
 #   HPCGPU_SLURM_CPUS   CPUs declared per node (default 4; config_overrides makes it exact)
 #   HPCGPU_SLURM_MEM_MB RealMemory declared per node in MB (default 8000)
-#   HPCGPU_SLURM_WAIT_S how long `up` waits for both nodes to be idle (default 60)
+#   HPCGPU_SLURM_WAIT_S how long `up` waits for every node to be idle (default 60)
 #   HPCGPU_SLURM_NET    the first three octets of the cluster's private /24 (default 10.231.1)
 #   HPCGPU_SLURM_FORCE  1: overwrite an /etc/slurm/slurm.conf that this script did not write
 #
@@ -34,7 +35,7 @@ CONF=/etc/slurm/slurm.conf
 HOSTS=/etc/hosts
 TEMPLATE="$HERE/slurm.conf.template"
 MARKER="# hpcgpu-dev-cluster"
-NODES=(node1 node2)
+NODES=(node1 node2 node3)
 CTLD_PORT=17000
 # The same port on both nodes, as on a real cluster: they listen on different hosts.
 NODE_PORT=17001
@@ -153,7 +154,8 @@ render_conf() {
   local out
   out="$(sed -e "s|@DIR@|$DIR|g" -e "s|@CPUS@|$CPUS|g" -e "s|@MEM_MB@|$MEM_MB|g" \
     -e "s|@CTLD_PORT@|$CTLD_PORT|g" -e "s|@CTLD_ADDR@|$CTLD_ADDR|g" -e "s|@NODE_PORT@|$NODE_PORT|g" \
-    -e "s|@NODE1_ADDR@|$(node_addr node1)|g" -e "s|@NODE2_ADDR@|$(node_addr node2)|g" "$TEMPLATE")"
+    -e "s|@NODE1_ADDR@|$(node_addr node1)|g" -e "s|@NODE2_ADDR@|$(node_addr node2)|g" \
+    -e "s|@NODE3_ADDR@|$(node_addr node3)|g" "$TEMPLATE")"
   if grep -q '@[A-Z0-9_]*@' <<<"$out"; then
     die "unfilled placeholder in $TEMPLATE: $(grep -o '@[A-Z0-9_]*@' <<<"$out" | sort -u | tr '\n' ' ')"
   fi
@@ -193,13 +195,14 @@ hosts_without_ours() {
 }
 
 foreign_hosts_lines() {
-  # Lines (not ours) that map node1 or node2 to some address: they would shadow ours or be shadowed.
-  hosts_without_ours | awk '$1 !~ /^#/ { for (i = 2; i <= NF && $i !~ /^#/; i++) if ($i == "node1" || $i == "node2") { print; next } }'
+  # Lines (not ours) that map a node's name to some address: they would shadow ours or be shadowed.
+  hosts_without_ours | awk -v names="${NODES[*]}" 'BEGIN { split(names, n, " "); for (k in n) ours[n[k]] = 1 }
+    $1 !~ /^#/ { for (i = 2; i <= NF && $i !~ /^#/; i++) if ($i in ours) { print; next } }'
 }
 
 hosts_are_current() {
   [[ -z "$(foreign_hosts_lines)" ]] && [[ "$(grep -F "$MARKER" "$HOSTS")" == "$(hosts_lines)" ]] \
-    && ! grep -Eq '^127\.0\.0\.1[[:space:]]+node[12][[:space:]]*$' "$HOSTS"
+    && ! grep -Eq '^127\.0\.0\.1[[:space:]]+node[123][[:space:]]*$' "$HOSTS"
 }
 
 write_hosts() {
@@ -209,20 +212,20 @@ write_hosts() {
 }
 
 install_hosts() {
-  # Rendezvous resolves node names: map node1/node2 to their namespace addresses, replacing only
+  # Rendezvous resolves node names: map the nodes to their namespace addresses, replacing only
   # our own earlier lines.
   hosts_are_current && return 0
   local foreign
   foreign="$(foreign_hosts_lines)"
-  [[ -z "$foreign" ]] || die "$HOSTS maps node1/node2 on a line cluster.sh did not write; remove it: $foreign"
+  [[ -z "$foreign" ]] || die "$HOSTS maps ${NODES[*]} on a line cluster.sh did not write; remove it: $foreign"
   write_hosts "$(hosts_without_ours; hosts_lines)"
   log "mapped $(hosts_lines | awk '{ printf "%s%s=%s", sep, $2, $1; sep = ", " }') in $HOSTS"
 }
 
 remove_hosts() {
-  grep -qF "$MARKER" "$HOSTS" || grep -Eq '^127\.0\.0\.1[[:space:]]+node[12][[:space:]]*$' "$HOSTS" || return 0
+  grep -qF "$MARKER" "$HOSTS" || grep -Eq '^127\.0\.0\.1[[:space:]]+node[123][[:space:]]*$' "$HOSTS" || return 0
   write_hosts "$(hosts_without_ours)"
-  log "removed node1/node2 from $HOSTS"
+  log "removed ${NODES[*]} from $HOSTS"
 }
 
 # --- network: a bridge in the root namespace, one namespace per node ------------------------------
@@ -268,7 +271,7 @@ net_up() {
   if ! wait_for "the node addresses to answer" 10 net_reachable; then
     # Bridged traffic passes iptables' FORWARD chain when br_netfilter is loaded (a Docker engine
     # with its iptables rules does that, with policy DROP).
-    log "node1, node2 and $CTLD_ADDR do not all reach each other across $BRIDGE; is bridged traffic" \
+    log "${NODES[*]} and $CTLD_ADDR do not all reach each other across $BRIDGE; is bridged traffic" \
       "filtered (sysctl net.bridge.bridge-nf-call-iptables, iptables FORWARD policy)?"
     return 1
   fi
@@ -364,7 +367,7 @@ misplaced_slurmd() {
 }
 
 start_slurm() {
-  install -d -m 0755 "$DIR/state" "$DIR/run" "$DIR/log" "$DIR/spool/node1" "$DIR/spool/node2"
+  install -d -m 0755 "$DIR/state" "$DIR/run" "$DIR/log" "${NODES[@]/#/$DIR/spool/}"
   # Called as `start_slurm || show_failure`, where set -e is off: every step checks itself.
   if ! ctld_running; then
     log "starting slurmctld"
@@ -389,7 +392,7 @@ node_states() {
 }
 
 nodes_ready() {
-  # Both nodes usable: idle, or busy with jobs (mix/alloc), and not drained or down.
+  # Every node usable: idle, or busy with jobs (mix/alloc), and not drained or down.
   local states
   states="$(node_states)" || return 1
   local node
@@ -399,7 +402,10 @@ nodes_ready() {
 }
 
 any_running() {
-  munge_running || ctld_running || slurmd_alive node1 || slurmd_alive node2
+  munge_running || ctld_running && return 0
+  local node
+  for node in "${NODES[@]}"; do slurmd_alive "$node" && return 0; done
+  return 1
 }
 
 resume_nodes() {
@@ -414,7 +420,9 @@ resume_nodes() {
 }
 
 daemons_running() {
-  munge_running && ctld_running && slurmd_running node1 && slurmd_running node2
+  munge_running && ctld_running || return 1
+  local node
+  for node in "${NODES[@]}"; do slurmd_running "$node" || return 1; done
 }
 
 wait_for() {
@@ -447,7 +455,8 @@ show_failure() {
   for node in "${NODES[@]}"; do
     ip -n "$(node_ns "$node")" -br addr 2>&1 | sed "s/^/  $(node_ns "$node"): /" >&2 || true
   done
-  for f in "$DIR/log/slurmctld.log" "$DIR/log/slurmd-node1.log" "$DIR/log/slurmd-node2.log" "$DIR/munge/log/munged.log"; do
+  for f in "$DIR/log/slurmctld.log" "${NODES[@]/%/.log}" "$DIR/munge/log/munged.log"; do
+    [[ "$f" == /* ]] || f="$DIR/log/slurmd-$f"
     log "last lines of $f:"
     tail -n 15 "$f" 2>&1 | sed 's/^/  /' >&2 || true
   done
@@ -479,8 +488,8 @@ cmd_up() {
   install_conf
   start_slurm || show_failure "slurmctld or slurmd did not start"
   resume_nodes
-  if ! wait_for "node1 and node2 to be idle" "$WAIT_S" nodes_ready; then
-    show_failure "node1/node2 not idle after ${WAIT_S}s"
+  if ! wait_for "${NODES[*]} to be idle" "$WAIT_S" nodes_ready; then
+    show_failure "${NODES[*]} not all idle after ${WAIT_S}s"
   fi
   log "up in $(elapsed_since "$t0")s ($DIR)"
   node_states >&2
@@ -494,6 +503,7 @@ cancel_jobs() {
   [[ -n "${jobs// /}" ]] || return 0
   log "cancelling jobs: $jobs"
   scancel -p debug 2>/dev/null || true
+  scancel -p wide 2>/dev/null || true
   # KillWait (10 s) plus slack for the epilog and the step daemons to exit.
   wait_for "jobs to end" 20 no_jobs || log "jobs still listed after 20 s; stopping anyway"
 }
@@ -503,7 +513,8 @@ no_jobs() { [[ -z "$(squeue -h -t PD,R,CG,S,CF -o '%i' 2>/dev/null)" ]]; }
 stop_all() {
   local pid name pids=()
   cancel_jobs
-  for name in slurmd-node1:slurmd slurmd-node2:slurmd slurmctld:slurmctld; do
+  for name in "${NODES[@]/#/slurmd-}" slurmctld; do
+    [[ "$name" == slurmctld ]] && name=slurmctld:slurmctld || name="$name:slurmd"
     if pid="$(pid_from "$DIR/run/${name%%:*}.pid" "${name##*:}")"; then pids+=("$pid"); fi
   done
   if pid="$(pid_from "$DIR/munge/run/munged.pid" munged)"; then pids+=("$pid"); fi
@@ -551,7 +562,7 @@ cmd_status() {
     for node in "${NODES[@]}"; do
       printf '%s: namespace %s, eth0 %s\n' "$node" "$(node_ns "$node")" "$(node_addr "$node")"
     done
-    log "up: node1 and node2 are usable ($DIR)"
+    log "up: ${NODES[*]} are usable ($DIR)"
     return 0
   fi
   log "down or unhealthy${missing:+ (not running: ${missing% })}${net:+ (network: $net)}; run: slurm/cluster.sh up"
@@ -595,11 +606,11 @@ main() {
       ;;
     status) cmd_status ;;
     exec)
-      # exec NODE CMD...: run a command as on node1/node2 (debugging: ip addr, hostname, a server).
+      # exec NODE CMD...: run a command as on node1/node2/node3 (debugging: ip addr, hostname, a server).
       check_inputs
-      [[ " ${NODES[*]} " == *" ${2:-} "* ]] || die "usage: $0 exec node1|node2 COMMAND [ARG...]"
+      [[ " ${NODES[*]} " == *" ${2:-} "* ]] || die "usage: $0 exec node1|node2|node3 COMMAND [ARG...]"
       ns_exists "$(node_ns "$2")" || die "namespace $(node_ns "$2") does not exist; run: $0 up"
-      (($# > 2)) || die "usage: $0 exec node1|node2 COMMAND [ARG...]"
+      (($# > 2)) || die "usage: $0 exec node1|node2|node3 COMMAND [ARG...]"
       node_exec "${@:2}"
       ;;
     in-node)

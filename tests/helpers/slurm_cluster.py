@@ -20,8 +20,11 @@ from pathlib import Path
 
 import pytest
 
+#: the nodes of the default partition (debug), which most tests use
 NODES = ("node1", "node2")
-#: the cluster's private /24 (slurm/cluster.sh: node1 is .1, node2 .2, slurmctld's bridge .254)
+#: every node: partition wide adds node3, a spare for a two-node job (slurm/cluster.sh)
+ALL_NODES = ("node1", "node2", "node3")
+#: the cluster's private /24 (slurm/cluster.sh: nodeN is .N, slurmctld's bridge .254)
 NET = ipaddress.ip_network(f"{os.environ.get('HPCGPU_SLURM_NET', '10.231.1')}.0/24")
 #: sinfo %t states in which a node runs (or can run) jobs
 USABLE = {"idle", "mix", "alloc", "comp"}
@@ -31,7 +34,7 @@ FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEM
 
 
 def cluster_problem() -> str | None:
-    """Why the cluster is not usable, or None when node1 and node2 both are."""
+    """Why the cluster is not usable, or None when all its nodes are."""
     if shutil.which("sinfo") is None:
         return "sinfo is not installed"
     try:
@@ -42,7 +45,7 @@ def cluster_problem() -> str | None:
     if out.returncode != 0:
         return f"sinfo failed: {out.stderr.strip()}"
     states = dict(line.split() for line in out.stdout.splitlines() if line.strip())
-    bad = {n: states.get(n, "missing") for n in NODES if states.get(n) not in USABLE}
+    bad = {n: states.get(n, "missing") for n in ALL_NODES if states.get(n) not in USABLE}
     if bad:
         return f"nodes not usable: {bad}"
     return layout_problem()
@@ -51,7 +54,7 @@ def cluster_problem() -> str | None:
 def layout_problem() -> str | None:
     """Why the node names do not resolve to the nodes' own addresses in NET (the cluster predates
     the node namespaces, or /etc/hosts was edited), or None."""
-    for node in NODES:
+    for node in ALL_NODES:
         try:
             addr = socket.gethostbyname(node)
         except OSError as e:

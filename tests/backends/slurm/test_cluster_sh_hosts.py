@@ -1,4 +1,4 @@
-"""slurm/cluster.sh's /etc/hosts handling, on a copy: it maps node1/node2 to their namespace
+"""slurm/cluster.sh's /etc/hosts handling, on a copy: it maps node1-node3 to their namespace
 addresses, replaces only lines it wrote (including the 127.0.0.1 lines of the layout before the
 node namespaces), and refuses to fight a mapping someone else wrote. The functions are sourced."""
 
@@ -10,7 +10,8 @@ from pathlib import Path
 from tests.helpers.paths import REPO
 
 OURS = ("10.231.1.1 node1 # hpcgpu-dev-cluster\n"
-        "10.231.1.2 node2 # hpcgpu-dev-cluster\n")
+        "10.231.1.2 node2 # hpcgpu-dev-cluster\n"
+        "10.231.1.3 node3 # hpcgpu-dev-cluster\n")
 
 
 def call(hosts: Path, function: str) -> subprocess.CompletedProcess:
@@ -45,6 +46,13 @@ def test_up_refuses_a_node_name_mapped_by_someone_else(tmp_path):
     assert out.returncode != 0
     assert "192.0.2.7 gpu7 node2" in out.stderr and "did not write" in out.stderr
     assert hosts.read_text() == "127.0.0.1 localhost\n192.0.2.7 gpu7 node2\n"
+
+
+def test_up_refuses_the_third_node_mapped_by_someone_else_too(tmp_path):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n192.0.2.8 gpu8 node3 # theirs\n")
+    out = call(hosts, "install_hosts")
+    assert out.returncode != 0 and "192.0.2.8 gpu8 node3" in out.stderr, out.stderr
 
 
 def test_down_removes_only_our_lines(tmp_path):

@@ -360,3 +360,34 @@ def test_a_hung_node_is_excluded_on_the_requeue_and_the_job_finishes_on_another_
     fields = status_fields(hpcgpu(["status", run_id], tmp_path, home).stdout)
     assert (fields["state"], fields["excluded_nodes"]) == ("DONE", hung_node), fields
     assert fields["last_hang"].startswith(f"rank(s) 1 on {hung_node}; "), fields
+
+
+def test_a_hung_node_of_a_two_node_job_is_excluded_and_the_job_finishes_on_the_spare(slurm, cancel_jobs, baseline,
+                                                                                     tmp_path):
+    # partition wide has three nodes (slurm/cluster.sh): the job runs on two, one rank each; node 1's
+    # rank is stopped with SIGSTOP; node 0's agent gathers both nodes' views, names it, and the job is
+    # requeued without its node, to finish on the other two from its checkpoint, to the same loss
+    slow = {**TRAIN["entry"], "task_args": {**TRAIN["entry"]["task_args"], "delay_s": 0.5}}
+    spec = write_spec(tmp_path, {**TRAIN, "entry": slow, "watchdog": {"stall_s": 3}, "checkpoint": {"every_steps": 4}})
+    home = tmp_path / "home"
+    run_id, job_id, run_dir = submit(["-f", str(spec), *TWO_NODES, "--partition", "wide"], tmp_path, home, cancel_jobs)
+    header = wait_for_text(run_dir / "logs" / "rank1.log", r"^==== hpcgpu rank 1/2 .* pid \d+ on \S+ ", 90,
+                           lambda: node_logs(run_dir))
+    pid, hung_node = re.search(r"^==== hpcgpu rank 1/2 .* pid (\d+) on (\S+) ", header, re.MULTILINE).groups()
+    wait_for_text(run_dir / "logs" / "rank0.log", r"^step 6/32 ", 90, lambda: node_logs(run_dir))
+    os.kill(int(pid), signal.SIGSTOP)
+
+    info = slurm.wait_for_job(job_id, lambda i: i.state == "PENDING" and i.restarts == 1, 90, "requeued after the hang")
+    assert info.raw.get("ExcNodeList") == hung_node, info.raw
+    time.sleep(2)  # a StartTime=now in the requeue's own second fails the job ("credential revoked")
+    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True, timeout=30)
+    final = slurm.wait_job_final(job_id, timeout_s=120)
+    assert final.state == "COMPLETED" and final.restarts == 1, node_logs(run_dir)
+    assert hung_node not in final.raw["NodeList"] and final.raw["NodeList"] != "(null)", final.raw
+    assert final_loss(run_dir) == baseline
+
+    (report,) = [json.loads(p.read_text()) for p in run_dir.glob("hang-*.json")]
+    assert report["culprits"] == [1], report
+    assert {r["rank"]: r["host"] for r in report["ranks"]}[1] == hung_node  # node 1's view reached node 0
+    fields = status_fields(hpcgpu(["status", run_id], tmp_path, home).stdout)
+    assert (fields["state"], fields["excluded_nodes"], fields["restarts"]) == ("DONE", hung_node, "1"), fields
