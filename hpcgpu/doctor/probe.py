@@ -124,6 +124,7 @@ class Probe:
     checkpoint_dir: Path = Path("runs")
     nproc: int | None = None  # ranks for the functional test (default: GPUs, or 2 CPU ranks)
     timeout: float = 180.0  # seconds for the whole functional test
+    slurm_nodes: int = 2  # nodes for the Slurm all-reduce (3+: pairs name a bad node)
     _handles: list[Any] | None = field(default=None, init=False, repr=False)
     _hidden: list[int] = field(default_factory=list, init=False, repr=False)  # NVML indices
     _nvml_error: Skip | Fail | None = field(default=None, init=False, repr=False)

@@ -1,19 +1,23 @@
-"""`hpcgpu doctor --slurm`: the all-reduce across 2 Slurm nodes, one task (one torchrun) per node.
+"""`hpcgpu doctor --slurm [--nodes N]`: the all-reduce across Slurm nodes, one task (one torchrun) per node.
 
-The doctor side runs `srun -N2 --ntasks-per-node=1 python -m hpcgpu.doctor.slurm_allreduce`; on
+The doctor side runs `srun -N<N> --ntasks-per-node=1 python -m hpcgpu.doctor.slurm_allreduce`; on
 each node `main()` below works out the c10d rendezvous (first node of the step, a port derived
-from the job and step ids so every node computes the same one) and execs torchrun.
+from the job and step ids so every node computes the same one) and execs torchrun. With 3 or more
+nodes it then tests pairs of them to name a node that fails or crawls (doctor/bad_nodes.py), so it
+can be excluded before a job wastes an allocation on it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from hpcgpu.doctor.checks_env import expand_nodelist
-from hpcgpu.doctor.functional import (GLOO_ITERS, GLOO_SIZES, NCCL_ITERS, NCCL_SIZES, run_launch,
+from hpcgpu.doctor.bad_nodes import locate
+from hpcgpu.doctor.functional import (GLOO_ITERS, GLOO_SIZES, NCCL_ITERS, NCCL_SIZES, child_env, run_launch,
                                       summarize_allreduce, worker_argv)
 from hpcgpu.doctor.probe import Probe
 from hpcgpu.doctor.result import CheckResult, check, fail, warn
@@ -26,26 +30,61 @@ SRUN_HINT = ("the all-reduce between nodes failed: check that node names resolve
              "SLURM_GPUS_PER_NODE")
 
 
-def srun_argv(nproc: int | None) -> list[str]:
-    """The srun command: 2 nodes, one task each; works inside an allocation or makes one."""
-    return ["srun", f"--nodes={NODES}", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
-            "--job-name=hpcgpu-doctor", sys.executable, "-m", "hpcgpu.doctor.slurm_allreduce",
-            f"--nproc-per-node={nproc or 0}"]
+def srun_argv(nproc: int | None, nodes: int = NODES, nodelist: Sequence[str] = ()) -> list[str]:
+    """The srun command: `nodes` nodes (these, if given), one task each; works inside an allocation
+    or makes one."""
+    return ["srun", f"--nodes={nodes}", *((f"--nodelist={','.join(nodelist)}",) if nodelist else ()),
+            "--ntasks-per-node=1", "--kill-on-bad-exit=1", "--job-name=hpcgpu-doctor", sys.executable, "-m",
+            "hpcgpu.doctor.slurm_allreduce", f"--nproc-per-node={nproc or 0}"]
+
+
+def node_names(p: Probe, nodes: int) -> list[str]:
+    """The nodes to test: this allocation's, else `nodes` nodes Slurm gives a one-line step now."""
+    if p.env.get("SLURM_JOB_NODELIST"):
+        return expand_nodelist(p.env["SLURM_JOB_NODELIST"])[:nodes]
+    out = p.run(["srun", f"--nodes={nodes}", "--ntasks-per-node=1", "--job-name=hpcgpu-doctor",
+                 "printenv", "SLURMD_NODENAME"], timeout=p.timeout, env=child_env(p))
+    return sorted(set(out.stdout.split())) if out.returncode == 0 else []
+
+
+def top_busbw(res: dict) -> float | None:
+    """The bus bandwidth at the largest message size (GB/s), the figure pairs are compared by."""
+    return res["results"][-1]["busbw_gbs"] if res.get("results") else None
 
 
 @check("allreduce_slurm")
 def check_allreduce_slurm(p: Probe) -> CheckResult:
-    """A real all-reduce across 2 Slurm nodes (NCCL on GPUs, gloo otherwise)."""
+    """A real all-reduce across Slurm nodes (NCCL on GPUs, gloo otherwise); from 3 nodes on, pairs of
+    them name a node that fails or is far slower than the others."""
     if not p.which("srun"):
         return fail("srun not on PATH", "run --slurm on a Slurm login or compute node")
-    res, output, failure = run_launch(p, srun_argv(p.nproc), None)
+    wanted = max(p.slurm_nodes, NODES)
+    names = node_names(p, wanted) if wanted > NODES else []
+    res, output, failure = run_launch(p, srun_argv(p.nproc, wanted, names), None)
+    located = locate(names, lambda a, b: pair_busbw(p, a, b)) if len(names) >= 3 else None
+    if located is not None and located.bad:
+        data = {"pairs": [{"nodes": [a, b], "busbw_gbs": bw} for a, b, bw in located.pairs],
+                **(failure.data if failure else {"all": res})}
+        return fail(f"node(s) {', '.join(located.bad)}: {located.reason}",
+                    f"leave them out: sbatch --exclude={','.join(located.bad)} (or `slurm.extra: "
+                    f"[--exclude={','.join(located.bad)}]` in the spec), and tell the admins", data)
     if failure is not None:
-        return fail(failure.detail, SRUN_HINT, failure.data)
+        why = f"; pairs: {located.reason}" if located else ""
+        return fail(failure.detail + why, SRUN_HINT, failure.data)
     result = summarize_allreduce(res, output)
-    if res["nodes"] < NODES:
-        return warn(f"{result.detail}: ranks ran on {res['nodes']} node(s), not {NODES}",
-                    "ask for nodes in a partition with at least 2 of them", result.data)
+    if located is not None:
+        result = dataclasses.replace(result, detail=f"{result.detail}; pairs: {located.reason}", data={
+            **result.data, "pairs": [{"nodes": [a, b], "busbw_gbs": bw} for a, b, bw in located.pairs]})
+    if res["nodes"] < wanted:
+        return warn(f"{result.detail}: ranks ran on {res['nodes']} node(s), not {wanted}",
+                    f"ask for nodes in a partition with at least {wanted} of them", result.data)
     return result
+
+
+def pair_busbw(p: Probe, a: str, b: str) -> float | None:
+    """The all-reduce between two nodes: its top bus bandwidth, None when it failed."""
+    res, _, failure = run_launch(p, srun_argv(p.nproc, 2, (a, b)), None)
+    return None if failure is not None else top_busbw(res)
 
 
 def rendezvous_port(job_id: str, step_id: str) -> int:

@@ -72,3 +72,31 @@ def test_allreduce_across_two_slurm_nodes(tmp_path):
     _, checks, _ = doctor("--slurm", "--no-functional", "--checkpoint-dir", str(tmp_path))
     assert_good_allreduce(checks["allreduce_slurm"], ranks=2, nodes=2)
     assert checks["slurm_cluster"]["status"] == "ok"
+
+
+@pytest.mark.slurm
+def test_a_slow_node_among_three_is_named_by_the_preflight(tmp_path, slurm_cluster):
+    """node3's link is cut to 400 Mbit/s (a token bucket on its veth, both ways); the all-reduce
+    between the other two runs at the bridge's speed: pairs name node3, and only node3."""
+    shaped = [["tc", "qdisc", "add", "dev", "hpcgpu-v3", "root", "tbf", "rate", "400mbit", "burst", "256kb",
+               "latency", "50ms"],
+              ["ip", "netns", "exec", "hpcgpu-node3", "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate",
+               "400mbit", "burst", "256kb", "latency", "50ms"]]
+    undo = [["tc", "qdisc", "del", "dev", "hpcgpu-v3", "root"],
+            ["ip", "netns", "exec", "hpcgpu-node3", "tc", "qdisc", "del", "dev", "eth0", "root"]]
+    try:
+        for argv in shaped:
+            subprocess.run(argv, check=True, capture_output=True, timeout=30)
+        env = {**os.environ, "SLURM_PARTITION": "wide"}
+        proc = subprocess.run([sys.executable, "-m", "hpcgpu", "doctor", "--json", "--slurm", "--nodes", "3",
+                               "--no-functional", "--checkpoint-dir", str(tmp_path)],
+                              capture_output=True, text=True, timeout=600, env=env)
+    finally:
+        for argv in undo:
+            subprocess.run(argv, capture_output=True, timeout=30)
+    check = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}["allreduce_slurm"]
+    assert check["status"] == "fail" and check["detail"].startswith("node(s) node3: "), check
+    assert "--exclude=node3" in check["hint"]
+    pairs = {tuple(p["nodes"]): p["busbw_gbs"] for p in check["data"]["pairs"]}
+    assert pairs[("node1", "node2")] > 2 * max(bw for nodes, bw in pairs.items() if "node3" in nodes), pairs
+    assert proc.returncode == 1

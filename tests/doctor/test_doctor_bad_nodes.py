@@ -1,0 +1,64 @@
+"""Naming the node that makes a multi-node all-reduce fail or crawl (doctor/bad_nodes.py), with the
+measurements given: which pairs are tested, in which order, and what is concluded."""
+
+from __future__ import annotations
+
+from hpcgpu.doctor.bad_nodes import first_pairs, locate
+
+
+def network(bad: dict[str, float | None], fast: float = 2.0):
+    """measure(a, b): `fast` GB/s, unless a node of the pair is bad (its figure; None: fails). Records calls."""
+    calls = []
+
+    def measure(a, b):
+        calls.append((a, b))
+        figures = [bad[n] for n in (a, b) if n in bad]
+        return fast if not figures else (None if None in figures else min(figures))
+    return measure, calls
+
+
+def test_pairs_cover_every_node_once_and_an_odd_one_goes_with_the_first():
+    assert first_pairs(["a", "b", "c", "d"]) == [("a", "b"), ("c", "d")]
+    assert first_pairs(["a", "b", "c"]) == [("a", "b"), ("c", "a")]
+
+
+def test_a_slow_node_among_three_is_named_in_four_runs():
+    measure, calls = network({"c": 0.05})
+    found = locate(["a", "b", "c"], measure)
+    assert found.bad == ["c"]
+    assert calls == [("a", "b"), ("c", "a"), ("a", "b"), ("c", "a")]  # a re-paired with b: fine
+    assert "best pair's 2.00 GB/s" in found.reason
+
+
+def test_a_node_that_cannot_join_is_named():
+    measure, _ = network({"f": None})
+    assert locate(["a", "b", "c", "d", "e", "f"], measure).bad == ["f"]
+
+
+def test_two_bad_nodes_in_different_pairs_are_both_named():
+    measure, _ = network({"b": None, "c": 0.1})
+    assert locate(["a", "b", "c", "d", "e", "f"], measure).bad == ["b", "c"]
+
+
+def test_a_pair_at_exactly_half_the_best_is_not_slow_and_just_below_is():
+    assert locate(["a", "b", "c", "d"], network({"c": 1.0})[0]).bad == []  # 1.0 is 50% of 2.0
+    assert locate(["a", "b", "c", "d"], network({"c": 0.99})[0]).bad == ["c"]
+
+
+def test_healthy_nodes_need_only_the_first_pairs():
+    measure, calls = network({})
+    found = locate(["a", "b", "c", "d"], measure)
+    assert found.bad == [] and calls == [("a", "b"), ("c", "d")]
+    assert "every pair reached at least 50%" in found.reason
+
+
+def test_when_every_pair_is_bad_no_single_node_is_blamed():
+    measure, _ = network({"a": None, "b": None, "c": None, "d": None})
+    found = locate(["a", "b", "c", "d"], measure)
+    assert found.bad == [] and "not one node" in found.reason
+
+
+def test_two_nodes_cannot_be_told_apart():
+    measure, calls = network({"b": None})
+    found = locate(["a", "b"], measure)
+    assert found.bad == [] and calls == [] and "test 3 or more" in found.reason
