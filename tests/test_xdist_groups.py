@@ -27,7 +27,8 @@ def record(request):
 
 
 def sample(tmp_path: Path) -> Path:
-    """Four modules: Slurm tests in two of them (one joins by its own mark), a heavy and a light module."""
+    """Slurm tests in three modules (one joins the Slurm group by its own mark, one is a Slurm group of its
+    own), a heavy and a light module."""
     (tmp_path / "record.py").write_text(RECORD)
     (tmp_path / "pytest.ini").write_text(textwrap.dedent("""\
         [pytest]
@@ -65,6 +66,15 @@ def sample(tmp_path: Path) -> Path:
         def test_joins(request):
             record(request)
         """))
+    (tmp_path / "test_e_lane.py").write_text(textwrap.dedent("""\
+        import pytest
+        from record import record
+
+        pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm-e")]
+
+        def test_lane(request):
+            record(request)
+        """))
     (tmp_path / "test_d_heavy.py").write_text(textwrap.dedent("""\
         import pytest
         from record import record
@@ -90,12 +100,12 @@ def run_sample(tmp_path: Path, *args: str) -> list[tuple[str, str]]:
 
 def test_each_group_runs_on_one_worker_under_loadgroup(tmp_path):
     ran = run_sample(tmp_path, "-n", "3", "--dist", "loadgroup")
-    assert len(ran) == 14
+    assert len(ran) == 15
     workers: dict[str, set] = {}
     for worker, nodeid in ran:
         group = nodeid.rsplit("@", 1)[1]  # the suffix xdist's scheduler groups by
         workers.setdefault(group, set()).add(worker)
-    assert set(workers) == {"slurm", "test_a_light.py", "test_b_slurm.py", "test_d_heavy.py"}, ran
+    assert set(workers) == {"slurm", "slurm-e", "test_a_light.py", "test_b_slurm.py", "test_d_heavy.py"}, ran
     assert all(len(w) == 1 for w in workers.values()), workers
     slurm = [nodeid.split("@")[0] for _, nodeid in ran if nodeid.endswith("@slurm")]
     assert slurm == [f"test_b_slurm.py::test_s[{i}]" for i in range(4)] + ["test_c_joins.py::test_joins"]
@@ -105,6 +115,30 @@ def test_the_slurm_group_comes_first_then_the_heavy_modules(tmp_path):
     ran = run_sample(tmp_path, "-p", "no:xdist")
     modules = [nodeid.split("::")[0] for _, nodeid in ran]
     assert "@" not in "".join(nodeid for _, nodeid in ran)  # without xdist the node ids stay as they are
-    # the Slurm group (b's Slurm tests, then c), d (2 slow tests), a (6 light tests), b's other test (1)
-    assert modules == (["test_b_slurm.py"] * 4 + ["test_c_joins.py"] + ["test_d_heavy.py"] * 2
+    # the Slurm groups (b's Slurm tests, then c; e), d (2 slow tests), a (6 light tests), b's other test (1)
+    assert modules == (["test_b_slurm.py"] * 4 + ["test_c_joins.py"]
+                       + ["test_e_lane.py"] + ["test_d_heavy.py"] * 2
                        + ["test_a_light.py"] * 6 + ["test_b_slurm.py"]), modules
+
+
+def test_a_test_with_the_cluster_to_itself_waits_for_the_slurm_tests_running_and_they_for_it(tmp_path, monkeypatch):
+    import fcntl
+
+    from tests.helpers import slurm_cluster
+
+    monkeypatch.setenv("PYTEST_XDIST_TESTRUNUID", f"t{os.getpid()}")
+    monkeypatch.setattr(slurm_cluster.tempfile, "gettempdir", lambda: str(tmp_path))
+
+    def free(kind: int) -> bool:
+        with open(slurm_cluster._cluster_lock_path(), "a") as f:
+            try:
+                fcntl.flock(f, kind | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                return False
+
+    with slurm_cluster._cluster_lock(fcntl.LOCK_SH):  # a Slurm test running
+        assert free(fcntl.LOCK_SH) and not free(fcntl.LOCK_EX)
+    with slurm_cluster._cluster_lock(fcntl.LOCK_EX):  # the cluster to itself
+        assert not free(fcntl.LOCK_SH)
+    assert free(fcntl.LOCK_EX)

@@ -2,8 +2,8 @@
 
 Never asserts that a figure meets its target: CI machines are noisy, and benchmarks are not timed tests.
 
-Two runs of the target: tier 8 (a Slurm job) on its own, with the Slurm tests under xdist, since it
-needs the two-node cluster idle; every other tier in one run beside the rest of the suite, so the
+Two runs of the target: tier 8 (a Slurm job) on its own, with the Slurm tests under xdist and the
+cluster to itself, since it needs both nodes idle; every other tier in one run beside the rest of the suite, so the
 minute and a half they take does not wait behind the Slurm tests (make test's longest chain).
 """
 
@@ -107,8 +107,8 @@ def test_bench_smoke_writes_well_formed_results(tmp_path):
             (3, "Trainer steps/s vs hand-written DDP loop")} <= targets
 
 
-@pytest.mark.xdist_group("slurm")  # submits to the two-node cluster, which it needs idle: with the Slurm tests
-def test_bench_smoke_tier_8_submits_to_the_local_cluster(tmp_path):
+@pytest.mark.xdist_group("slurm")  # with the Slurm tests; it needs the two nodes idle, so no other Slurm test runs
+def test_bench_smoke_tier_8_submits_to_the_local_cluster(slurm_cluster_to_itself, tmp_path):
     doc, _ = bench_smoke(tmp_path / "bench", {CLUSTER_TIER})
     (tier,) = doc["tiers"]
     if os.environ.get("HPCGPU_REQUIRE_SLURM") == "1":  # make test: the cluster is up, and the Slurm tests are not running

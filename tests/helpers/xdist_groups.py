@@ -1,10 +1,13 @@
 """How `make test` shares the tests between pytest-xdist workers (`-n 3 --dist loadgroup`): a pytest
 plugin, registered for the whole tree by tests/conftest.py.
 
-The Slurm tests are one group, run first and in order on one worker: they share the two-node
+The Slurm tests are two groups, run first, each in order on one worker: they share the two-node
 cluster, and most of their time is spent waiting on the scheduler, while the other workers fill
-the two cores with everything else (a test that submits jobs without the marker joins by marking itself
-xdist_group("slurm")). Every other test module is a group of its own, so a module-scoped
+the two cores with everything else. `slurm` holds the tests marked so (a test that submits jobs
+without the marker joins by marking itself xdist_group("slurm")); a module marked
+xdist_group("slurm-...") is a Slurm group of its own (tests/backends/slurm/test_submit.py, the
+longest). A test that needs the cluster to itself says so (slurm_cluster_to_itself,
+tests/helpers/slurm_cluster.py). Every other test module is a group of its own, so a module-scoped
 fixture (a baseline run, a paused run) starts once. The groups start heaviest first (after the Slurm
 group: the ones with the most tests that start real processes), so no long module is left to start
 when the other workers have run out of work. Without xdist the marks change nothing.
@@ -25,11 +28,17 @@ HEAVY = ("slow", "slurm", "container")
 
 
 def group_of(item) -> str:
-    """The xdist group of a test: "slurm", its own xdist_group mark, or its module."""
+    """The xdist group of a test: its own xdist_group mark, "slurm" for a Slurm test, or its module."""
+    marked = item.get_closest_marker("xdist_group")
+    if marked:
+        return marked.args[0]
     if item.get_closest_marker("slurm"):
         return "slurm"
-    marked = item.get_closest_marker("xdist_group")
-    return marked.args[0] if marked else item.nodeid.split("::")[0].split("@")[0]
+    return item.nodeid.split("::")[0].split("@")[0]
+
+
+def is_slurm_group(group: str) -> bool:
+    return group == "slurm" or group.startswith("slurm-")
 
 
 def has_group_suffix(nodeid: str) -> bool:
@@ -64,7 +73,7 @@ def pytest_collection_modifyitems(config, items):
         if not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group(g))
     # stable: the order within a group stays
-    items.sort(key=lambda item: (groups[id(item)] != "slurm", -heavy[groups[id(item)]], -size[groups[id(item)]]))
+    items.sort(key=lambda item: (not is_slurm_group(groups[id(item)]), -heavy[groups[id(item)]], -size[groups[id(item)]]))
     if getattr(config.option, "loadgroup", False):  # an xdist worker under --dist loadgroup
         for item in items:
             if not has_group_suffix(item.nodeid):
