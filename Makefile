@@ -35,10 +35,10 @@ test-unit: venv
 test-fast: venv
 	$(PY) -m pytest -q -m "not slurm and not container and not gpu" $(PYTEST_ARGS)
 
-# Three pytest-xdist workers on two cores: the Slurm tests in order on one (mostly waiting on the
-# scheduler), the rest on the other two, one test module at a time (tests/conftest.py).
-# TEST_WORKERS=0 runs in one process.
-TEST_WORKERS ?= 3
+# Four pytest-xdist workers on two cores: the Slurm tests in two groups, each in order on one worker
+# (mostly waiting on the scheduler), the rest on the other two, one test module at a time, the
+# heaviest first (tests/helpers/xdist_groups.py). TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 4
 test:
 	$(MAKE) --no-print-directory -j4 --output-sync=target test-setup
 	HPCGPU_REQUIRE_SLURM=1 HPCGPU_REQUIRE_CONTAINER=1 HPCGPU_REQUIRE_DOCKER=1 HPCGPU_REQUIRE_NETNS=1 $(PY) -m pytest -q -m "not gpu" \

@@ -11,6 +11,7 @@ pytest_plugins = [
     "tests.helpers.container_image",  # test_image, machine_args, podman_run
     "tests.helpers.gpu_tier",  # skips gpu-marked tests where torch sees no CUDA device
     "tests.helpers.netns",  # netns_pair: two network namespaces joined by a veth pair (root)
+    "tests.helpers.xdist_groups",  # how `make test` shares the tests between its xdist workers
 ]
 
 
@@ -28,27 +29,3 @@ def pytest_configure(config):
         from mutmut.mutation import trampoline
 
         trampoline._mutant_under_test = os.environ.pop("MUTANT_UNDER_TEST")
-
-
-def pytest_collection_modifyitems(config, items):
-    """How `make test` shares the tiers between pytest-xdist workers (`-n 3 --dist loadgroup`).
-
-    The Slurm tests are one group, run first and in order on one worker: they share the two-node
-    cluster, and most of their time is spent waiting on the scheduler, while the other workers fill
-    the two cores with everything else (a test that submits jobs without the marker joins by marking itself
-    xdist_group("slurm")). Every other test module is a group of its own, so a module-scoped
-    fixture (a baseline run, a paused run) starts once. Without xdist the marks change nothing.
-    """
-    import pytest
-
-    def group(item) -> str:
-        if item.get_closest_marker("slurm"):
-            return "slurm"
-        marked = item.get_closest_marker("xdist_group")
-        return marked.args[0] if marked else item.nodeid.split("::")[0]
-
-    groups = {item.nodeid: group(item) for item in items}
-    for item in items:
-        if not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
-    items.sort(key=lambda item: groups[item.nodeid] != "slurm")  # stable: the order within stays

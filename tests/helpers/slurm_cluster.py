@@ -8,12 +8,15 @@ job states come from `scontrol show job` (kept MinJobAge=600 s after the end) an
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import ipaddress
 import os
 import re
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,3 +155,35 @@ def cancel_jobs():
     yield jobs
     if jobs:
         subprocess.run(["scancel", *jobs], capture_output=True, timeout=30)
+
+
+def _cluster_lock_path() -> Path:
+    """One lock per pytest session (its xdist workers share the run's id)."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
+    return Path(tempfile.gettempdir()) / f"hpcgpu-slurm-tests-{run}.lock"
+
+
+@contextlib.contextmanager
+def _cluster_lock(kind: int):
+    with open(_cluster_lock_path(), "a") as f:
+        fcntl.flock(f, kind)  # waits; released when f is closed
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _slurm_cluster_shared(request):
+    """Slurm tests share the cluster with each other (make test runs them in two xdist groups side by
+    side, each group in order), never with a test that has it to itself (slurm_cluster_to_itself)."""
+    if not request.node.get_closest_marker("slurm") or "slurm_cluster_to_itself" in request.fixturenames:
+        yield
+        return
+    with _cluster_lock(fcntl.LOCK_SH):
+        yield
+
+
+@pytest.fixture
+def slurm_cluster_to_itself():
+    """No other Slurm test of this session runs while the test does (it waits for those running to
+    end): for a test that needs both nodes idle. Jobs they cancelled may still be ending."""
+    with _cluster_lock(fcntl.LOCK_EX):
+        yield

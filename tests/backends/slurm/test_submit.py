@@ -28,7 +28,8 @@ from submitit.core.utils import DelayedSubmission
 from hpcgpu.backends.slurm.planner import UNLIMITED_MIN, pyxis_node_prefix
 from hpcgpu.host.spec import apply_overrides, parse_spec
 
-pytestmark = pytest.mark.slurm
+#: the longest Slurm tests: a Slurm group of their own under make test (tests/helpers/xdist_groups.py)
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm-submit")]
 
 TRAIN = SLOW_TRAIN
 #: 2 nodes x 1 CPU rank; a 30-minute limit so submitit counts a signal as a preemption, not a timeout
