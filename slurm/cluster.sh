@@ -41,6 +41,8 @@ CTLD_PORT=17000
 NODE_PORT=17001
 BRIDGE=hpcgpu-br0
 CTLD_ADDR="$NET.254"
+# locally administered, fixed: 02:00 then the controller's address in hex (10.231.1.254 -> 0a:e7:01:fe)
+BRIDGE_MAC="$(printf '02:00:%02x:%02x:%02x:fe' ${NET//./ })"
 
 node_ns() { printf 'hpcgpu-%s\n' "$1"; }   # node1 -> hpcgpu-node1 (the namespace)
 node_veth() { printf 'hpcgpu-v%s\n' "${1#node}"; }   # node1 -> hpcgpu-v1 (its veth end in the bridge)
@@ -253,6 +255,9 @@ net_up() {
   if ! ip link show dev "$BRIDGE" >/dev/null 2>&1; then
     ip link add "$BRIDGE" type bridge || return 1
   fi
+  # A bridge takes the lowest MAC of its ports unless given one: a node added later would change it
+  # under the others' ARP caches, and they would lose the controller until the entries expire.
+  ip link set dev "$BRIDGE" address "$BRIDGE_MAC" || return 1
   ip addr replace "$CTLD_ADDR/24" dev "$BRIDGE" && ip link set dev "$BRIDGE" up || return 1
   local node ns veth
   for node in "${NODES[@]}"; do
@@ -267,6 +272,7 @@ net_up() {
     fi
     ip link set dev "$veth" master "$BRIDGE" && ip link set dev "$veth" up || return 1
     ip -n "$ns" addr replace "$(node_addr "$node")/24" dev eth0 && ip -n "$ns" link set dev eth0 up || return 1
+    ip -n "$ns" neigh flush dev eth0 2>/dev/null || true  # nothing cached from an earlier layout
   done
   if ! wait_for "the node addresses to answer" 10 net_reachable; then
     # Bridged traffic passes iptables' FORWARD chain when br_netfilter is loaded (a Docker engine
