@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
 from typing import Mapping, Sequence
 
@@ -44,7 +45,14 @@ def node_names(p: Probe, nodes: int) -> list[str]:
         return expand_nodelist(p.env["SLURM_JOB_NODELIST"])[:nodes]
     out = p.run(["srun", f"--nodes={nodes}", "--ntasks-per-node=1", "--job-name=hpcgpu-doctor",
                  "printenv", "SLURMD_NODENAME"], timeout=p.timeout, env=child_env(p))
-    return sorted(set(out.stdout.split())) if out.returncode == 0 else []
+    return node_names_in(out.stdout) if out.returncode == 0 else []
+
+
+def node_names_in(output: str) -> list[str]:
+    """The node names `srun ... printenv SLURMD_NODENAME` printed, without srun's own lines ("srun: job
+    545 queued and waiting for resources" comes on the same merged output)."""
+    return sorted({line.strip() for line in output.splitlines()
+                   if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", line.strip())})
 
 
 def top_busbw(res: dict) -> float | None:

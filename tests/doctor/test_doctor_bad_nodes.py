@@ -62,3 +62,11 @@ def test_two_nodes_cannot_be_told_apart():
     measure, calls = network({"b": None})
     found = locate(["a", "b"], measure)
     assert found.bad == [] and calls == [] and "test 3 or more" in found.reason
+
+
+def test_node_names_are_read_without_sruns_own_lines():
+    from hpcgpu.doctor.slurm_allreduce import node_names_in
+
+    out = ("srun: job 545 queued and waiting for resources\nsrun: job 545 has been allocated resources\n"
+           "node3\nnode1\nnode2\n")
+    assert node_names_in(out) == ["node1", "node2", "node3"]

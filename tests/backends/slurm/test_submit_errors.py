@@ -40,7 +40,7 @@ def jobs_named(name: str) -> list[str]:
 
 @pytest.mark.parametrize("args, env, message", [
     ([], {"PATH": "/nonexistent"}, "Slurm is not available here: no `sbatch` on PATH"),
-    (["--partition", "nope"], {}, "partition 'nope' does not exist (partitions: debug)"),
+    (["--partition", "nope"], {}, "partition 'nope' does not exist (partitions: debug, wide)"),
     (["--gpus-per-node", "1"], {}, "asked for 1 GPUs per node, nodes of partition 'debug' have at most 0"),
     (["--nodes", "3"], {}, "asked for 3 nodes, partition 'debug' has 2"),
     (["--nproc-per-node", "8"], {}, "asked for 8 CPUs per node (resources.cpus_per_task; by default 8 per GPU rank, one per CPU rank), "
