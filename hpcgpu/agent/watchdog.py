@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from hpcgpu.contract.heartbeat import BUSY_PHASES, HeartbeatFile, Slot, default_dir, dump_paths
+from hpcgpu.contract.heartbeat import BUSY_PHASES, HeartbeatFile, Slot, default_dir, dump_paths, remove_stale
 
 #: how often the agent reads the heartbeats
 POLL_S = 1.0
@@ -377,24 +377,6 @@ def store_peers(node: Any) -> StorePeers:
     return StorePeers(joined_store, node.rdzv_id, node.node_rank, node.nnodes)
 
 
-def remove_stale_files(directory: Path) -> list[Path]:
-    """Delete heartbeat files left by node agents that were killed (their pid is gone); the agent's
-    own pid is in each name (hpcgpu-<pid>-<ns>.hb)."""
-    removed = []
-    for path in directory.glob("hpcgpu-*-*.hb"):
-        try:
-            pid = int(path.name.split("-")[1])
-        except (IndexError, ValueError):
-            continue
-        if not Path(f"/proc/{pid}").exists():
-            try:
-                path.unlink()
-                removed.append(path)
-            except OSError:
-                pass
-    return removed
-
-
 class Watchdog:
     """One node agent's watchdog over its ranks (one attempt at a time)."""
 
@@ -403,7 +385,7 @@ class Watchdog:
                  clock: Callable[[], float] = time.monotonic):
         self.run_dir, self.stall_s, self.node_rank, self.host = Path(run_dir), stall_s, node_rank, host
         self.peers, self.is_head, self.clock = peers or Peers(), is_head, clock
-        remove_stale_files(default_dir())
+        remove_stale(default_dir())
         self.file = HeartbeatFile(default_dir() / f"hpcgpu-{os.getpid()}-{time.time_ns()}.hb", nproc)
         self.watches: list[RankWatch] = []
         self.report: Optional[HangReport] = None

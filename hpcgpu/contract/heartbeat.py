@@ -18,6 +18,7 @@ Standard library only: the agent and the ranks both import it.
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import struct
@@ -64,12 +65,13 @@ class HeartbeatFile:
 
     def __init__(self, path: Path, slots: int):
         self.path, self.slots = Path(path), slots
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.ftruncate(fd, size_for(slots))
-            self._mm = mmap.mmap(fd, size_for(slots))
-        finally:
-            os.close(fd)
+        # The agent holds an exclusive lock on the file while it lives: a file whose lock another
+        # process can take is stale (remove_stale). A pid in the name would not tell: a node agent
+        # in a container (docker --ipc=host shares /dev/shm) sees other pids than the host's.
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.ftruncate(self._fd, size_for(slots))
+        self._mm = mmap.mmap(self._fd, size_for(slots))
         _HEADER.pack_into(self._mm, 0, MAGIC, slots, 0)
 
     def read(self) -> list[Slot]:
@@ -91,6 +93,31 @@ class HeartbeatFile:
             self.path.unlink()
         except OSError:
             pass
+        os.close(self._fd)  # releases the lock
+
+
+def remove_stale(directory: Path) -> list[Path]:
+    """Delete the heartbeat files of node agents that are gone (killed: they could not clean up).
+    A file is stale when its lock can be taken; it is removed while holding the lock."""
+    removed = []
+    for path in Path(directory).glob("hpcgpu-*.hb"):
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)  # an agent holds it: alive
+            continue
+        try:
+            path.unlink()
+            removed.append(path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
 
 
 class RankHeartbeat:

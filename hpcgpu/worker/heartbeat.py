@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from hpcgpu.contract.runfiles import make_private_dir, write_private_text
+from hpcgpu.contract.envnames import HEARTBEAT_FILE
 from hpcgpu.contract.heartbeat import PHASE, RankHeartbeat, dump_paths, open_rank_heartbeat
 
 #: how often the watcher thread looks for a report request (the agent waits longer than this)
@@ -42,6 +43,9 @@ def start(run_dir: Path, rank: int, local_rank: int, environ=os.environ) -> bool
     stop()
     _hb = open_rank_heartbeat(environ, local_rank)
     if _hb is None:
+        if environ.get(HEARTBEAT_FILE):  # the agent watches, but this rank cannot report: say so
+            print(f"hpcgpu: warning: cannot open the heartbeat file {environ[HEARTBEAT_FILE]}: the hang "
+                  "watchdog sees only whether this rank is alive", file=sys.stderr, flush=True)
         return False
     _stopped.clear()
     out = Path(run_dir) / "logs" / "hang"

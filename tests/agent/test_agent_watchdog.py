@@ -274,11 +274,21 @@ def test_an_old_torch_gets_the_flight_record_size_under_the_nccl_name(monkeypatc
 
 
 def test_heartbeat_files_of_killed_agents_are_removed_and_live_ones_kept(tmp_path):
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    stale, live, other = (tmp_path / f"hpcgpu-{dead.pid}-1.hb", tmp_path / f"hpcgpu-{os.getpid()}-2.hb",
-                          tmp_path / "hpcgpu-notapid-3.hb")
-    for p in (stale, live, other):
-        p.write_bytes(b"")
-    assert wd.remove_stale_files(tmp_path) == [stale]
-    assert live.exists() and other.exists() and not stale.exists()
+    from hpcgpu.contract.heartbeat import HeartbeatFile, remove_stale
+
+    # a live agent in another pid namespace: its pid means nothing here, its lock does
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from hpcgpu.contract.heartbeat import "
+                               "HeartbeatFile; HeartbeatFile(sys.argv[1], 1); print('ok', flush=True); "
+                               "time.sleep(60)", str(tmp_path / "hpcgpu-1-1.hb")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ok"
+        killed = tmp_path / "hpcgpu-999999-2.hb"
+        killed.write_bytes(b"x" * 64)  # its agent died: nobody holds the lock
+        mine = HeartbeatFile(tmp_path / f"hpcgpu-{os.getpid()}-3.hb", 1)
+        assert remove_stale(tmp_path) == [killed]
+        assert (tmp_path / "hpcgpu-1-1.hb").exists() and mine.path.exists()
+        mine.close()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert remove_stale(tmp_path) == [tmp_path / "hpcgpu-1-1.hb"]  # its agent is gone now
