@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -292,3 +293,71 @@ def test_heartbeat_files_of_killed_agents_are_removed_and_live_ones_kept(tmp_pat
         holder.kill()
         holder.wait()
     assert remove_stale(tmp_path) == [tmp_path / "hpcgpu-1-1.hb"]  # its agent is gone now
+
+
+# -- several nodes: the agents meet on a real TCPStore ------------------------------------------------------
+
+
+def test_store_peers_declare_a_hang_only_when_every_node_is_idle_and_pool_their_views():
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    server = TCPStore("127.0.0.1", 0, is_master=True, timeout=timedelta(seconds=10))
+    client = TCPStore("127.0.0.1", server.port, is_master=False, timeout=timedelta(seconds=10))
+    head, other = (wd.StorePeers(lambda s=s: s, "job-7", rank, 2) for rank, s in ((0, server), (1, client)))
+    for p in (head, other):
+        p.next_attempt()
+    head.publish_idle(40.0)
+    assert head.all_idle(30) is None  # node 1 has said nothing yet
+    other.publish_idle(12.5)
+    assert head.all_idle(30) is None  # node 1's ranks progress
+    other.publish_idle(31.0)
+    assert head.all_idle(30) == 31.0
+    other.publish_idle(None)  # node 1 has no rank to judge: no hang declared on its behalf
+    assert head.all_idle(30) is None
+    assert not other.hang_declared()
+    head.declare_hang()
+    assert other.hang_declared()
+    assert other.gather({"node_rank": 1, "host": "b", "ranks": [{"rank": 1}]}) == [
+        {"node_rank": 1, "host": "b", "ranks": [{"rank": 1}]}]
+    views = head.gather({"node_rank": 0, "host": "a", "ranks": [{"rank": 0}]})
+    assert [v["host"] for v in views] == ["a", "b"]
+    head.share_verdict({"culprits": [1], "why": "w"})
+    assert other.verdict() == {"culprits": [1], "why": "w"}
+    # the next attempt starts from nothing: the earlier hang is not declared again
+    for p in (head, other):
+        p.next_attempt()
+    assert not other.hang_declared() and head.all_idle(0) is None
+    assert head._key("idle", 1) == "hpcgpu/job-7/watchdog/2/idle/1"
+
+
+def test_a_node_that_never_answers_is_named_in_the_pooled_views(monkeypatch):
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    monkeypatch.setattr(wd, "REPORT_WAIT_S", 0.2)
+    server = TCPStore("127.0.0.1", 0, is_master=True, timeout=timedelta(seconds=10))
+    head = wd.StorePeers(lambda: server, "job-8", 0, 2)
+    views = head.gather({"node_rank": 0, "host": "a", "ranks": []})
+    assert views[1] == {"node_rank": 1, "host": "?", "ranks": [], "extra": {"note": "did not answer within 5 s"}}
+
+
+def test_a_ranks_loader_workers_are_listed_with_their_state():
+    code = ("import subprocess, sys, time\n"
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            "print(child.pid, flush=True); time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        deadline = time.monotonic() + 10
+        while not wd.child_processes(parent.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (found,) = wd.child_processes(parent.pid)
+        assert (found["pid"], found["name"]) == (child, Path(sys.executable).name[:15]) and found["state"] in "SR"
+        assert wd.child_processes(999_999_999) == []  # gone: nothing, no error
+    finally:
+        parent.kill()
+        parent.wait()
+        os.kill(child, 9)

@@ -70,3 +70,44 @@ def test_node_names_are_read_without_sruns_own_lines():
     out = ("srun: job 545 queued and waiting for resources\nsrun: job 545 has been allocated resources\n"
            "node3\nnode1\nnode2\n")
     assert node_names_in(out) == ["node1", "node2", "node3"]
+
+
+def test_every_outcome_whole_pairs_in_the_order_they_ran():
+    from hpcgpu.doctor.bad_nodes import Located
+
+    measure, _ = network({"c": 0.05})
+    assert locate(["a", "b", "c"], measure) == Located(
+        ["c"], [("a", "b", 2.0), ("c", "a", 0.05), ("a", "b", 2.0), ("c", "a", 0.05)],
+        "slow or failing with nodes that are fine with others (below 50% of the best pair's 2.00 GB/s, or no result)")
+    assert locate(["a", "b"], measure) == Located(
+        [], [], "a pair alone cannot tell which of its two nodes is at fault: test 3 or more")
+    healthy, _ = network({})
+    assert locate(["a", "b", "c", "d"], healthy) == Located(
+        [], [("a", "b", 2.0), ("c", "d", 2.0)], "every pair reached at least 50% of the best pair's bandwidth")
+    dead, _ = network({n: None for n in "abcd"})
+    assert locate(["a", "b", "c", "d"], dead) == Located(
+        [], [("a", "b", None), ("c", "d", None)],
+        "every pair failed or was slow: the fault is not one node (the network, the partition, or the test itself)")
+
+
+def test_suspects_are_retested_in_the_nodes_order_and_a_pair_fine_on_retest_blames_nobody():
+    from hpcgpu.doctor.bad_nodes import Located
+
+    answers = iter([2.0, 0.1, 2.0, 2.0])  # (a,b) fine, (c,d) slow, then c and d fine with a
+    calls = []
+
+    def flaky(x, y):
+        calls.append((x, y))
+        return next(answers)
+    found = locate(["a", "b", "c", "d"], flaky)
+    assert calls == [("a", "b"), ("c", "d"), ("c", "a"), ("d", "a")]
+    assert found == Located([], [("a", "b", 2.0), ("c", "d", 0.1), ("c", "a", 2.0), ("d", "a", 2.0)],
+                            "the bad pairs were fine when re-paired: an intermittent fault, or one between those "
+                            "two nodes only")
+
+
+def test_the_suspects_follow_the_given_order_not_the_alphabet():
+    measure, calls = network({"n2": None})
+    locate(["n9", "n2", "n1"], measure)  # pairs (n9,n2) bad, (n1,n9) fine
+    assert calls[:2] == [("n9", "n2"), ("n1", "n9")]
+    assert calls[2:] == [("n9", "n1"), ("n2", "n1")]  # n9 before n2: the nodes' order
