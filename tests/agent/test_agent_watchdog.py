@@ -298,6 +298,15 @@ def test_heartbeat_files_of_killed_agents_are_removed_and_live_ones_kept(tmp_pat
 # -- several nodes: the agents meet on a real TCPStore ------------------------------------------------------
 
 
+def eventually(read, expected, timeout: float = 10.0):
+    """read() once it returns expected: a TCPStore `set` is not acknowledged, so another connection may
+    read the old value for a moment (the agents poll once a second; the test polls until it shows)."""
+    deadline = time.monotonic() + timeout
+    while (got := read()) != expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return got
+
+
 def test_store_peers_declare_a_hang_only_when_every_node_is_idle_and_pool_their_views():
     from datetime import timedelta
 
@@ -311,14 +320,15 @@ def test_store_peers_declare_a_hang_only_when_every_node_is_idle_and_pool_their_
     head.publish_idle(40.0)
     assert head.all_idle(30) is None  # node 1 has said nothing yet
     other.publish_idle(12.5)
+    assert eventually(lambda: server.get(head._key("idle", 1)), b"12.5") == b"12.5"
     assert head.all_idle(30) is None  # node 1's ranks progress
     other.publish_idle(31.0)
-    assert head.all_idle(30) == 31.0
+    assert eventually(lambda: head.all_idle(30), 31.0) == 31.0
     other.publish_idle(None)  # node 1 has no rank to judge: no hang declared on its behalf
-    assert head.all_idle(30) is None
+    assert eventually(lambda: head.all_idle(30), None) is None
     assert not other.hang_declared()
     head.declare_hang()
-    assert other.hang_declared()
+    assert eventually(other.hang_declared, True)
     assert other.gather({"node_rank": 1, "host": "b", "ranks": [{"rank": 1}]}) == [
         {"node_rank": 1, "host": "b", "ranks": [{"rank": 1}]}]
     views = head.gather({"node_rank": 0, "host": "a", "ranks": [{"rank": 0}]})
@@ -361,3 +371,62 @@ def test_a_ranks_loader_workers_are_listed_with_their_state():
         parent.kill()
         parent.wait()
         os.kill(child, 9)
+
+
+# -- the report's text, pinned (tests/golden_data/hang_report_*.txt) -------------------------------------
+
+
+def golden_report() -> wd.HangReport:
+    """Two nodes, rank 1 on node 1 stopped, rank 0 waiting in collective #13, a loader worker, a flight
+    record and stacks: every part of the report has something to show."""
+    ranks = [
+        {"rank": 0, "node_rank": 0, "host": "gpu-a", "pid": 4100, "state": "S", "beats": 41, "step": 12,
+         "phase": "backward", "idle_s": 130.4, "flight": fl(13, 12), "children": [], "files": [],
+         "stacks": [{"thread": "MainThread", "main": True, "frames": [
+             {"file": "train.py", "line": 88, "function": "main", "code": "step(model, batch)"},
+             {"file": "torch/_tensor.py", "line": 623, "function": "backward", "code": "torch.autograd.backward("},
+             {"file": "torch/autograd/graph.py", "line": 979, "function": "_engine_run_backward", "code": ""}]},
+             {"thread": "pin_memory", "main": False, "frames": []}]},
+        {"rank": 1, "node_rank": 1, "host": "gpu-b", "pid": 5200, "state": "T", "beats": 40, "step": 12,
+         "phase": "forward", "idle_s": 131.0, "flight": None, "files": [],
+         "children": [{"pid": 5300, "state": "S", "name": "pt_data_worker"}], "stacks": None,
+         "no_stack": "(no stack: the process is stopped and cannot answer)"},
+    ]
+    return wd.HangReport(time="20261202-120000", stall_s=120, idle_s=130.4, culprits=[1],
+                         why=wd.culprits(ranks)[1], ranks=ranks,
+                         nodes=[{"node_rank": 0, "host": "gpu-a"}, {"node_rank": 1, "host": "gpu-b"}],
+                         files={"directory": "/runs/demo/logs/hang", "rank0": "rank0-1.stacks.json, rank0-1.flight.json"})
+
+
+def test_golden_hang_report_markdown():
+    from tests.helpers.golden import assert_golden
+
+    assert_golden("hang_report.md", wd.render_markdown(golden_report()))
+
+
+def test_golden_hang_report_console_summary():
+    from tests.helpers.golden import assert_golden
+
+    assert_golden("hang_report_console.txt", wd.console_summary(golden_report(), Path("/runs/demo/hang-x.md")) + "\n")
+
+
+def test_flight_summary_takes_the_default_group_and_its_open_collectives_only():
+    entries = [
+        {"collective_seq_id": 4, "pg_id": 0, "profiling_name": "gloo:broadcast", "is_p2p": False},  # completed
+        {"collective_seq_id": 5, "pg_id": 0, "profiling_name": "gloo:all_reduce", "is_p2p": False},
+        {"collective_seq_id": 6, "pg_id": 0, "profiling_name": "gloo:all_gather", "is_p2p": False},
+        {"collective_seq_id": 7, "pg_id": 0, "profiling_name": "gloo:barrier", "is_p2p": False},  # not entered
+        {"collective_seq_id": 5, "pg_id": 0, "profiling_name": "gloo:send", "is_p2p": True},
+        {"collective_seq_id": 5, "pg_id": 1, "profiling_name": "gloo:reduce", "is_p2p": False},
+    ]
+    status = {"0": {"last_enqueued_collective": "6", "last_completed_collective": "4"},
+              "1": {"last_enqueued_collective": "9", "last_completed_collective": "9"}}
+    assert wd.summarize_flight(json.dumps({"entries": entries, "pg_status": status})) == {
+        "process_group": "0", "entered": 6, "completed": 4, "waiting_in": ["gloo:all_reduce", "gloo:all_gather"]}
+    # no default group recorded: the first one there is
+    only = {"2": {"last_enqueued_collective": "3", "last_completed_collective": "3"},
+            "1": {"last_enqueued_collective": "8", "last_completed_collective": "7"}}
+    assert wd.summarize_flight(json.dumps({"entries": entries, "pg_status": only})) == {
+        "process_group": "1", "entered": 8, "completed": 7, "waiting_in": []}
+    assert wd.summarize_flight(json.dumps({"pg_status": {"0": {}}})) == {
+        "process_group": "0", "entered": -1, "completed": -1, "waiting_in": []}
