@@ -322,16 +322,15 @@ def test_two_nodes_in_podman_containers_train_to_the_same_loss(slurm, cancel_job
     assert final_loss(run_dir) == baseline
 
 
-def test_a_hung_node_is_excluded_on_the_requeue_and_the_job_finishes_on_another_to_the_same_loss(
-        slurm, cancel_jobs, baseline, tmp_path):
-    # one node of the two-node cluster runs the job (2 ranks); rank 1 is stopped with SIGSTOP after the
-    # step-4 checkpoint: the watchdog (stall_s 3) reports it, node 0 requeues the job without that node,
-    # and the job resumes on the other node from its own checkpoint, to the uninterrupted loss
+def hung_job_spec(tmp_path: Path) -> Path:
+    """TRAIN slowed to 0.5 s a step (a stop lands mid-run), watchdog.stall_s 3, a checkpoint every 4 steps."""
     slow = {**TRAIN["entry"], "task_args": {**TRAIN["entry"]["task_args"], "delay_s": 0.5}}
-    spec = write_spec(tmp_path, {**TRAIN, "entry": slow, "watchdog": {"stall_s": 3}, "checkpoint": {"every_steps": 4}})
-    home = tmp_path / "home"
-    run_id, job_id, run_dir = submit(["-f", str(spec), "--nodes", "1", "--nproc-per-node", "2", "--time", "30"],
-                                     tmp_path, home, cancel_jobs)
+    return write_spec(tmp_path, {**TRAIN, "entry": slow, "watchdog": {"stall_s": 3}, "checkpoint": {"every_steps": 4}})
+
+
+def stop_rank1_until_requeued(slurm, job_id: str, run_dir: Path):
+    """SIGSTOP rank 1 after step 6; the job must be requeued without its node and then complete
+    once. Returns (the hung node, the final job info)."""
     header = wait_for_text(run_dir / "logs" / "rank1.log", r"^==== hpcgpu rank 1/2 .* pid \d+ on \S+ ", 90,
                            lambda: node_logs(run_dir))
     pid, hung_node = re.search(r"^==== hpcgpu rank 1/2 .* pid (\d+) on (\S+) ", header, re.MULTILINE).groups()
@@ -344,6 +343,19 @@ def test_a_hung_node_is_excluded_on_the_requeue_and_the_job_finishes_on_another_
     subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True, timeout=30)
     final = slurm.wait_job_final(job_id, timeout_s=120)
     assert final.state == "COMPLETED" and final.restarts == 1, node_logs(run_dir)
+    return hung_node, final
+
+
+def test_a_hung_node_is_excluded_on_the_requeue_and_the_job_finishes_on_another_to_the_same_loss(
+        slurm, cancel_jobs, baseline, tmp_path):
+    # one node of the two-node cluster runs the job (2 ranks); rank 1 is stopped with SIGSTOP after the
+    # step-4 checkpoint: the watchdog (stall_s 3) reports it, node 0 requeues the job without that node,
+    # and the job resumes on the other node from its own checkpoint, to the uninterrupted loss
+    spec = hung_job_spec(tmp_path)
+    home = tmp_path / "home"
+    run_id, job_id, run_dir = submit(["-f", str(spec), "--nodes", "1", "--nproc-per-node", "2", "--time", "30"],
+                                     tmp_path, home, cancel_jobs)
+    hung_node, _ = stop_rank1_until_requeued(slurm, job_id, run_dir)
     assert final_loss(run_dir) == baseline
 
     (report,) = [json.loads(p.read_text()) for p in run_dir.glob("hang-*.json")]
@@ -368,22 +380,10 @@ def test_a_hung_node_of_a_two_node_job_is_excluded_and_the_job_finishes_on_the_s
     # partition wide has three nodes (slurm/cluster.sh): the job runs on two, one rank each; node 1's
     # rank is stopped with SIGSTOP; node 0's agent gathers both nodes' views, names it, and the job is
     # requeued without its node, to finish on the other two from its checkpoint, to the same loss
-    slow = {**TRAIN["entry"], "task_args": {**TRAIN["entry"]["task_args"], "delay_s": 0.5}}
-    spec = write_spec(tmp_path, {**TRAIN, "entry": slow, "watchdog": {"stall_s": 3}, "checkpoint": {"every_steps": 4}})
+    spec = hung_job_spec(tmp_path)
     home = tmp_path / "home"
     run_id, job_id, run_dir = submit(["-f", str(spec), *TWO_NODES, "--partition", "wide"], tmp_path, home, cancel_jobs)
-    header = wait_for_text(run_dir / "logs" / "rank1.log", r"^==== hpcgpu rank 1/2 .* pid \d+ on \S+ ", 90,
-                           lambda: node_logs(run_dir))
-    pid, hung_node = re.search(r"^==== hpcgpu rank 1/2 .* pid (\d+) on (\S+) ", header, re.MULTILINE).groups()
-    wait_for_text(run_dir / "logs" / "rank0.log", r"^step 6/32 ", 90, lambda: node_logs(run_dir))
-    os.kill(int(pid), signal.SIGSTOP)
-
-    info = slurm.wait_for_job(job_id, lambda i: i.state == "PENDING" and i.restarts == 1, 90, "requeued after the hang")
-    assert info.raw.get("ExcNodeList") == hung_node, info.raw
-    time.sleep(2)  # a StartTime=now in the requeue's own second fails the job ("credential revoked")
-    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True, timeout=30)
-    final = slurm.wait_job_final(job_id, timeout_s=120)
-    assert final.state == "COMPLETED" and final.restarts == 1, node_logs(run_dir)
+    hung_node, final = stop_rank1_until_requeued(slurm, job_id, run_dir)
     assert hung_node not in final.raw["NodeList"] and final.raw["NodeList"] != "(null)", final.raw
     assert final_loss(run_dir) == baseline
 
