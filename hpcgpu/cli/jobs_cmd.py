@@ -5,49 +5,12 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import click
 
+from hpcgpu.cli.run_facts import run_state
 from hpcgpu.contract.errors import UserError
-
-
-def _checkpoint_dir(run_dir: Path) -> Path:
-    """The plan's checkpoint directory (absolute), else <run dir>/checkpoints."""
-    from hpcgpu.contract.runfiles import read_json
-
-    plan = read_json(run_dir / "plan.json") or {}
-    return Path(plan.get("ckpt_dir") or run_dir / "checkpoints")
-
-
-def _latest_checkpoint_step(run_dir: Path):
-    """The newest committed checkpoint's step (ones being written are hidden .step_* directories)."""
-    from hpcgpu.contract.checkpoints import list_checkpoints
-
-    found = list_checkpoints(_checkpoint_dir(run_dir))
-    return found[0][0] if found else None
-
-
-def run_state(record) -> dict:
-    """Facts about a run for `status`: state from its backend, nodes, restarts, last checkpoint."""
-    from hpcgpu.backends import get_backend
-    from hpcgpu.contract.runfiles import last_hang, load_excluded, read_json
-
-    run_dir = Path(record.run_dir)
-    info = read_json(run_dir / "run.json") or {}
-    state, reason, nodes, restarts = "", "", info.get("nodelist") or record.nodes, int(info.get("restarts") or 0)
-    try:
-        status = get_backend(record.backend).status(record)
-        state, reason = str(status.state), status.reason
-        nodes, restarts = status.nodes or nodes, max(restarts, status.restarts)
-    except Exception as e:  # an unreachable scheduler must not hide the rest
-        state = f"UNKNOWN ({e})"
-    return {
-        "id": record.id, "backend": record.backend, "state": state, "reason": reason or None,
-        "job_id": record.job_id, "nodes": nodes, "restarts": restarts,
-        "last_checkpoint_step": _latest_checkpoint_step(run_dir), "last_hang": last_hang(run_dir),
-        "excluded_nodes": ",".join(load_excluded(run_dir)["nodes"]) or None,
-        "run_dir": record.run_dir,
-    }
 
 
 @click.command()
@@ -56,17 +19,31 @@ def run_state(record) -> dict:
 @click.option("--json", "as_json", is_flag=True,
               help="Print JSON for scripts: one object for RUN, else a list (same keys as the one-run view).")
 def status(run, limit, as_json) -> int:
-    """Show one run (by id, id prefix, Slurm job id or path), or list recent runs.
+    """Show one run or sweep (by id, id prefix, Slurm job id or path), or list recent runs.
 
     \b
     Examples:
       hpcgpu status                       # the 10 most recent runs, local and Slurm
       hpcgpu status demo-2026 --json      # one run, for scripts (state, job_id, restarts, ...)
+      hpcgpu status SWEEP                 # a sweep: one line per task, then its results best first
     """
     import json
 
     from hpcgpu.host.runs import find_run, iter_index
+    from hpcgpu.host.sweep_record import find_sweep
 
+    swept = find_sweep(run) if run else None
+    if swept is not None:
+        from dataclasses import asdict
+
+        from hpcgpu.cli.sweep_view import status_text, sweep_rows
+
+        rows = sweep_rows(swept)
+        if as_json:
+            click.echo(json.dumps({**{k: v for k, v in asdict(swept).items() if k != "tasks"}, "tasks": rows}, indent=1))
+        else:
+            click.echo(status_text(swept, rows), nl=False)
+        return 0
     if run:
         state = run_state(find_run(run))
         if as_json:
@@ -205,7 +182,8 @@ def print_all_ranks(record, dedup: bool) -> None:
 @click.option("-f", "--follow", is_flag=True,
               help="Keep printing as the log grows until the run ends (Ctrl-C stops following, not the run); "
                    "waits for a log not written yet while the run is pending or starting.")
-def logs(run, rank, all_ranks, dedup, follow) -> int:
+@click.option("--task", type=click.IntRange(min=0), default=None, metavar="N", help="Of a sweep: task N's log.")
+def logs(run, rank, all_ranks, dedup, follow, task=None) -> int:
     """Print a rank's log (appended across restarts and requeues), or all ranks' logs merged.
 
     \b
@@ -220,13 +198,11 @@ def logs(run, rank, all_ranks, dedup, follow) -> int:
 
     With -f: exits 0 once the run has ended and its log is printed, naming on stderr how it ended.
     """
-    from hpcgpu.host.runs import find_run
-
     if (all_ranks or dedup) and (rank is not None or follow):
         raise UserError(f"--{'dedup' if dedup else 'all'} prints every rank's log as it stands; it cannot be "
                         f"combined with {'--rank' if rank is not None else '--follow'}",
                         hint="follow one rank with --rank N -f, or rerun --all once the run has ended")
-    record = find_run(run)
+    record = resolve_run(run, task)
     if all_ranks or dedup:
         print_all_ranks(record, dedup)
         return 0
@@ -245,14 +221,39 @@ def logs(run, rank, all_ranks, dedup, follow) -> int:
     return 0
 
 
+def resolve_run(ref: str, task: Optional[int]):
+    """The run `ref` names; of a sweep, its task `task` (which a sweep needs)."""
+    from hpcgpu.host.runs import find_run
+    from hpcgpu.host.sweep_record import find_sweep
+
+    swept = find_sweep(ref)
+    if swept is None:
+        if task is not None:
+            raise UserError(f"--task picks a task of a sweep; {ref!r} names a run, not a sweep")
+        return find_run(ref)
+    if task is None:
+        raise UserError(f"{swept.id} is a sweep of {len(swept.tasks)} task(s): say which with --task N",
+                        hint=f"`hpcgpu status {swept.id}` lists them")
+    return find_run(swept.task(task)["run_dir"])
+
+
 @click.command()
 @click.argument("run")
-def cancel(run) -> int:
-    """Stop a run: ranks get SIGTERM, checkpoint and exit (Slurm: scancel)."""
+@click.option("--task", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Of a sweep: cancel task N only (without it, every task of the sweep).")
+def cancel(run, task=None) -> int:
+    """Stop a run: ranks get SIGTERM, checkpoint and exit (Slurm: scancel). Of a sweep: every
+    task (local: the sweep's runner stops its running tasks and starts no more), or --task N."""
     from hpcgpu.backends import get_backend
-    from hpcgpu.host.runs import find_run
+    from hpcgpu.host.sweep_record import find_sweep
 
-    record = find_run(run)
+    swept = find_sweep(run) if task is None else None
+    if swept is not None:
+        from hpcgpu.cli.sweep_view import cancel_sweep
+
+        click.echo(cancel_sweep(swept))
+        return 0
+    record = resolve_run(run, task)
     get_backend(record.backend).cancel(record)
     click.echo(f"cancel requested for {record.id}" + (f" (job {record.job_id})" if record.job_id else ""))
     return 0

@@ -7,9 +7,12 @@ import sys
 
 import click
 
+from hpcgpu.contract.errors import UserError
+
 from hpcgpu.cli.common import (allow_restart_option, check_allow_restart_flag, check_json_flag, console_option,
                                exit_after_agent, parse_gpus, print_plan, refuse_options_with_resume, set_option, spec_option,
                                with_dry_run_options, with_set_items)
+from hpcgpu.cli.sweep_cmd import no_sweep_option, parallel_option, sweep_option
 
 
 @click.group()
@@ -43,11 +46,16 @@ def run() -> None:
 @click.option("--rdzv-id", default=None, metavar="ID",
               help="With --nnodes: the run's name on every node (run id <name>-<ID>; run dir runs/<name>-<ID> on "
                    "node 0, runs/<name>-<ID>-node<R> on node R). A new ID per run.")
+@sweep_option
+@parallel_option
+@click.option("--gpus-per-task", type=click.IntRange(min=1), default=None, metavar="N",
+              help="With a sweep: GPUs per task (default 1); tasks are queued over disjoint GPU sets.")
+@no_sweep_option
 @with_dry_run_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- SCRIPT ARGS... | -- -m MODULE ARGS...]")
 def run_local(spec_file, set_items, gpus, nproc, name, max_restarts, container, dry_run, command, resume_run=None,
               as_json=False, allow_restart=False, console=None, nnodes=None, node_rank=None, rdzv_endpoint=None,
-              rdzv_id=None) -> int:
+              rdzv_id=None, sweep_items=(), parallel=None, gpus_per_task=None, no_sweep=False) -> int:
     """Run the spec's job on this machine: one node agent, one rank per GPU (or --nproc CPU ranks);
     or this machine's part of a run over several nodes (--nnodes), like torchrun on each node.
 
@@ -63,6 +71,12 @@ def run_local(spec_file, set_items, gpus, nproc, name, max_restarts, container, 
       hpcgpu run local --dry-run             # show what would run
       hpcgpu run local --dry-run --json      # ... as the plan.json the run would execute
       hpcgpu run local --resume demo-2026    # continue a stopped run where it left off
+
+    \b
+    Sweeps (one run per combination, queued over GPU sets or CPU slots; docs/sweeps.md):
+      hpcgpu run local --sweep train.lr=1e-3,3e-4 --sweep train.seed=1,2   # 4 tasks, 1 GPU each
+      hpcgpu run local --nproc 1 --parallel 2 --sweep train.seed=1,2,3,4   # CPU: 2 at a time
+      hpcgpu run local --resume SWEEP        # run the tasks that did not finish
 
     \b
     Two nodes without a scheduler (run on each; the head, node 0, at 10.0.0.1):
@@ -85,6 +99,11 @@ def run_local(spec_file, set_items, gpus, nproc, name, max_restarts, container, 
     check_allow_restart_flag(allow_restart, resume_run)
     if resume_run:
         refuse_options_with_resume()
+        from hpcgpu.cli.sweep_cmd import find_sweep_for, resume_local_sweep
+
+        swept = find_sweep_for(resume_run, "local")
+        if swept is not None:
+            return resume_local_sweep(swept, dry_run)
         if dry_run:
             from hpcgpu.backends import get_backend
 
@@ -99,8 +118,21 @@ def run_local(spec_file, set_items, gpus, nproc, name, max_restarts, container, 
         flags.update({"resources.gpus_per_node": 0, "resources.procs_per_node": nproc})
     elif gpus is not None:
         flags["resources.gpus_per_node"] = parse_gpus(gpus)
+    if gpus_per_task is not None:
+        if gpus is not None or nproc is not None:
+            raise UserError("--gpus-per-task sizes each task of a sweep; it replaces --gpus/--nproc",
+                            hint="give --gpus-per-task N with --sweep, or --gpus N for one run")
+        flags["resources.gpus_per_node"] = gpus_per_task
     spec, source = launch.load_with_overrides(spec_file, with_set_items(flags, set_items), command,
                                               (container, "podman"))
+    from hpcgpu.cli.sweep_cmd import refuse_with_sweep, run_local_sweep, sweep_request
+
+    request = sweep_request(spec, sweep_items, parallel, no_sweep)
+    if request is not None:
+        refuse_with_sweep(json=as_json, nnodes=multi is not None)
+        return run_local_sweep(request, dry_run)
+    if gpus_per_task is not None:
+        raise UserError("--gpus-per-task applies to a sweep, and there is none", hint="for one run: --gpus N")
     # the local backend plans this node's part (node rank, endpoint) from multi.environ()
     run_name = launch.RunName(multi.run_id(spec.name), multi.dir_name(spec.name), multi.environ()) if multi else None
     if dry_run:

@@ -10,6 +10,7 @@ import click
 
 from hpcgpu.cli.common import (allow_restart_option, check_allow_restart_flag, check_json_flag, console_option, print_plan,
                                refuse_options_with_resume, set_option, spec_option, with_set_items)
+from hpcgpu.cli.sweep_cmd import no_sweep_option, parallel_option, sweep_option
 from hpcgpu.contract.errors import UserError
 
 
@@ -44,10 +45,14 @@ def submit() -> None:
                    "(and --allow-restart-from-zero).")
 @console_option
 @allow_restart_option
+@sweep_option
+@parallel_option
+@no_sweep_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- SCRIPT ARGS...]")
 def submit_slurm(spec_file, set_items, nodes, gpus_per_node, nproc_per_node, partition, account, qos, time_limit,
                  constraint, mem, cpus_per_task, container, name, dry_run, wait, follow, command,
-                 resume_run=None, as_json=False, allow_restart=False, console=None) -> int:
+                 resume_run=None, as_json=False, allow_restart=False, console=None, sweep_items=(), parallel=None,
+                 no_sweep=False) -> int:
     """Submit the spec's job to Slurm: one task per node, each starting that node's ranks.
 
     \b
@@ -58,6 +63,12 @@ def submit_slurm(spec_file, set_items, nodes, gpus_per_node, nproc_per_node, par
       hpcgpu submit slurm --dry-run                                 # print the sbatch script
       hpcgpu submit slurm --dry-run --json                          # ... inside the plan.json it runs
       hpcgpu submit slurm --resume demo-2026 --follow               # continue a cancelled run
+
+    \b
+    Sweeps: one job array, one task per combination (docs/sweeps.md):
+      hpcgpu submit slurm --sweep train.lr=1e-3,3e-4 --sweep train.seed=1,2 --parallel 2
+      hpcgpu submit slurm --sweep train.lr=1e-3,3e-4 --dry-run      # the tasks and the array script
+      hpcgpu submit slurm --resume SWEEP    # a new array of the tasks that did not finish
 
     Before the time limit or a preemption Slurm sends SIGUSR2 (slurm.signal_before_s); the ranks
     agree on a step, checkpoint, and the job is requeued from the host side and resumes there.
@@ -70,6 +81,14 @@ def submit_slurm(spec_file, set_items, nodes, gpus_per_node, nproc_per_node, par
     check_allow_restart_flag(allow_restart, resume_run)
     if resume_run:
         refuse_options_with_resume()
+        from hpcgpu.cli.sweep_cmd import find_sweep_for, resume_slurm_sweep
+
+        swept = find_sweep_for(resume_run, "slurm")
+        if swept is not None:
+            from hpcgpu.cli.sweep_cmd import refuse_with_sweep
+
+            refuse_with_sweep(wait=wait, follow=follow, json=as_json)
+            return resume_slurm_sweep(swept, dry_run)
         if dry_run:
             _, plan = launch.resume_plan(resume_run, "slurm", allow_restart)
             return print_plan(plan, get_backend("slurm"), f"{plan.run_dir}/spec.yaml (resumed)", as_json)
@@ -89,6 +108,12 @@ def submit_slurm(spec_file, set_items, nodes, gpus_per_node, nproc_per_node, par
         flags["resources.gpus_per_node"] = gpus_per_node
     spec, source = launch.load_with_overrides(spec_file, with_set_items(flags, set_items), command,
                                               (container, "apptainer"))
+    from hpcgpu.cli.sweep_cmd import refuse_with_sweep, submit_slurm_sweep, sweep_request
+
+    request = sweep_request(spec, sweep_items, parallel, no_sweep)
+    if request is not None:
+        refuse_with_sweep(wait=wait, follow=follow, json=as_json)
+        return submit_slurm_sweep(request, dry_run)
     if dry_run:
         return print_plan(launch.plan_new(spec, "slurm"), get_backend("slurm"), source, as_json)
     return _submitted(launch.start(spec, "slurm"), wait, follow)

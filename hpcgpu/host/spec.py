@@ -183,6 +183,8 @@ def resolved_data(spec: Spec) -> dict[str, Any]:
     """The spec as plain JSON data, secret env values REDACTED: what spec.yaml and plan.json hold."""
     data = spec.model_dump(mode="json")
     data["env"] = redact(data["env"], spec.secret_env)
+    if data.get("sweep") is None:
+        del data["sweep"]  # one run (or one task of a sweep): nothing to record, nothing for the ranks
     return data
 
 

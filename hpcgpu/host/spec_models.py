@@ -295,6 +295,35 @@ class Container(_Model):
         return v
 
 
+#: the most values in one sweep key's list, and the most explicit override sets (the task count is bounded too)
+MAX_SWEEP_VALUES = 1000
+
+
+class Sweep(_Model):
+    """Many runs from this spec: `run local` queues them over free GPU sets or CPU slots, `submit slurm` submits one job array. See docs/sweeps.md."""
+
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    """Dotted spec key -> list of values, e.g. `train.lr: [1e-3, 3e-4]`; every combination is one task (the first key varies slowest). `--sweep KEY=V1,V2` replaces or adds a key."""
+    sets: list[dict[str, Any]] = Field(default_factory=list, max_length=MAX_SWEEP_VALUES)
+    """Explicit override sets (dotted key -> value), each combined with every grid combination: `[{train.lr: 1e-3, train.batch_size: 32}, {train.lr: 3e-4, train.batch_size: 64}]`."""
+    parallel: int = Field(0, ge=0, le=MAX_SWEEP_VALUES)
+    """Tasks running at once (Slurm: the array's %N throttle). 0: on Slurm no throttle; locally as many as the GPUs (resources.gpus_per_node each) or CPUs (one slot per rank) allow."""
+    metric: str = Field("final_loss", max_length=200)
+    """The summary.json value the end-of-sweep table ranks tasks by (final_loss, or an evaluation metric such as eval/loss)."""
+    goal: Literal["min", "max"] = "min"
+    """Whether the best task has the lowest (min) or highest (max) metric."""
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_lists(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in v.items():
+            if not values:
+                raise ValueError(f"sweep.grid.{key}: give at least one value")
+            if len(values) > MAX_SWEEP_VALUES:
+                raise ValueError(f"sweep.grid.{key}: {len(values)} values, more than {MAX_SWEEP_VALUES}")
+        return v
+
+
 class Spec(_Model):
     """One job: what to run, on what, and how."""
 
@@ -324,6 +353,8 @@ class Spec(_Model):
     """Slurm submission settings."""
     container: Optional[Container] = None
     """Run inside a container image (unset: on the host)."""
+    sweep: Optional[Sweep] = None
+    """Run many tasks from this spec, one per combination of values (unset: one run). Each task's own spec has no sweep section."""
 
     @field_validator("name")
     @classmethod

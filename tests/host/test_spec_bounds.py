@@ -90,6 +90,7 @@ UPPER_BOUNDS = [
     ("slurm.max_timeout_requeues", 1000, 1001),
     ("watchdog.stall_s", 604800, 604801),
     ("watchdog.requeues", 1000, 1001),
+    ("sweep.parallel", 1000, 1001),
 ]
 
 

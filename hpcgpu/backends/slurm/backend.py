@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 from hpcgpu.backends import LaunchHandle, RunStatus
-from hpcgpu.backends.slurm.planner import describe_slurm, folder_path, slurm_plan, submitit_folder, valid_job_id
+from hpcgpu.backends.slurm.planner import describe_slurm, slurm_plan, submitit_folder, valid_job_id
 from hpcgpu.contract.errors import UserError
 from hpcgpu.contract.plan import Plan
 from hpcgpu.contract.runfiles import read_json, read_result
@@ -60,20 +60,22 @@ def require_slurm() -> None:
         raise UserError(f"the Slurm controller does not answer: {detail}", hint="check `sinfo`; is slurmctld up?")
 
 
-def _executor(plan: Plan):
-    """submitit's SlurmExecutor, submitting the plan's script instead of rendering its own."""
+def _executor(plan: Plan, script: Optional[str] = None, folder: Optional[str] = None):
+    """submitit's SlurmExecutor, submitting the plan's script instead of rendering its own (or
+    `script` with its submitit `folder`: a sweep's job array)."""
     import submitit
 
-    script = plan.request["sbatch"]
+    script = script or plan.request["sbatch"]
+    folder = folder or submitit_folder(plan.run_dir)
 
     class PlannedSlurmExecutor(submitit.SlurmExecutor):
         def _make_submission_file_text(self, command: str, uid: str) -> str:
             return script
 
-    executor = PlannedSlurmExecutor(folder=folder_path(plan.run_dir), python=plan.request["python"],
+    executor = PlannedSlurmExecutor(folder=Path(folder), python=plan.request["python"],
                                     max_num_timeout=plan.request["max_timeout_requeues"])
-    if str(executor.folder) != submitit_folder(plan.run_dir):  # the script names the folder: they must agree
-        raise RuntimeError(f"submitit folder {executor.folder} differs from the planned {submitit_folder(plan.run_dir)}")
+    if str(executor.folder) != folder:  # the script names the folder: they must agree
+        raise RuntimeError(f"submitit folder {executor.folder} differs from the planned {folder}")
     # submitit uses these for its task list and its timeout-vs-preemption accounting, not for the script
     executor.update_parameters(nodes=plan.nodes, ntasks_per_node=1, time=plan.request["time_limit_min"])
     return executor
@@ -117,25 +119,9 @@ class SlurmBackend:
     def launch(self, plan: Plan, withheld: Mapping[str, str]) -> LaunchHandle:
         """Submit; the handle carries the job id (also recorded in run.json). A refused job raises
         UserError and has started nothing."""
-        from submitit.core.utils import FailedJobError
-
-        from hpcgpu.backends.slurm.node_command import NodeCommand
-
-        # The node agent reads plan.json; secrets reach it through the job's environment
-        # (sbatch --export=ALL), never the script or a file.
-        command = NodeCommand(list(plan.container_prefix) + list(plan.node_argv), env={},
-                              rdzv_dir=Path(plan.run_dir) / "rdzv", grace_s=plan.request["grace_s"],
-                              rdzv_timeout_s=plan.request["rdzv_timeout_s"],
-                              hang_requeues=plan.request.get("hang_requeues", 0), run_dir=plan.run_dir)
         executor = _executor(plan)
-        said = io.StringIO()  # submitit prints sbatch's stderr on failure: say it once, in our error
-        try:
-            with _environment(withheld), contextlib.redirect_stderr(said):
-                job = executor.submit(command)
-        except FailedJobError as e:  # sbatch refused (bad account, unknown feature, ...): nothing half-submitted
-            raise UserError(f"sbatch refused the job: {_sbatch_error(e)}",
-                            hint="nothing was submitted; fix the request (see `sinfo`, `scontrol show partition`)") from None
-        sys.stderr.write(said.getvalue())
+        with submitting(withheld):
+            job = executor.submit(node_command(plan))
         update_record(Path(plan.run_dir), job_id=str(job.job_id))
         return LaunchHandle(run_id=plan.run_id, job_id=str(job.job_id))
 
@@ -184,6 +170,34 @@ class SlurmBackend:
         out = _run(["scancel", valid_job_id(record.job_id)])
         if out.returncode != 0:
             raise UserError(f"scancel {record.job_id} failed: {out.stderr.strip()}")
+
+
+def node_command(plan: Plan):
+    """What submitit runs on each node of the plan's job: its node agent, with rendezvous and requeue.
+    The node agent reads plan.json; secrets reach it through the job's environment (sbatch
+    --export=ALL), never the script or a file."""
+    from hpcgpu.backends.slurm.node_command import NodeCommand
+
+    return NodeCommand(list(plan.container_prefix) + list(plan.node_argv), env={},
+                       rdzv_dir=Path(plan.run_dir) / "rdzv", grace_s=plan.request["grace_s"],
+                       rdzv_timeout_s=plan.request["rdzv_timeout_s"],
+                       hang_requeues=plan.request.get("hang_requeues", 0), run_dir=plan.run_dir)
+
+
+@contextlib.contextmanager
+def submitting(withheld: Mapping[str, str]):
+    """Around an sbatch call: the withheld secrets in its environment; sbatch refusing the job
+    becomes one UserError (submitit prints sbatch's stderr too: said once, in the error)."""
+    from submitit.core.utils import FailedJobError
+
+    said = io.StringIO()
+    try:
+        with _environment(withheld), contextlib.redirect_stderr(said):
+            yield
+    except FailedJobError as e:  # sbatch refused (bad account, unknown feature, ...): nothing half-submitted
+        raise UserError(f"sbatch refused the job: {_sbatch_error(e)}",
+                        hint="nothing was submitted; fix the request (see `sinfo`, `scontrol show partition`)") from None
+    sys.stderr.write(said.getvalue())
 
 
 @contextlib.contextmanager

@@ -14,7 +14,6 @@ import dataclasses
 import math
 import re
 import shlex
-from pathlib import Path
 from typing import Any, Mapping
 
 from hpcgpu.contract import envnames
@@ -92,10 +91,6 @@ def time_to_minutes(text: str) -> int:
 def submitit_folder(run_dir: str) -> str:
     """Where submitit keeps the job's pickles and per-node logs (%j = job id, %t = node)."""
     return f"{run_dir}/submitit"
-
-
-def folder_path(run_dir: str) -> Path:
-    return Path(submitit_folder(run_dir))
 
 
 def check_value(key: str, value: Any) -> Any:

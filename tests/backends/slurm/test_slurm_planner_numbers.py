@@ -4,13 +4,12 @@ memory in MB, the agent's grace, and which partition row counts (docs/slurm.md: 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from hpcgpu.backends.slurm.planner import (UNLIMITED_MIN, _mem_mb, cpus_per_task, default_partition,
-                                           fair_cpus_per_gpu, folder_path, node_grace_s, partition_fit_problem,
-                                           sbatch_parameters, slurm_plan, time_limit_minutes, time_to_minutes)
+                                           fair_cpus_per_gpu, node_grace_s, partition_fit_problem,
+                                           sbatch_parameters, slurm_plan, submitit_folder, time_limit_minutes,
+                                           time_to_minutes)
 from hpcgpu.host.spec import apply_overrides, parse_spec
 from tests.helpers.plans import facts
 
@@ -157,4 +156,4 @@ def test_the_agent_gets_at_least_five_seconds_of_grace(signal_before_s):
 
 
 def test_submitits_folder_is_inside_the_run_dir():
-    assert folder_path("/shared/runs/t-1") == Path("/shared/runs/t-1/submitit")
+    assert submitit_folder("/shared/runs/t-1") == "/shared/runs/t-1/submitit"
