@@ -106,7 +106,7 @@ def status_text(record: SweepRecord, rows: list[dict[str, Any]]) -> str:
 
 def results_text(record: SweepRecord, rows: list[dict[str, Any]]) -> str:
     """The finished tasks' final metrics, best first by the sweep's metric ('' when none finished)."""
-    done = [r for r in rows if r["metrics"]]
+    done = [r for r in rows if r["metrics"] and r["state"] == "DONE"]  # a stopped task's loss is not final
     if not done:
         return ""
     names = [record.metric] + sorted({k for r in done for k in r["metrics"]} - {record.metric}

@@ -74,10 +74,8 @@ def parse_sweep_options(items: Sequence[str]) -> dict[str, list[Any]]:
         if key in grid:
             raise UserError(f"--sweep {key} is given twice", hint=f"give every value once: --sweep {key}=A,B,C")
         text = text.strip()
-        if text.startswith("["):
+        if text.startswith("["):  # a YAML flow list: parsed as a whole, so it is a list or an error
             values = parse_set_options([f"{key}={text}"])[key]
-            if not isinstance(values, list):
-                raise UserError(f"--sweep {key}: {text!r} is not a list of values")
         else:
             parts = text.split(",")
             if any(not p.strip() for p in parts):

@@ -120,7 +120,8 @@ class SweepQueue:
             self.running.remove(r)
             code = 128 - code if code < 0 else code
             self.ended[r.index] = code
-            self.say(f"task {r.index} {ended_text(code, Path(self.record.sweep_dir) / 'tasks' / f't{r.index}.out')}")
+            task = self.record.task(r.index)
+            self.say(f"task {r.index} {ended_text(code, Path(self.record.sweep_dir) / 'tasks' / f't{r.index}.out', Path(task['run_dir']))}")
 
     def _on_signal(self, signum: int, _frame) -> None:
         if self.stop_signal is None:
@@ -137,11 +138,15 @@ class SweepQueue:
                 pass
 
 
-def ended_text(code: int, out: Path) -> str:
-    """How a task ended, in words; a launch refused before it started quotes the task's error."""
+def ended_text(code: int, out: Path, run_dir: Path) -> str:
+    """How a task ended, in words (with its final loss when done); a launch refused before it
+    started quotes the task's error."""
+    from hpcgpu.contract.runfiles import read_json
+
     state = state_from_exit(code)
     if state is RunState.DONE:
-        return "done"
+        loss = (read_json(run_dir / "summary.json") or {}).get("final_loss")
+        return "done" + (f": final loss {loss:.6g}" if isinstance(loss, (int, float)) else "")
     if state is RunState.STOPPED:
         return "stopped after a checkpoint (--resume continues it)"
     if code == exitcodes.USAGE:
