@@ -29,7 +29,7 @@ def status(run, limit, as_json) -> int:
     """
     import json
 
-    from hpcgpu.host.runs import find_run, iter_index
+    from hpcgpu.host.runs import find_run, recent_runs
     from hpcgpu.host.sweep_record import find_sweep
 
     swept = find_sweep(run) if run else None
@@ -52,7 +52,7 @@ def status(run, limit, as_json) -> int:
         for k, v in state.items():
             click.echo(f"{k + ':':<22}{v if v is not None else '-'}")
         return 0
-    records = list({r.id: r for r in iter_index()}.values())[-limit:]
+    records = recent_runs(limit)
     if as_json:
         click.echo(json.dumps([run_state(r) for r in records], indent=1))
         return 0

@@ -111,10 +111,10 @@ def find_sweep(ref: str, environ: Optional[dict] = None) -> Optional[SweepRecord
     if not matches:
         return None
     # a prefix may name runs too (run and sweep ids look alike): only a sweep's own tasks may share it
-    from hpcgpu.host.runs import iter_index
+    from hpcgpu.host.runs import index_entries
 
-    others = sorted({r.id for r in iter_index(environ) if r.id.startswith(ref)
-                     and not any(r.id.startswith(f"{m}-t") for m in matches)})
+    others = sorted({e["id"] for e in index_entries(environ) if e["id"].startswith(ref)
+                     and not any(e["id"].startswith(f"{m}-t") for m in matches)})
     if len(matches) > 1 or others:
         names = ", ".join([*matches, *others][:5])
         raise UserError(f"{ref!r} matches several sweeps or runs: {names}", hint="give more of the id")
