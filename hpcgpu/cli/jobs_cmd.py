@@ -64,7 +64,20 @@ def status(run, limit, as_json) -> int:
         s = run_state(r)
         ckpt = s["last_checkpoint_step"] if s["last_checkpoint_step"] is not None else "-"
         click.echo(f"{r.id:<40} {r.backend:<8} {s['state']:<10} {r.job_id or '-':<8} {str(s['nodes']):<12} {s['restarts']:>8} {ckpt:>6}")
+    sweeps = recent_sweeps(3)
+    if sweeps:
+        click.echo("\nrecent sweeps (their tasks are the runs <sweep>-t<N>; `hpcgpu status SWEEP` shows one):")
+        for sweep in sweeps:
+            click.echo(f"  {sweep.id:<38} {sweep.backend:<8} {len(sweep.tasks)} task(s)  {sweep.sweep_dir}")
     return 0
+
+
+def recent_sweeps(limit: int) -> list:
+    """The newest sweeps in the sweep index (their sweep.json only), oldest first."""
+    from hpcgpu.host.sweep_record import iter_sweeps, load_sweep
+
+    newest = list(dict(iter_sweeps()).values())[-limit:]
+    return [load_sweep(d) for d in newest]
 
 
 #: seconds between backend status calls while following a log: a Slurm status runs scontrol, so

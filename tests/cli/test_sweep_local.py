@@ -77,6 +77,8 @@ def test_ctrl_c_mid_sweep_then_resume_finishes_every_task_as_its_plain_run(plain
     assert [t["state"] for t in tasks] == ["DONE"] * 4
     assert [t["loss"] for t in tasks] == plain
     assert [t["restarts"] for t in tasks] == [1, 1, 0, 0]  # tasks 0 and 1 were resumed once
+    listing = hpcgpu(["status"], tmp_path, home).stdout
+    assert re.search(rf"recent sweeps .*\n  {record['id']} +local +4 task\(s\)", listing), listing
     logs = hpcgpu(["logs", record["id"], "--task", "3"], tmp_path, home)
     assert f"final_loss={plain[3]!r}" in logs.stdout
 
