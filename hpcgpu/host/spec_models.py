@@ -177,6 +177,10 @@ class Train(_Model):
     """DataLoader worker processes per rank."""
     log_every: int = Field(10, ge=1, le=MAX_STEPS)
     """Log loss and throughput every N steps."""
+    eval_every_steps: int = Field(0, ge=0, le=MAX_STEPS)
+    """Evaluate the Task's eval_dataset every N optimizer steps, and always after the last step; 0: only after the last step. Ignored when the Task has no eval_dataset."""
+    eval_batch_size: Optional[int] = Field(None, ge=1, le=2**20)
+    """Samples per device per evaluation batch (default: train.batch_size)."""
 
 
 class Checkpoint(_Model):

@@ -15,10 +15,11 @@ from hpcgpu.worker import heartbeat, stop
 from hpcgpu.worker.context import WorkerContext, agree_resume
 from hpcgpu.worker.data import ResumableSampler, batches_per_epoch, make_loader
 from hpcgpu.worker.dist import barrier, is_distributed
+from hpcgpu.worker.evaluation import SAMPLES, evaluate, loss_per_sample
 from hpcgpu.worker.metrics import Metrics
 from hpcgpu.worker.perf import peak_flops, throughput_scalars, use_tf32
 from hpcgpu.worker.progress import Progress, choose_mode
-from hpcgpu.worker.report import print_summary, resume_changes, write_summary
+from hpcgpu.worker.report import eval_line, print_summary, resume_changes, write_summary
 from hpcgpu.worker.saver import Checkpointer
 from hpcgpu.worker.state import rng_state, seed_everything, set_rng_state, spec_fingerprint
 from hpcgpu.worker.strategy import (autocast, check_setup, data_replicas, dp_device_ids, grad_scaler, grad_sync,
@@ -72,6 +73,9 @@ class Trainer:
         self.step = self.epoch = self.batch_in_epoch = 0
         self.start_step = 0
         self.spec_hash, self.spec_json = spec_fingerprint(ctx.spec.model_dump(mode="json"))
+        # a plan written before these keys existed (a resumed older run) has none: the defaults
+        self.eval_every = getattr(self.cfg, "eval_every_steps", 0) if task.eval_dataset is not None else None
+        self.last_eval: Optional[dict] = None
 
     # ------------------------------------------------------------------ setup
 
@@ -197,7 +201,7 @@ class Trainer:
                  "epochs": self.epoch + self.batch_in_epoch / (self.steps_per_epoch * self.cfg.grad_accum),
                  "wall_s": time.perf_counter() - t0, "train_s": time.perf_counter() - t_loop,
                  "samples": (self.step - self.start_step) * self.global_batch,
-                 "checkpoint": str(self.saver.last) if self.saver.last else None}
+                 "checkpoint": str(self.saver.last) if self.saver.last else None, "eval": self.last_eval}
         if self.info.is_main:
             print_summary(stats, self.ctx.ckpt_dir, self.task.flops_per_sample,
                           self.peak * self.devices if self.peak else None)
@@ -219,6 +223,8 @@ class Trainer:
             if self.batch_in_epoch >= self.steps_per_epoch * self.cfg.grad_accum:
                 self.epoch, self.batch_in_epoch, it = self.epoch + 1, 0, None
             self._log_step(epoch_of_step)
+            if self._eval_due():
+                self._evaluate()
             if self.step % self.ctx.spec.checkpoint.every_steps == 0 or self.step == self.total_steps:
                 self._save()
             # agreeing costs an all-reduce and a host sync: do it every stop_check_every steps, not every step
@@ -269,6 +275,30 @@ class Trainer:
         self.metrics.log(self.step, {"train/loss": loss, "train/lr": lr, "train/samples_per_s": rate,
                                      **throughput_scalars(rate, self.task.flops_per_sample, self.peak, self.devices)})
         self._loss_sum, self._loss_n, self._t_log, self._step_log = 0.0, 0, now, self.step
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _eval_due(self) -> bool:
+        if self.eval_every is None:
+            return False
+        return self.step == self.total_steps or (self.eval_every > 0 and self.step % self.eval_every == 0)
+
+    def _evaluate(self) -> None:
+        """Evaluate on every rank (a collective), log `eval/<metric>` on rank 0, keep it for the summary."""
+        heartbeat.beat("eval", self.step)
+        strategy = self.cfg.strategy
+        # DDP's wrapper would sync buffers in forward; its module computes the same without collectives.
+        # An FSDP forward all-gathers parameters: every rank must make as many (pad_forwards).
+        model = unwrap(self.model) if strategy == "ddp" else self.model
+        batch = (getattr(self.cfg, "eval_batch_size", None) or self.cfg.batch_size) * self.replicas
+        results = evaluate(model, self.task.eval_dataset, self.task.eval_metrics or loss_per_sample(self.task.loss),
+                           batch, self.info.world_size, self.info.rank, self.device, self._collective_device(),
+                           _to, lambda: autocast(self.cfg.precision, self.device), pad_forwards=strategy == "fsdp",
+                           beat=lambda: heartbeat.beat("eval", self.step))
+        self.last_eval = {**results, "step": self.step}
+        self.metrics.log(self.step, {f"eval/{k}": v for k, v in results.items() if k != SAMPLES})
+        if self.info.is_main:
+            self.progress.message(f"hpcgpu: {eval_line(self.last_eval)}")
 
     def _mean_over_ranks(self, value: torch.Tensor) -> float:
         heartbeat.beat("collective", self.step)

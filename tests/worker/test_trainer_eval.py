@@ -1,0 +1,78 @@
+"""The Trainer evaluates every train.eval_every_steps and after the last step, logs eval/<metric>, puts
+the last evaluation in the summary, and evaluation never changes training: a run with evaluation,
+stopped and resumed, ends bit-identical to an uninterrupted run without evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import torch
+from torch.utils.data import TensorDataset
+
+from hpcgpu.worker import stop
+from hpcgpu.worker import trainer as trainer_mod
+from hpcgpu.worker.context import resolve_resume
+from hpcgpu.worker.task import Task
+from tests.helpers.trainer_rig import RecordingMetrics, const_task, context, rig
+
+TRAIN = {"batch_size": 2, "grad_accum": 2, "epochs": 2, "seed": 7}  # 32 samples: 8 steps per epoch, 16 in all
+
+
+def noisy_task(with_eval: bool = True) -> Task:
+    """Dropout (the torch RNG), AdamW and a decaying schedule; an uneven evaluation set of 11 samples."""
+    gen = torch.Generator().manual_seed(3)
+    data = TensorDataset(torch.randn(32, 4, generator=gen), torch.randn(32, 1, generator=gen))
+    held_out = TensorDataset(torch.randn(11, 4, generator=gen), torch.randn(11, 1, generator=gen))
+    return Task(model=lambda: torch.nn.Sequential(torch.nn.Dropout(0.3), torch.nn.Linear(4, 1)), dataset=data,
+                loss=torch.nn.functional.mse_loss, lr_schedule=lambda n: 1.0 / (1 + n),
+                eval_dataset=held_out if with_eval else None)
+
+
+def run(tmp_path, monkeypatch, name, task, stop_at=None, resume=False, train=None):
+    rig(monkeypatch)
+    trainer = None
+    monkeypatch.setattr(stop, "should_stop", lambda device=None: trainer is not None and trainer.step == stop_at)
+    ctx = context(tmp_path, name, train={**TRAIN, **(train or {})}, distributed={"stop_check_every": 1})
+    if resume:
+        resolve_resume(ctx, {})
+    trainer = trainer_mod.Trainer(ctx, task)
+    trainer.outcome = trainer.fit()
+    return trainer
+
+
+def eval_steps(metrics: RecordingMetrics) -> list[int]:
+    return [step for step, scalars in metrics.logged if "eval/loss" in scalars]
+
+
+def test_evaluation_on_a_stopped_and_resumed_run_keeps_exact_resume(tmp_path, monkeypatch):
+    plain = run(tmp_path, monkeypatch, "plain", noisy_task(with_eval=False))
+    first = run(tmp_path, monkeypatch, "parts", noisy_task(), stop_at=5, train={"eval_every_steps": 3})
+    assert (first.outcome.status, first.outcome.step) == ("stopped", 5)
+    assert eval_steps(RecordingMetrics.made[-1]) == [3]
+    second = run(tmp_path, monkeypatch, "parts", noisy_task(), resume=True, train={"eval_every_steps": 3})
+    assert eval_steps(RecordingMetrics.made[-1]) == [6, 9, 12, 15, 16]  # and after the last step
+    assert second.outcome.final_loss == plain.outcome.final_loss
+    for a, b in zip(second.model.parameters(), plain.model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_the_last_evaluation_is_logged_summarised_and_printed(tmp_path, monkeypatch, capsys):
+    # b = 0.5 predicted for zero targets: every sample's MSE is 0.25, however the 11 fall into batches
+    task = dataclasses.replace(const_task(samples=32), eval_dataset=TensorDataset(torch.zeros(11, 1),
+                                                                                  torch.zeros(11, 1)))
+    trainer = run(tmp_path, monkeypatch, "s", task, train={"eval_batch_size": 4})
+    assert eval_steps(RecordingMetrics.made[-1]) == [16]  # eval_every_steps 0: after the last step only
+    logged = dict(RecordingMetrics.made[-1].logged)[16]
+    assert logged["eval/loss"] == 0.25 and "eval/samples" not in logged
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert summary["eval"] == {"loss": 0.25, "samples": 11, "step": 16}
+    assert trainer.last_eval == summary["eval"]
+    out = capsys.readouterr().out
+    assert out.count("hpcgpu: eval at step 16: loss 0.2500 (11 samples)") == 2  # when it ran, and in the summary
+
+
+def test_a_task_without_an_evaluation_set_never_evaluates(tmp_path, monkeypatch):
+    run(tmp_path, monkeypatch, "n", const_task(samples=32), train={"eval_every_steps": 1})
+    assert eval_steps(RecordingMetrics.made[-1]) == []
+    assert "eval" not in json.loads((tmp_path / "n" / "summary.json").read_text())
