@@ -219,7 +219,36 @@ class Logging(_Model):
     def _one_line(cls, v: str) -> str:
         return _single_line(v)
     tensorboard: bool = True
-    """Write TensorBoard events on rank 0 to `<run dir>/tb`."""
+    """Write TensorBoard events on rank 0 to `<run dir>/tb` (when logging.trackers names tensorboard; false turns it off either way)."""
+    trackers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(["tensorboard"])
+    """Where rank 0 sends metrics and hyper-parameters, all under the run id (a resumed or requeued run continues the same tracked run): tensorboard, mlflow (`pip install 'hpcgpu[mlflow]'`), wandb (`pip install 'hpcgpu[wandb]'`); see docs/tracking.md. A tracker that fails warns once and training goes on."""
+    mlflow_tracking_uri: Optional[str] = None
+    """MLflow tracking URI (`http://host:5000`, `sqlite:///path/mlflow.db`). Unset: MLFLOW_TRACKING_URI from the environment, else `sqlite:///<logging.dir>/mlflow.db`. Never credentials (the spec is written to the run directory): give MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN, in the environment."""
+    mlflow_experiment: Optional[str] = None
+    """MLflow experiment (made if missing). Unset: the spec's name."""
+    wandb_project: Optional[str] = None
+    """W&B project. Unset: the spec's name."""
+    wandb_entity: Optional[str] = None
+    """W&B entity (user or team). Unset: the API key's default."""
+    wandb_mode: Literal["offline", "online"] = "offline"
+    """offline: W&B writes its files under `<run dir>/wandb` and sends nothing (`wandb sync` uploads them later); online: it sends as it goes, with WANDB_API_KEY from the environment (never from the spec)."""
+
+    @field_validator("mlflow_tracking_uri", "mlflow_experiment", "wandb_project", "wandb_entity")
+    @classmethod
+    def _tracker_text(cls, v: Optional[str], info: ValidationInfo) -> Optional[str]:
+        if v is not None and re.search(r"://[^/?#@\s]+@", v):
+            raise ValueError(f"{info.field_name} holds credentials (user:password@), and the spec is written to the "
+                             "run directory: remove them and set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                             "(or MLFLOW_TRACKING_TOKEN) in the environment")
+        return _single_line(v)
+
+    @field_validator("trackers")
+    @classmethod
+    def _once_each(cls, v: list[str]) -> list[str]:
+        twice = sorted({name for name in v if v.count(name) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(twice)} named more than once; name each tracker once")
+        return v
     progress: Literal["auto", "bar", "lines", "off"] = "auto"
     """auto: a live bar on a terminal, plain periodic lines in a log file."""
     console: Literal["rank0", "all", "none"] = "rank0"

@@ -12,7 +12,7 @@ import torch.distributed as tdist
 from hpcgpu.contract.errors import UserError
 from hpcgpu.worker import checkpoint as ckpt
 from hpcgpu.worker import heartbeat, stop
-from hpcgpu.worker.context import WorkerContext, agree_resume
+from hpcgpu.worker.context import WorkerContext, agree_resume, run_id
 from hpcgpu.worker.data import ResumableSampler, batches_per_epoch, make_loader
 from hpcgpu.worker.dist import barrier, is_distributed
 from hpcgpu.worker.evaluation import SAMPLES, evaluate, loss_per_sample
@@ -25,6 +25,7 @@ from hpcgpu.worker.state import rng_state, seed_everything, set_rng_state, spec_
 from hpcgpu.worker.strategy import (autocast, check_setup, data_replicas, dp_device_ids, grad_scaler, grad_sync,
                                     scaled_lr, unwrap, wrap)
 from hpcgpu.worker.task import Task
+from hpcgpu.worker.tracking import TENSORBOARD, TrackerSetup, flat_params
 
 STATE_FORMAT = 1
 
@@ -109,6 +110,22 @@ class Trainer:
         async_fsdp = cfg.strategy == "fsdp" and self.ctx.spec.checkpoint.async_save and is_distributed()
         self.ckpt_group = tdist.new_group(backend="gloo") if async_fsdp else None
 
+    def _tracker_setup(self) -> TrackerSetup:
+        """Rank 0's trackers: the spec's list (tensorboard left out with logging.tensorboard false),
+        the run id, and the hyper-parameters: the train section, the task and world size."""
+        spec = self.ctx.spec.model_dump(mode="json")
+        log = spec["logging"]
+        names = tuple(n for n in log.get("trackers", [TENSORBOARD]) if n != TENSORBOARD or log["tensorboard"])
+        params = flat_params({"train": spec["train"], "entry": {"task": spec["entry"]["task"],
+                                                                "task_args": spec["entry"]["task_args"]}})
+        params["world_size"] = self.info.world_size
+        return TrackerSetup(names=names, run_id=run_id(self.ctx), run_dir=self.ctx.run_dir, params=params,
+                            mlflow={"tracking_uri": log.get("mlflow_tracking_uri"),
+                                    "experiment": log.get("mlflow_experiment")},
+                            wandb={"project": log.get("wandb_project"), "entity": log.get("wandb_entity"),
+                                   "mode": log.get("wandb_mode")},
+                            project=spec["name"])
+
     def _dp_device_ids(self) -> list[int]:
         """The GPUs dp drives: as many as the plan gives the node (--gpus N), not all visible ones."""
         plan = self.ctx.plan
@@ -183,15 +200,23 @@ class Trainer:
         self._resume()
         # a resume on another world size recounts the steps (_restore_position): the bar counts to that
         self.progress.start_step, self.progress.total = self.start_step, self.total_steps
-        self.metrics = Metrics(self.ctx.run_dir, self.ctx.spec.logging.tensorboard and self.info.is_main,
-                               self.device, self.start_step)
+        setup = self._tracker_setup()
+        self.metrics = Metrics(self.ctx.run_dir, self.info.is_main and bool(setup.names), self.device,
+                               self.start_step, setup=setup)
         self._announce()
         t_loop = time.perf_counter()
         try:
-            status = self._loop()
-        finally:
-            self.progress.close()
-            self.metrics.close()
+            try:
+                status = self._loop()
+            finally:
+                self.progress.close()
+            return self._finish(status, setup, t0, t_loop)
+        except BaseException:
+            self.metrics.close("failed")  # flushed, and the tracked run marked failed (a no-op once closed)
+            raise
+
+    def _finish(self, status: str, setup: TrackerSetup, t0: float, t_loop: float) -> Outcome:
+        """After the loop: the checkpoint durable everywhere, the final numbers, trackers closed, the summary."""
         heartbeat.beat("checkpoint", self.step)
         self.saver.wait()
         heartbeat.beat("collective")
@@ -202,6 +227,11 @@ class Trainer:
                  "wall_s": time.perf_counter() - t0, "train_s": time.perf_counter() - t_loop,
                  "samples": (self.step - self.start_step) * self.global_batch,
                  "checkpoint": str(self.saver.last) if self.saver.last else None, "eval": self.last_eval}
+        if status == "done":
+            finals = {"final_loss": final, **{f"eval/{k}": v for k, v in (self.last_eval or {}).items()
+                                              if k not in (SAMPLES, "step")}}
+            self.metrics.finish(setup.params, finals, self.step)
+        self.metrics.close(status)
         if self.info.is_main:
             print_summary(stats, self.ctx.ckpt_dir, self.task.flops_per_sample,
                           self.peak * self.devices if self.peak else None)
