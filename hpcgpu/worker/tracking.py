@@ -56,9 +56,10 @@ class TensorBoardTracker:
     def __init__(self, setup: TrackerSetup):
         from torch.utils.tensorboard import SummaryWriter
 
-        # purge_step: the steps a killed attempt logged after the checkpoint this one resumes from are
-        # hidden, so the curve has no step twice
-        self.writer = SummaryWriter(str(setup.run_dir / "tb"), purge_step=setup.start_step or None)
+        # purge_step: the steps an earlier attempt logged after the checkpoint this one resumes from
+        # (a killed one got further) are hidden, so the curve has no step twice. The checkpoint's own
+        # step stays: this attempt starts after it (purging from it dropped its point from the curve).
+        self.writer = SummaryWriter(str(setup.run_dir / "tb"), purge_step=setup.start_step + 1 if setup.start_step else None)
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         for name, value in scalars.items():
