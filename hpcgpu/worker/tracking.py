@@ -33,6 +33,24 @@ class TrackerSetup:
     project: str = "hpcgpu"  # the spec's name: the default experiment / project
 
 
+def setup_from_spec(spec: dict[str, Any], run_id: str, run_dir: Path, world_size: int,
+                    start_step: int = 0) -> TrackerSetup:
+    """The trackers a resolved spec names (tensorboard left out with logging.tensorboard false),
+    their settings, and the hyper-parameters: the train section, the task and the world size.
+    Keys a spec resolved before they existed (a resumed older run) read as their defaults."""
+    log = spec["logging"]
+    names = tuple(n for n in log.get("trackers", [TENSORBOARD]) if n != TENSORBOARD or log.get("tensorboard", True))
+    entry = spec.get("entry", {})
+    params = flat_params({"train": spec.get("train", {}),
+                          "entry": {"task": entry.get("task"), "task_args": entry.get("task_args") or {}}})
+    params["world_size"] = world_size
+    return TrackerSetup(names=names, run_id=run_id, run_dir=run_dir, start_step=start_step, params=params,
+                        mlflow={"tracking_uri": log.get("mlflow_tracking_uri"), "experiment": log.get("mlflow_experiment")},
+                        wandb={"project": log.get("wandb_project"), "entity": log.get("wandb_entity"),
+                               "mode": log.get("wandb_mode")},
+                        project=spec.get("name") or "hpcgpu")
+
+
 def flat_params(data: Any, prefix: str = "") -> dict[str, Any]:
     """{"train": {"lr": 1e-3}} -> {"train.lr": 1e-3}; values a tracker takes (numbers, text, bools)."""
     if isinstance(data, dict):

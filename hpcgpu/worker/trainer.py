@@ -25,7 +25,7 @@ from hpcgpu.worker.state import rng_state, seed_everything, set_rng_state, spec_
 from hpcgpu.worker.strategy import (autocast, check_setup, data_replicas, dp_device_ids, grad_scaler, grad_sync,
                                     scaled_lr, unwrap, wrap)
 from hpcgpu.worker.task import Task
-from hpcgpu.worker.tracking import TENSORBOARD, TrackerSetup, flat_params
+from hpcgpu.worker.tracking import TrackerSetup, setup_from_spec
 
 STATE_FORMAT = 1
 
@@ -110,22 +110,6 @@ class Trainer:
         async_fsdp = cfg.strategy == "fsdp" and self.ctx.spec.checkpoint.async_save and is_distributed()
         self.ckpt_group = tdist.new_group(backend="gloo") if async_fsdp else None
 
-    def _tracker_setup(self) -> TrackerSetup:
-        """Rank 0's trackers: the spec's list (tensorboard left out with logging.tensorboard false),
-        the run id, and the hyper-parameters: the train section, the task and world size."""
-        spec = self.ctx.spec.model_dump(mode="json")
-        log = spec["logging"]
-        names = tuple(n for n in log.get("trackers", [TENSORBOARD]) if n != TENSORBOARD or log["tensorboard"])
-        params = flat_params({"train": spec["train"], "entry": {"task": spec["entry"]["task"],
-                                                                "task_args": spec["entry"]["task_args"]}})
-        params["world_size"] = self.info.world_size
-        return TrackerSetup(names=names, run_id=run_id(self.ctx), run_dir=self.ctx.run_dir, params=params,
-                            mlflow={"tracking_uri": log.get("mlflow_tracking_uri"),
-                                    "experiment": log.get("mlflow_experiment")},
-                            wandb={"project": log.get("wandb_project"), "entity": log.get("wandb_entity"),
-                                   "mode": log.get("wandb_mode")},
-                            project=spec["name"])
-
     def _dp_device_ids(self) -> list[int]:
         """The GPUs dp drives: as many as the plan gives the node (--gpus N), not all visible ones."""
         plan = self.ctx.plan
@@ -200,7 +184,8 @@ class Trainer:
         self._resume()
         # a resume on another world size recounts the steps (_restore_position): the bar counts to that
         self.progress.start_step, self.progress.total = self.start_step, self.total_steps
-        setup = self._tracker_setup()
+        setup = setup_from_spec(self.ctx.spec.model_dump(mode="json"), run_id(self.ctx), self.ctx.run_dir,
+                                self.info.world_size)
         self.metrics = Metrics(self.ctx.run_dir, self.info.is_main and bool(setup.names), self.device,
                                self.start_step, setup=setup)
         self._announce()
