@@ -196,6 +196,16 @@ class Checkpoint(_Model):
     """`auto` (newest valid checkpoint), `never`, or a checkpoint path."""
     async_save: bool = False
     """Write in the background; the loop waits only for the copy off the GPU."""
+    keep_best: Optional[str] = None
+    """`<metric>:max` or `<metric>:min`, a metric of the Task's evaluation (e.g. `accuracy:max`, `loss:min`): after each evaluation that improves it, the step is checkpointed (if it was not) and that checkpoint is kept beside the keep_last newest; `<checkpoint dir>/best.json` names it. Unset: no best checkpoint."""
+
+    @field_validator("keep_best")
+    @classmethod
+    def _metric_and_direction(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not re.fullmatch(r"[\w./-]+:(max|min)", v):
+            raise ValueError(f"keep_best must look like 'accuracy:max' or 'loss:min' (an evaluation metric, then "
+                             f"max or min), got {v!r}")
+        return v
 
     @field_validator("keep_last", mode="before")
     @classmethod

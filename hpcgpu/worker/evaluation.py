@@ -21,6 +21,23 @@ from hpcgpu.worker.state import rng_state, set_rng_state
 
 #: the sample count's key in an evaluation's results
 SAMPLES = "samples"
+#: in the checkpoint directory: which checkpoint checkpoint.keep_best keeps, and its metric
+BEST_FILE = "best.json"
+
+
+def keep_best_rule(text: Optional[str]) -> Optional[tuple[str, str]]:
+    """checkpoint.keep_best `accuracy:max` -> ("accuracy", "max"); None when unset."""
+    if not text:
+        return None
+    metric, direction = text.rsplit(":", 1)
+    return metric, direction
+
+
+def improves(value: float, best: Optional[float], direction: str) -> bool:
+    """Whether value beats the best so far (any value beats none; a tie does not; nan never does)."""
+    if value != value:
+        return False
+    return best is None or (value > best if direction == "max" else value < best)
 
 
 class EvalShard(Sampler[int]):

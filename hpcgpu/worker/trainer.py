@@ -15,11 +15,11 @@ from hpcgpu.worker import heartbeat, stop
 from hpcgpu.worker.context import WorkerContext, agree_resume, run_id
 from hpcgpu.worker.data import ResumableSampler, batches_per_epoch, make_loader
 from hpcgpu.worker.dist import barrier, is_distributed
-from hpcgpu.worker.evaluation import SAMPLES, evaluate, loss_per_sample
+from hpcgpu.worker.evaluation import BEST_FILE, SAMPLES, evaluate, improves, keep_best_rule, loss_per_sample
 from hpcgpu.worker.metrics import Metrics
 from hpcgpu.worker.perf import peak_flops, throughput_scalars, use_tf32
 from hpcgpu.worker.progress import Progress, choose_mode
-from hpcgpu.worker.report import eval_line, print_summary, resume_changes, write_summary
+from hpcgpu.worker.report import eval_line, print_summary, resume_changes, write_json, write_summary
 from hpcgpu.worker.saver import Checkpointer
 from hpcgpu.worker.state import rng_state, seed_everything, set_rng_state, spec_fingerprint
 from hpcgpu.worker.strategy import (autocast, check_setup, data_replicas, dp_device_ids, grad_scaler, grad_sync,
@@ -77,6 +77,8 @@ class Trainer:
         # a plan written before these keys existed (a resumed older run) has none: the defaults
         self.eval_every = getattr(self.cfg, "eval_every_steps", 0) if task.eval_dataset is not None else None
         self.last_eval: Optional[dict] = None
+        self.keep_best = keep_best_rule(getattr(ctx.spec.checkpoint, "keep_best", None))
+        self.best: Optional[dict] = None  # {"metric", "value", "step"} of the checkpoint keep_best keeps
 
     # ------------------------------------------------------------------ setup
 
@@ -153,6 +155,9 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self._restore_position(state["progress"])
         self.saver.last, self.saver.last_step = path, self.step
+        self.best = state.get("best")
+        if self.best is not None:
+            self.saver.best = self.ctx.ckpt_dir / ckpt.step_dir_name(self.best["step"])
         rngs = state["rng"]
         set_rng_state(rngs[self.info.rank] if len(rngs) == self.info.world_size else rngs[0])
         for line in resume_changes(state, self.spec_json, self.info.world_size):
@@ -240,7 +245,8 @@ class Trainer:
             self._log_step(epoch_of_step)
             if self._eval_due():
                 self._evaluate()
-            if self.step % self.ctx.spec.checkpoint.every_steps == 0 or self.step == self.total_steps:
+            due = self.step % self.ctx.spec.checkpoint.every_steps == 0 or self.step == self.total_steps
+            if due and self.saver.last_step != self.step:  # keep_best may have saved this step already
                 self._save()
             # agreeing costs an all-reduce and a host sync: do it every stop_check_every steps, not every step
             check = self.step % self.ctx.spec.distributed.stop_check_every == 0
@@ -314,6 +320,26 @@ class Trainer:
         self.metrics.log(self.step, {f"eval/{k}": v for k, v in results.items() if k != SAMPLES})
         if self.info.is_main:
             self.progress.message(f"hpcgpu: {eval_line(self.last_eval)}")
+        if self.keep_best is not None:
+            self._keep_if_best(results)
+
+    def _keep_if_best(self, results: dict) -> None:
+        """checkpoint.keep_best: checkpoint a step whose evaluation improves the metric, and keep it.
+        Every rank decides alike (the results are reduced over ranks), and saving is collective."""
+        metric, direction = self.keep_best
+        if metric not in results:
+            raise UserError(f"checkpoint.keep_best names the metric {metric!r}, but the evaluation reports "
+                            f"{', '.join(sorted(k for k in results if k != SAMPLES))}")
+        if not improves(results[metric], self.best["value"] if self.best else None, direction):
+            return
+        self.best = {"metric": metric, "value": results[metric], "step": self.step}
+        path = self.ctx.ckpt_dir / ckpt.step_dir_name(self.step)
+        self.saver.best = path  # before the save, whose pruning may now drop the previous best
+        if self.saver.last_step != self.step:
+            self._save()  # after self.best is set: the checkpoint records itself as the best
+        if self.info.is_main:
+            write_json(self.ctx.ckpt_dir / BEST_FILE, {**self.best, "path": str(path)})
+            self.progress.message(f"hpcgpu: best {metric} so far ({results[metric]:.4f}): keeping {path.name}")
 
     def _mean_over_ranks(self, value: torch.Tensor) -> float:
         heartbeat.beat("collective", self.step)
@@ -359,6 +385,7 @@ class Trainer:
                          "grad_accum": self.cfg.grad_accum},
             "sampler": {"seed": self.cfg.seed, "epoch": self.epoch, "skip": self.batch_in_epoch * self.loader_batch},
             "rng": rngs,
+            "best": self.best,
             "spec": {"hash": self.spec_hash, "train": self.cfg.model_dump(mode="json"), "json": self.spec_json},
         }
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
 import torch
 from torch.utils.data import TensorDataset
 
@@ -29,11 +30,12 @@ def noisy_task(with_eval: bool = True) -> Task:
                 eval_dataset=held_out if with_eval else None)
 
 
-def run(tmp_path, monkeypatch, name, task, stop_at=None, resume=False, train=None):
+def run(tmp_path, monkeypatch, name, task, stop_at=None, resume=False, train=None, checkpoint=None):
     rig(monkeypatch)
     trainer = None
     monkeypatch.setattr(stop, "should_stop", lambda device=None: trainer is not None and trainer.step == stop_at)
-    ctx = context(tmp_path, name, train={**TRAIN, **(train or {})}, distributed={"stop_check_every": 1})
+    ctx = context(tmp_path, name, train={**TRAIN, **(train or {})}, distributed={"stop_check_every": 1},
+                  checkpoint=checkpoint)
     if resume:
         resolve_resume(ctx, {})
     trainer = trainer_mod.Trainer(ctx, task)
@@ -76,3 +78,60 @@ def test_a_task_without_an_evaluation_set_never_evaluates(tmp_path, monkeypatch)
     run(tmp_path, monkeypatch, "n", const_task(samples=32), train={"eval_every_steps": 1})
     assert eval_steps(RecordingMetrics.made[-1]) == []
     assert "eval" not in json.loads((tmp_path / "n" / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("direction", ["min", "max"])
+def test_keep_best_checkpoints_each_improvement_and_keeps_the_best_beside_the_newest(tmp_path, monkeypatch,
+                                                                                       direction):
+    from hpcgpu.worker import checkpoint as ckpt
+
+    # the eval loss falls at every evaluation here: loss:min keeps improving (the best is the newest),
+    # loss:max's best is the first evaluation's step, which keep_last 2 would have pruned long ago
+    plain = run(tmp_path, monkeypatch, "plain", noisy_task(with_eval=False))
+    trainer = run(tmp_path, monkeypatch, "best", noisy_task(), train={"eval_every_steps": 2},
+                  checkpoint={"keep_best": f"loss:{direction}", "keep_last": 2, "every_steps": 3})
+    evals = [(step, scalars["eval/loss"]) for step, scalars in RecordingMetrics.made[-1].logged if "eval/loss" in scalars]
+    assert [s for s, _ in evals] == [2, 4, 6, 8, 10, 12, 14, 16]
+    sign = 1 if direction == "min" else -1
+    best_step, best_loss = min(evals, key=lambda e: sign * e[1])
+    improving, top = [], None
+    for step, loss in evals:
+        if top is None or sign * loss < sign * top:
+            improving.append(step)
+            top = loss
+    ckpt_dir = tmp_path / "best" / "checkpoints"
+    best = json.loads((ckpt_dir / "best.json").read_text())
+    assert (best["metric"], best["step"]) == ("loss", best_step) and best["value"] == pytest.approx(best_loss)
+    assert best["path"] == str(ckpt_dir / ckpt.step_dir_name(best_step))
+    # the two newest saves (every 3 steps, each improvement, the end) and the best, whatever its age
+    saved = sorted({*improving, *range(3, 17, 3), 16})
+    assert sorted(step for step, _ in ckpt.list_checkpoints(ckpt_dir)) == sorted({*saved[-2:], best_step})
+    assert ckpt.load_state(ckpt_dir / ckpt.step_dir_name(best_step))["best"]["step"] == best_step  # verified on load
+    # saving at evaluations changes nothing in the training
+    assert trainer.outcome.final_loss == plain.outcome.final_loss
+
+
+def test_keep_best_survives_a_stop_and_resume(tmp_path, monkeypatch):
+    rule = {"checkpoint": {"keep_best": "loss:min", "keep_last": 2, "every_steps": 1000}}
+    whole = run(tmp_path, monkeypatch, "whole", noisy_task(), train={"eval_every_steps": 2}, **rule)
+    run(tmp_path, monkeypatch, "parts", noisy_task(), stop_at=7, train={"eval_every_steps": 2}, **rule)
+    resumed = run(tmp_path, monkeypatch, "parts", noisy_task(), resume=True, train={"eval_every_steps": 2}, **rule)
+    assert resumed.best == whole.best
+    a = json.loads((tmp_path / "whole" / "checkpoints" / "best.json").read_text())
+    b = json.loads((tmp_path / "parts" / "checkpoints" / "best.json").read_text())
+    assert (a["step"], a["value"]) == (b["step"], b["value"])
+
+
+def test_keep_best_naming_a_metric_the_evaluation_lacks_fails_naming_both(tmp_path, monkeypatch):
+    from hpcgpu.contract.errors import UserError
+
+    with pytest.raises(UserError, match="keep_best names the metric 'accuracy', but the evaluation reports loss"):
+        run(tmp_path, monkeypatch, "x", noisy_task(), checkpoint={"keep_best": "accuracy:max"})
+
+
+def test_improves():
+    from hpcgpu.worker.evaluation import improves, keep_best_rule
+
+    assert keep_best_rule("eval.top-1/acc:max") == ("eval.top-1/acc", "max") and keep_best_rule(None) is None
+    assert improves(0.5, None, "max") and improves(0.6, 0.5, "max") and not improves(0.5, 0.5, "max")
+    assert improves(0.4, 0.5, "min") and not improves(0.6, 0.5, "min") and not improves(float("nan"), None, "min")
