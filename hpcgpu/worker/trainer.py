@@ -10,6 +10,7 @@ import torch
 import torch.distributed as tdist
 
 from hpcgpu.contract.errors import UserError
+from hpcgpu.contract.runfiles import write_json_atomic
 from hpcgpu.worker import checkpoint as ckpt
 from hpcgpu.worker import heartbeat, stop
 from hpcgpu.worker.context import WorkerContext, agree_resume, run_id
@@ -19,7 +20,7 @@ from hpcgpu.worker.evaluation import BEST_FILE, SAMPLES, evaluate, improves, kee
 from hpcgpu.worker.metrics import Metrics
 from hpcgpu.worker.perf import peak_flops, throughput_scalars, use_tf32
 from hpcgpu.worker.progress import Progress, choose_mode
-from hpcgpu.worker.report import eval_line, print_summary, resume_changes, write_json, write_summary
+from hpcgpu.worker.report import eval_line, print_summary, resume_changes, write_summary
 from hpcgpu.worker.saver import Checkpointer
 from hpcgpu.worker.state import rng_state, seed_everything, set_rng_state, spec_fingerprint
 from hpcgpu.worker.strategy import (autocast, check_setup, data_replicas, dp_device_ids, grad_scaler, grad_sync,
@@ -338,7 +339,7 @@ class Trainer:
         if self.saver.last_step != self.step:
             self._save()  # after self.best is set: the checkpoint records itself as the best
         if self.info.is_main:
-            write_json(self.ctx.ckpt_dir / BEST_FILE, {**self.best, "path": str(path)})
+            write_json_atomic(self.ctx.ckpt_dir / BEST_FILE, {**self.best, "path": str(path)})  # 0600, like the checkpoints
             self.progress.message(f"hpcgpu: best {metric} so far ({results[metric]:.4f}): keeping {path.name}")
 
     def _mean_over_ranks(self, value: torch.Tensor) -> float:

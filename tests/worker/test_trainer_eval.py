@@ -101,6 +101,7 @@ def test_keep_best_checkpoints_each_improvement_and_keeps_the_best_beside_the_ne
             top = loss
     ckpt_dir = tmp_path / "best" / "checkpoints"
     best = json.loads((ckpt_dir / "best.json").read_text())
+    assert (ckpt_dir / "best.json").stat().st_mode & 0o777 == 0o600
     assert (best["metric"], best["step"]) == ("loss", best_step) and best["value"] == pytest.approx(best_loss)
     assert best["path"] == str(ckpt_dir / ckpt.step_dir_name(best_step))
     # the two newest saves (every 3 steps, each improvement, the end) and the best, whatever its age
