@@ -78,6 +78,7 @@ class Trainer:
         # a plan written before these keys existed (a resumed older run) has none: the defaults
         self.eval_every = getattr(self.cfg, "eval_every_steps", 0) if task.eval_dataset is not None else None
         self.last_eval: Optional[dict] = None
+        self.eval_s = 0.0  # time spent evaluating: not training time (throughput, train_s)
         self.keep_best = keep_best_rule(getattr(ctx.spec.checkpoint, "keep_best", None))
         self.best: Optional[dict] = None  # {"metric", "value", "step"} of the checkpoint keep_best keeps
 
@@ -215,7 +216,7 @@ class Trainer:
         final = self._mean_over_ranks(self._last_loss) if self.step > self.start_step else None
         stats = {"status": status, "final_loss": final, "steps": self.step, "epoch": self.epoch,
                  "epochs": self.epoch + self.batch_in_epoch / (self.steps_per_epoch * self.cfg.grad_accum),
-                 "wall_s": time.perf_counter() - t0, "train_s": time.perf_counter() - t_loop,
+                 "wall_s": time.perf_counter() - t0, "train_s": time.perf_counter() - t_loop - self.eval_s,
                  "samples": (self.step - self.start_step) * self.global_batch,
                  "checkpoint": str(self.saver.last) if self.saver.last else None, "eval": self.last_eval}
         if status == "done":
@@ -308,6 +309,7 @@ class Trainer:
     def _evaluate(self) -> None:
         """Evaluate on every rank (a collective), log `eval/<metric>` on rank 0, keep it for the summary."""
         heartbeat.beat("eval", self.step)
+        t0 = time.perf_counter()
         strategy = self.cfg.strategy
         # DDP's wrapper would sync buffers in forward; its module computes the same without collectives.
         # An FSDP forward all-gathers parameters: every rank must make as many (pad_forwards).
@@ -318,6 +320,9 @@ class Trainer:
                            _to, lambda: autocast(self.cfg.precision, self.device), pad_forwards=strategy == "fsdp",
                            beat=lambda: heartbeat.beat("eval", self.step))
         self.last_eval = {**results, "step": self.step}
+        spent = time.perf_counter() - t0
+        self.eval_s += spent
+        self._t_log += spent  # the next progress line's samples/s counts training time only
         self.metrics.log(self.step, {f"eval/{k}": v for k, v in results.items() if k != SAMPLES})
         if self.info.is_main:
             self.progress.message(f"hpcgpu: {eval_line(self.last_eval)}")

@@ -136,3 +136,51 @@ def test_improves():
     assert keep_best_rule("eval.top-1/acc:max") == ("eval.top-1/acc", "max") and keep_best_rule(None) is None
     assert improves(0.5, None, "max") and improves(0.6, 0.5, "max") and not improves(0.5, 0.5, "max")
     assert improves(0.4, 0.5, "min") and not improves(0.6, 0.5, "min") and not improves(float("nan"), None, "min")
+
+
+def test_time_spent_evaluating_is_not_counted_as_training_time(tmp_path, monkeypatch):
+    from tests.helpers.trainer_rig import Clock
+
+    class SlowEvalClock(Clock):
+        """The rig's clock, plus 10 s for each evaluation batch."""
+
+        extra = 0.0
+
+        def perf_counter(self):
+            return super().perf_counter() + self.extra
+
+    def numbers(name, with_eval):
+        clock = SlowEvalClock()
+        rig(monkeypatch)
+        monkeypatch.setattr(trainer_mod, "time", clock)
+
+        def metrics(output, target):
+            clock.extra += 10.0
+            return {"loss": torch.zeros(len(target))}
+
+        task = dataclasses.replace(noisy_task(with_eval), eval_metrics=metrics)
+        ctx = context(tmp_path, name, train={**TRAIN, "log_every": 4, "eval_every_steps": 4})
+        trainer = trainer_mod.Trainer(ctx, task)
+        clock.trainer = trainer
+        trainer.fit()
+        rates = [s["train/samples_per_s"] for _, s in RecordingMetrics.made[-1].logged if "train/samples_per_s" in s]
+        return rates, json.loads((tmp_path / name / "summary.json").read_text())["samples_per_s"], clock.extra
+
+    plain_rates, plain_rate, _ = numbers("plain", False)
+    rates, rate, spent = numbers("eval", True)
+    assert spent == 4 * 60.0  # 4 evaluations of 6 batches (11 samples in batches of 2)
+    assert rates == plain_rates and rate == plain_rate
+
+
+def test_the_bundled_gpt_evaluates_its_held_out_text(tmp_path, monkeypatch):
+    import math
+
+    from hpcgpu.examples import gpt
+
+    task = gpt.make_task(block_size=16, n_layer=1, n_head=2, n_embd=16, stride=64)
+    trainer = run(tmp_path, monkeypatch, "gpt", task, train={"batch_size": 8, "max_steps": 2, "epochs": 1,
+                                                             "eval_batch_size": 64})
+    vocab = task.model().cfg.vocab_size
+    assert trainer.last_eval["samples"] == len(task.eval_dataset) > 100
+    # two steps from a small init: about the cross-entropy of a uniform guess over the characters
+    assert abs(trainer.last_eval["loss"] - math.log(vocab)) < 0.5
