@@ -9,7 +9,7 @@ TORCH_INDEX  ?=
 # Each integration tier (Slurm, containers) is started by the Makefile and required by the tests in CI.
 PYTEST_ARGS  ?=
 
-.PHONY: venv run test test-setup test-unit test-fast test-gpu gpu-check-prepare gpu-check bench bench-smoke clean docs-check mutate
+.PHONY: venv mlflow-server run test test-setup test-unit test-fast test-gpu gpu-check-prepare gpu-check bench bench-smoke clean docs-check mutate
 
 venv: $(VENV)/.installed
 
@@ -20,9 +20,20 @@ $(VENV)/.installed: pyproject.toml
 	@# asks for the CPU build explicitly, .../whl/cu128 for a CUDA one (docs/install.md). Without a
 	@# driver, CUDA wheels are refused below.
 	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install --quiet -e ".[test]"
+	@# the tracker extras: their tests run for real (about 15 s and 200 MB more)
+	$(PY) -m pip install --quiet -e ".[test,mlflow,wandb]"
 	@if ! command -v nvidia-smi >/dev/null 2>&1 && $(PY) -m pip list 2>/dev/null | grep -Eq '^nvidia-(cu|nccl|cudnn)'; then \
 	  echo "error: CUDA wheels were installed on a machine without a GPU; remove $(VENV) and check pip's index" >&2; exit 1; fi
+	touch $@
+
+# A real MLflow tracking server for tests/system/test_mlflow_server.py: the full `mlflow` package
+# (pandas, Flask, ...; about a minute and 600 MB), in a venv of its own so .venv stays small.
+MLFLOW_SERVER_VENV ?= .venv-mlflow-server
+mlflow-server: $(MLFLOW_SERVER_VENV)/.installed
+
+$(MLFLOW_SERVER_VENV)/.installed:
+	python3 -m venv $(MLFLOW_SERVER_VENV)
+	$(MLFLOW_SERVER_VENV)/bin/pip install --quiet "mlflow>=3"
 	touch $@
 
 run: venv
@@ -41,12 +52,12 @@ test-fast: venv
 TEST_WORKERS ?= 4
 test:
 	$(MAKE) --no-print-directory -j4 --output-sync=target test-setup
-	HPCGPU_REQUIRE_SLURM=1 HPCGPU_REQUIRE_CONTAINER=1 HPCGPU_REQUIRE_DOCKER=1 HPCGPU_REQUIRE_NETNS=1 $(PY) -m pytest -q -m "not gpu" \
+	HPCGPU_REQUIRE_SLURM=1 HPCGPU_REQUIRE_MLFLOW_SERVER=1 HPCGPU_REQUIRE_CONTAINER=1 HPCGPU_REQUIRE_DOCKER=1 HPCGPU_REQUIRE_NETNS=1 $(PY) -m pytest -q -m "not gpu" \
 	  $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup) $(PYTEST_ARGS)
 
 # What the tiers need, set up side by side: the venv installs while apt installs Slurm, podman and
 # debootstrap (scripts/apt-install.sh takes turns at apt's lock) and the base image is made.
-test-setup: venv slurm-up image-test docker-up-background
+test-setup: venv mlflow-server slurm-up image-test docker-up-background
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache runs mutants

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from hpcgpu.contract.errors import UserError
 from hpcgpu.worker.task import Task
 
 DATA = Path(__file__).parent / "data" / "corpus.txt"
@@ -133,17 +134,26 @@ def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def make_task(block_size: int = 128, n_layer: int = 4, n_head: int = 4, n_embd: int = 128,
               dropout: float = 0.0, stride: Optional[int] = None, warmup_steps: int = 20,
-              text_file: Optional[str] = None) -> Task:
-    """Task factory for `entry.task: hpcgpu.examples.gpt:make_task`."""
+              text_file: Optional[str] = None, eval_fraction: float = 0.1) -> Task:
+    """Task factory for `entry.task: hpcgpu.examples.gpt:make_task`.
+
+    eval_fraction: the tail of the text held out for evaluation (non-overlapping windows; 0: none)."""
     data, chars = encode(Path(text_file or DATA).read_text(encoding="utf-8"))
+    cut = len(data) - int(len(data) * eval_fraction) if eval_fraction > 0 else len(data)
+    if cut < len(data) and len(data) - cut < block_size + 1:
+        raise UserError(f"eval_fraction {eval_fraction} holds out {len(data) - cut} characters, fewer than one "
+                        f"window of block_size {block_size} + 1: raise eval_fraction or give 0")
     cfg = GPTConfig(len(chars), block_size, n_layer, n_head, n_embd, dropout)
     with torch.device("meta"):  # count parameters without allocating or touching the RNG
         n_params = GPT(cfg).num_params()
     return Task(
         model=lambda: GPT(cfg),
-        dataset=CharDataset(data, block_size, stride or block_size // 2),
+        dataset=CharDataset(data[:cut], block_size, stride or block_size // 2),
         loss=_loss,
         lr_schedule=lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0,
         shard_units=lambda model: list(model.blocks),
         flops_per_sample=flops_per_token(cfg, n_params) * block_size,
+        # held-out windows that do not overlap: each character is scored once (the loss is the
+        # mean per-token cross-entropy, the same for every window, so the set's mean is exact)
+        eval_dataset=CharDataset(data[cut:], block_size, block_size) if cut < len(data) else None,
     )

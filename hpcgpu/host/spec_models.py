@@ -177,6 +177,10 @@ class Train(_Model):
     """DataLoader worker processes per rank."""
     log_every: int = Field(10, ge=1, le=MAX_STEPS)
     """Log loss and throughput every N steps."""
+    eval_every_steps: int = Field(0, ge=0, le=MAX_STEPS)
+    """Evaluate the Task's eval_dataset every N optimizer steps, and always after the last step; 0: only after the last step. Ignored when the Task has no eval_dataset."""
+    eval_batch_size: Optional[int] = Field(None, ge=1, le=2**20)
+    """Samples per device per evaluation batch (default: train.batch_size)."""
 
 
 class Checkpoint(_Model):
@@ -192,6 +196,16 @@ class Checkpoint(_Model):
     """`auto` (newest valid checkpoint), `never`, or a checkpoint path."""
     async_save: bool = False
     """Write in the background; the loop waits only for the copy off the GPU."""
+    keep_best: Optional[str] = None
+    """`<metric>:max` or `<metric>:min`, a metric of the Task's evaluation (e.g. `accuracy:max`, `loss:min`): after each evaluation that improves it, the step is checkpointed (if it was not) and that checkpoint is kept beside the keep_last newest; `<checkpoint dir>/best.json` names it. Unset: no best checkpoint."""
+
+    @field_validator("keep_best")
+    @classmethod
+    def _metric_and_direction(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not re.fullmatch(r"[\w./-]+:(max|min)", v):
+            raise ValueError(f"keep_best must look like 'accuracy:max' or 'loss:min' (an evaluation metric, then "
+                             f"max or min), got {v!r}")
+        return v
 
     @field_validator("keep_last", mode="before")
     @classmethod
@@ -215,7 +229,36 @@ class Logging(_Model):
     def _one_line(cls, v: str) -> str:
         return _single_line(v)
     tensorboard: bool = True
-    """Write TensorBoard events on rank 0 to `<run dir>/tb`."""
+    """Write TensorBoard events on rank 0 to `<run dir>/tb` (when logging.trackers names tensorboard; false turns it off either way)."""
+    trackers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(["tensorboard"])
+    """Where rank 0 sends metrics and hyper-parameters, all under the run id (a resumed or requeued run continues the same tracked run): tensorboard, mlflow (`pip install 'hpcgpu[mlflow]'`), wandb (`pip install 'hpcgpu[wandb]'`); see docs/tracking.md. A tracker that fails warns once and training goes on."""
+    mlflow_tracking_uri: Optional[str] = None
+    """MLflow tracking URI (`http://host:5000`, `sqlite:///path/mlflow.db`). Unset: MLFLOW_TRACKING_URI from the environment, else `sqlite:///<logging.dir>/mlflow.db`. Never credentials (the spec is written to the run directory): give MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN, in the environment."""
+    mlflow_experiment: Optional[str] = None
+    """MLflow experiment (made if missing). Unset: the spec's name."""
+    wandb_project: Optional[str] = None
+    """W&B project. Unset: the spec's name."""
+    wandb_entity: Optional[str] = None
+    """W&B entity (user or team). Unset: the API key's default."""
+    wandb_mode: Literal["offline", "online"] = "offline"
+    """offline: W&B writes its files under `<run dir>/wandb` and sends nothing (`wandb sync` uploads them later); online: it sends as it goes, with WANDB_API_KEY from the environment (never from the spec)."""
+
+    @field_validator("mlflow_tracking_uri", "mlflow_experiment", "wandb_project", "wandb_entity")
+    @classmethod
+    def _tracker_text(cls, v: Optional[str], info: ValidationInfo) -> Optional[str]:
+        if v is not None and re.search(r"://[^/?#@\s]+@", v):
+            raise ValueError(f"{info.field_name} holds credentials (user:password@), and the spec is written to the "
+                             "run directory: remove them and set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                             "(or MLFLOW_TRACKING_TOKEN) in the environment")
+        return _single_line(v)
+
+    @field_validator("trackers")
+    @classmethod
+    def _once_each(cls, v: list[str]) -> list[str]:
+        twice = sorted({name for name in v if v.count(name) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(twice)} named more than once; name each tracker once")
+        return v
     progress: Literal["auto", "bar", "lines", "off"] = "auto"
     """auto: a live bar on a terminal, plain periodic lines in a log file."""
     console: Literal["rank0", "all", "none"] = "rank0"

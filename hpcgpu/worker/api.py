@@ -5,6 +5,7 @@ Re-exported as `from hpcgpu import dist`. Works under `hpcgpu run`, plain torchr
 
 from __future__ import annotations
 
+import atexit
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -18,8 +19,10 @@ from hpcgpu.worker import dist as _dist
 from hpcgpu.worker.rank import RankInfo
 from hpcgpu.worker.saver import Checkpointer
 from hpcgpu.worker.state import rng_state, set_rng_state, spec_fingerprint
+from hpcgpu.worker.tracking import Trackers, open_trackers, setup_from_spec
 
 _saver: Optional[Checkpointer] = None
+_trackers: Optional[Trackers] = None
 
 
 def init() -> RankInfo:
@@ -74,6 +77,39 @@ def run_dir() -> Path:
 def checkpoint_dir() -> Path:
     """Where checkpoints go."""
     return context.current().ckpt_dir
+
+
+def run_id() -> str:
+    """The run's identity, the same across restarts, `--resume` and Slurm requeues (the run id
+    `hpcgpu status` shows; without hpcgpu, the run directory's name). Trackers file the run under it."""
+    return context.run_id(context.current())
+
+
+def log_metrics(step: int, metrics: dict[str, float]) -> None:
+    """Send `{name: number}` at `step` to every tracker the spec names (logging.trackers: TensorBoard
+    in `<run dir>/tb`, MLflow, W&B), under run_id(), from rank 0; other ranks do nothing, so call it
+    on every rank or on rank 0 alone. A tracker that fails warns once; the script goes on.
+
+    The first step this process logs is where it continues the tracked run: what an earlier attempt
+    logged from that step on (it got further than its last checkpoint) is hidden in TensorBoard."""
+    global _trackers
+    ctx = context.current()
+    if not ctx.info.is_main:
+        return
+    if _trackers is None:
+        setup = setup_from_spec(ctx.spec.model_dump(mode="json"), context.run_id(ctx), ctx.run_dir,
+                                ctx.info.world_size, start_step=max(step - 1, 0))
+        _trackers = open_trackers(setup)
+        atexit.register(_close_trackers)
+    _trackers.log(step, metrics)
+
+
+def _close_trackers() -> None:
+    """At exit: flush every tracker; the tracked run ends stopped after a stop request, else done."""
+    global _trackers
+    if _trackers is not None:
+        _trackers.close("stopped" if stop.requested() else "done")
+        _trackers = None
 
 
 def should_stop() -> bool:

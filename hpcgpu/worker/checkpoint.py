@@ -278,11 +278,12 @@ def load_state(path: Path, map_location: Any = "cpu") -> dict:
     return load_file(path if path.is_file() else path / STATE, map_location)
 
 
-def prune(ckpt_dir: Path, keep_last: int, keep: Optional[Path] = None) -> list[Path]:
-    """Delete committed checkpoints beyond the newest keep_last, and leftovers of dead writers."""
+def prune(ckpt_dir: Path, keep_last: int, keep: Optional[Path] = None, best: Optional[Path] = None) -> list[Path]:
+    """Delete committed checkpoints beyond the newest keep_last (never `keep`, nor `best`: the one
+    checkpoint.keep_best keeps), and leftovers of dead writers."""
     removed = []
     for _, path in list_checkpoints(ckpt_dir)[keep_last:]:
-        if path != keep:
+        if path != keep and path != best:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     for tmp in ckpt_dir.glob(".step_*.*-*"):

@@ -70,6 +70,12 @@ def spec_without_plan(env: Mapping[str, str]) -> SpecView:
     return SpecView(resolved_data(load_spec(path)[0]))
 
 
+def run_id(ctx: WorkerContext) -> str:
+    """The run's identity, the same on every attempt, resume and requeue: the plan's run id (without
+    a plan, the run directory's name). Every tracker files the run under it."""
+    return ctx.plan.run_id if ctx.plan is not None else ctx.run_dir.name
+
+
 def planned_device(ctx: WorkerContext) -> Optional[str]:
     """This rank's device as the plan says (`cpu`, `cuda:N`); None without a plan."""
     return ctx.plan.device_of(ctx.info.local_rank) if ctx.plan is not None else None

@@ -8,6 +8,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from hpcgpu.worker.tracking import TENSORBOARD, TrackerSetup, Trackers, open_trackers
+
 MIG_NO_UTIL = "GPU utilisation is not available on MIG instances"
 
 
@@ -83,30 +85,31 @@ class GpuMonitor:
 
 
 class Metrics:
-    """TensorBoard writer on rank 0 (to `<run dir>/tb`); a no-op elsewhere or when disabled."""
+    """Rank 0's metrics: each step's scalars (plus GPU readings) to the run's trackers; a no-op
+    elsewhere or with no tracker (hpcgpu.worker.tracking)."""
 
-    def __init__(self, run_dir: Path, enabled: bool, device: torch.device, start_step: int = 0):
-        self.writer = None
-        self.gpu = GpuMonitor(device) if enabled else None
-        if not enabled:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard is a dependency, but a trimmed image may lack it
-            return
-        # purge_step drops events a killed attempt wrote after the checkpoint we resume from.
-        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step or None)
+    def __init__(self, run_dir: Path, enabled: bool, device: torch.device, start_step: int = 0,
+                 setup: Optional[TrackerSetup] = None):
+        self.trackers: Optional[Trackers] = None
+        setup = setup or TrackerSetup(names=(TENSORBOARD,), run_id=run_dir.name, run_dir=run_dir)
+        self.gpu = GpuMonitor(device) if enabled and setup.names else None
+        if enabled and setup.names:
+            setup.start_step = start_step
+            self.trackers = open_trackers(setup)
 
     def log(self, step: int, scalars: dict[str, Optional[float]]) -> None:
-        """Write scalars (and GPU readings) at this step."""
-        if self.writer is None:
+        """Send scalars (and GPU readings) at this step."""
+        if self.trackers is None:
             return
-        values = {**scalars, **(self.gpu.read() if self.gpu else {})}
-        for name, value in values.items():
-            if value is not None:
-                self.writer.add_scalar(name, value, step)
+        self.trackers.log(step, {**scalars, **(self.gpu.read() if self.gpu else {})})
 
-    def close(self) -> None:
-        """Flush and close the event file."""
-        if self.writer is not None:
-            self.writer.close()
+    def finish(self, params: dict[str, Any], final: dict[str, Optional[float]], step: int) -> None:
+        """A finished run: its hyper-parameters with the final metrics (TensorBoard's HParams)."""
+        if self.trackers is not None:
+            self.trackers.hparams(params, final, step)
+
+    def close(self, status: str = "done") -> None:
+        """Flush and close every tracker; status: done, stopped or failed (MLflow's run status)."""
+        if self.trackers is not None:
+            self.trackers.close(status)
+            self.trackers = None

@@ -13,7 +13,7 @@ from hpcgpu.worker.state import spec_changes
 # Keys that may change between attempts without changing the training itself.
 _HARMLESS = ("checkpoint.", "logging.", "distributed.max_restarts", "distributed.stop_grace_s",
              "distributed.timeout_s", "distributed.rdzv_timeout_s", "debug.", "slurm.", "container",
-             "train.log_every", "train.num_workers", "resources.time", "resources.mem", "env.", "secret_env")
+             "train.log_every", "train.num_workers", "train.eval_", "resources.time", "resources.mem", "env.", "secret_env")
 
 
 def resume_changes(state: dict, spec_json: str, world_size: int) -> list[str]:
@@ -47,8 +47,17 @@ def print_summary(stats: dict, ckpt_dir: Path, flops_per_sample: Optional[float]
           f"{rate:,.0f} samples/s{tflops}, "
           f"wall {stats['wall_s']:.1f} s", flush=True)
     print(f"hpcgpu: checkpoints in {ckpt_dir} (last: {stats['checkpoint'] or 'none'})", flush=True)
+    if stats.get("eval"):
+        print(f"hpcgpu: {eval_line(stats['eval'])}", flush=True)
     if loss is not None:
         print(f"final_loss={loss!r}", flush=True)  # exact repr: runs compare bit for bit
+
+
+def eval_line(results: dict) -> str:
+    """`eval at step 64: accuracy 0.9120, loss 0.3012 (1000 samples)`."""
+    names = sorted(k for k in results if k not in ("samples", "step"))
+    values = ", ".join(f"{n} {results[n]:.4f}" for n in names)
+    return f"eval at step {results['step']}: {values} ({results['samples']} samples)"
 
 
 def write_summary(run_dir: Path, stats: dict, world_size: int) -> Path:
@@ -58,6 +67,8 @@ def write_summary(run_dir: Path, stats: dict, world_size: int) -> Path:
             "epoch": stats["epoch"], "samples_per_s": stats["samples"] / train_s,
             "wall_s": stats["wall_s"], "train_s": stats["train_s"], "world_size": world_size,
             "checkpoint": stats["checkpoint"]}
+    if stats.get("eval"):
+        data["eval"] = stats["eval"]  # the last evaluation: {metric: mean, samples, step}
     return write_json(run_dir / "summary.json", data)
 
 

@@ -24,6 +24,7 @@ class Checkpointer:
         self.is_main, self.report = is_main, report
         self.last: Optional[Path] = None
         self.last_step: Optional[int] = None
+        self.best: Optional[Path] = None  # checkpoint.keep_best's checkpoint: never pruned
         self.stall_s = 0.0  # how long the last save blocked the caller
         self._thread: Optional[threading.Thread] = None
         self._error: Optional[BaseException] = None
@@ -57,7 +58,7 @@ class Checkpointer:
     def committed(self, path: Path, step: int, seconds: float) -> None:
         """Record a durable checkpoint, then prune older ones (never before: keep_last >= 2)."""
         self.last = path
-        ckpt.prune(self.dir, self.keep_last, keep=path)
+        ckpt.prune(self.dir, self.keep_last, keep=path, best=self.best)
         self.report(f"hpcgpu: checkpoint step {step} -> {path} ({_mb(path):.1f} MB, {seconds:.2f} s)")
 
     def _write_in_background(self, step: int, snap: dict, meta: dict) -> None:

@@ -31,6 +31,12 @@ class Task:
     """FSDP: submodules to shard separately (e.g. transformer blocks); the root is always sharded."""
     flops_per_sample: Optional[float] = None
     """Training FLOPs per sample (forward + backward), for MFU in the summary when known."""
+    eval_dataset: Any = None
+    """A map-style evaluation set of (inputs, target) pairs, evaluated every `train.eval_every_steps`
+    and at the end, each sample on exactly one rank (docs/trainer.md); None: no evaluation."""
+    eval_metrics: Optional[Callable[[Any, Any], dict[str, torch.Tensor]]] = None
+    """eval_metrics(model(inputs), target) -> {name: one value per sample}; the Trainer reports each
+    name's mean over the whole set as `eval/<name>`. Default: {"loss": the Task's loss of the batch}."""
 
 
 def load_task(spec_task: str, task_args: dict) -> Task:

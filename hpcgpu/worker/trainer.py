@@ -10,20 +10,23 @@ import torch
 import torch.distributed as tdist
 
 from hpcgpu.contract.errors import UserError
+from hpcgpu.contract.runfiles import write_json_atomic
 from hpcgpu.worker import checkpoint as ckpt
 from hpcgpu.worker import heartbeat, stop
-from hpcgpu.worker.context import WorkerContext, agree_resume
+from hpcgpu.worker.context import WorkerContext, agree_resume, run_id
 from hpcgpu.worker.data import ResumableSampler, batches_per_epoch, make_loader
 from hpcgpu.worker.dist import barrier, is_distributed
+from hpcgpu.worker.evaluation import BEST_FILE, SAMPLES, evaluate, improves, keep_best_rule, loss_per_sample
 from hpcgpu.worker.metrics import Metrics
 from hpcgpu.worker.perf import peak_flops, throughput_scalars, use_tf32
 from hpcgpu.worker.progress import Progress, choose_mode
-from hpcgpu.worker.report import print_summary, resume_changes, write_summary
+from hpcgpu.worker.report import eval_line, print_summary, resume_changes, write_summary
 from hpcgpu.worker.saver import Checkpointer
 from hpcgpu.worker.state import rng_state, seed_everything, set_rng_state, spec_fingerprint
 from hpcgpu.worker.strategy import (autocast, check_setup, data_replicas, dp_device_ids, grad_scaler, grad_sync,
                                     scaled_lr, unwrap, wrap)
 from hpcgpu.worker.task import Task
+from hpcgpu.worker.tracking import TrackerSetup, setup_from_spec
 
 STATE_FORMAT = 1
 
@@ -72,6 +75,12 @@ class Trainer:
         self.step = self.epoch = self.batch_in_epoch = 0
         self.start_step = 0
         self.spec_hash, self.spec_json = spec_fingerprint(ctx.spec.model_dump(mode="json"))
+        # a plan written before these keys existed (a resumed older run) has none: the defaults
+        self.eval_every = getattr(self.cfg, "eval_every_steps", 0) if task.eval_dataset is not None else None
+        self.last_eval: Optional[dict] = None
+        self.eval_s = 0.0  # time spent evaluating: not training time (throughput, train_s)
+        self.keep_best = keep_best_rule(getattr(ctx.spec.checkpoint, "keep_best", None))
+        self.best: Optional[dict] = None  # {"metric", "value", "step"} of the checkpoint keep_best keeps
 
     # ------------------------------------------------------------------ setup
 
@@ -148,6 +157,9 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self._restore_position(state["progress"])
         self.saver.last, self.saver.last_step = path, self.step
+        self.best = state.get("best")
+        if self.best is not None:
+            self.saver.best = self.ctx.ckpt_dir / ckpt.step_dir_name(self.best["step"])
         rngs = state["rng"]
         set_rng_state(rngs[self.info.rank] if len(rngs) == self.info.world_size else rngs[0])
         for line in resume_changes(state, self.spec_json, self.info.world_size):
@@ -179,15 +191,24 @@ class Trainer:
         self._resume()
         # a resume on another world size recounts the steps (_restore_position): the bar counts to that
         self.progress.start_step, self.progress.total = self.start_step, self.total_steps
-        self.metrics = Metrics(self.ctx.run_dir, self.ctx.spec.logging.tensorboard and self.info.is_main,
-                               self.device, self.start_step)
+        setup = setup_from_spec(self.ctx.spec.model_dump(mode="json"), run_id(self.ctx), self.ctx.run_dir,
+                                self.info.world_size)
+        self.metrics = Metrics(self.ctx.run_dir, self.info.is_main and bool(setup.names), self.device,
+                               self.start_step, setup=setup)
         self._announce()
         t_loop = time.perf_counter()
         try:
-            status = self._loop()
-        finally:
-            self.progress.close()
-            self.metrics.close()
+            try:
+                status = self._loop()
+            finally:
+                self.progress.close()
+            return self._finish(status, setup, t0, t_loop)
+        except BaseException:
+            self.metrics.close("failed")  # flushed, and the tracked run marked failed (a no-op once closed)
+            raise
+
+    def _finish(self, status: str, setup: TrackerSetup, t0: float, t_loop: float) -> Outcome:
+        """After the loop: the checkpoint durable everywhere, the final numbers, trackers closed, the summary."""
         heartbeat.beat("checkpoint", self.step)
         self.saver.wait()
         heartbeat.beat("collective")
@@ -195,9 +216,14 @@ class Trainer:
         final = self._mean_over_ranks(self._last_loss) if self.step > self.start_step else None
         stats = {"status": status, "final_loss": final, "steps": self.step, "epoch": self.epoch,
                  "epochs": self.epoch + self.batch_in_epoch / (self.steps_per_epoch * self.cfg.grad_accum),
-                 "wall_s": time.perf_counter() - t0, "train_s": time.perf_counter() - t_loop,
+                 "wall_s": time.perf_counter() - t0, "train_s": time.perf_counter() - t_loop - self.eval_s,
                  "samples": (self.step - self.start_step) * self.global_batch,
-                 "checkpoint": str(self.saver.last) if self.saver.last else None}
+                 "checkpoint": str(self.saver.last) if self.saver.last else None, "eval": self.last_eval}
+        if status == "done":
+            finals = {"final_loss": final, **{f"eval/{k}": v for k, v in (self.last_eval or {}).items()
+                                              if k not in (SAMPLES, "step")}}
+            self.metrics.finish(setup.params, finals, self.step)
+        self.metrics.close(status)
         if self.info.is_main:
             print_summary(stats, self.ctx.ckpt_dir, self.task.flops_per_sample,
                           self.peak * self.devices if self.peak else None)
@@ -219,7 +245,10 @@ class Trainer:
             if self.batch_in_epoch >= self.steps_per_epoch * self.cfg.grad_accum:
                 self.epoch, self.batch_in_epoch, it = self.epoch + 1, 0, None
             self._log_step(epoch_of_step)
-            if self.step % self.ctx.spec.checkpoint.every_steps == 0 or self.step == self.total_steps:
+            if self._eval_due():
+                self._evaluate()
+            due = self.step % self.ctx.spec.checkpoint.every_steps == 0 or self.step == self.total_steps
+            if due and self.saver.last_step != self.step:  # keep_best may have saved this step already
                 self._save()
             # agreeing costs an all-reduce and a host sync: do it every stop_check_every steps, not every step
             check = self.step % self.ctx.spec.distributed.stop_check_every == 0
@@ -270,6 +299,54 @@ class Trainer:
                                      **throughput_scalars(rate, self.task.flops_per_sample, self.peak, self.devices)})
         self._loss_sum, self._loss_n, self._t_log, self._step_log = 0.0, 0, now, self.step
 
+    # ------------------------------------------------------------------ evaluation
+
+    def _eval_due(self) -> bool:
+        if self.eval_every is None:
+            return False
+        return self.step == self.total_steps or (self.eval_every > 0 and self.step % self.eval_every == 0)
+
+    def _evaluate(self) -> None:
+        """Evaluate on every rank (a collective), log `eval/<metric>` on rank 0, keep it for the summary."""
+        heartbeat.beat("eval", self.step)
+        t0 = time.perf_counter()
+        strategy = self.cfg.strategy
+        # DDP's wrapper would sync buffers in forward; its module computes the same without collectives.
+        # An FSDP forward all-gathers parameters: every rank must make as many (pad_forwards).
+        model = unwrap(self.model) if strategy == "ddp" else self.model
+        batch = (getattr(self.cfg, "eval_batch_size", None) or self.cfg.batch_size) * self.replicas
+        results = evaluate(model, self.task.eval_dataset, self.task.eval_metrics or loss_per_sample(self.task.loss),
+                           batch, self.info.world_size, self.info.rank, self.device, self._collective_device(),
+                           _to, lambda: autocast(self.cfg.precision, self.device), pad_forwards=strategy == "fsdp",
+                           beat=lambda: heartbeat.beat("eval", self.step))
+        self.last_eval = {**results, "step": self.step}
+        spent = time.perf_counter() - t0
+        self.eval_s += spent
+        self._t_log += spent  # the next progress line's samples/s counts training time only
+        self.metrics.log(self.step, {f"eval/{k}": v for k, v in results.items() if k != SAMPLES})
+        if self.info.is_main:
+            self.progress.message(f"hpcgpu: {eval_line(self.last_eval)}")
+        if self.keep_best is not None:
+            self._keep_if_best(results)
+
+    def _keep_if_best(self, results: dict) -> None:
+        """checkpoint.keep_best: checkpoint a step whose evaluation improves the metric, and keep it.
+        Every rank decides alike (the results are reduced over ranks), and saving is collective."""
+        metric, direction = self.keep_best
+        if metric not in results:
+            raise UserError(f"checkpoint.keep_best names the metric {metric!r}, but the evaluation reports "
+                            f"{', '.join(sorted(k for k in results if k != SAMPLES))}")
+        if not improves(results[metric], self.best["value"] if self.best else None, direction):
+            return
+        self.best = {"metric": metric, "value": results[metric], "step": self.step}
+        path = self.ctx.ckpt_dir / ckpt.step_dir_name(self.step)
+        self.saver.best = path  # before the save, whose pruning may now drop the previous best
+        if self.saver.last_step != self.step:
+            self._save()  # after self.best is set: the checkpoint records itself as the best
+        if self.info.is_main:
+            write_json_atomic(self.ctx.ckpt_dir / BEST_FILE, {**self.best, "path": str(path)})  # 0600, like the checkpoints
+            self.progress.message(f"hpcgpu: best {metric} so far ({results[metric]:.4f}): keeping {path.name}")
+
     def _mean_over_ranks(self, value: torch.Tensor) -> float:
         heartbeat.beat("collective", self.step)
         t = value.detach().float().clone().to(self._collective_device())
@@ -314,6 +391,7 @@ class Trainer:
                          "grad_accum": self.cfg.grad_accum},
             "sampler": {"seed": self.cfg.seed, "epoch": self.epoch, "skip": self.batch_in_epoch * self.loader_batch},
             "rng": rngs,
+            "best": self.best,
             "spec": {"hash": self.spec_hash, "train": self.cfg.model_dump(mode="json"), "json": self.spec_json},
         }
 

@@ -93,17 +93,22 @@ class RecordingMetrics:
 
     made: list = []
 
-    def __init__(self, run_dir, enabled, device, start_step=0):
+    def __init__(self, run_dir, enabled, device, start_step=0, setup=None):
         self.args = {"run_dir": run_dir, "enabled": enabled, "device": device, "start_step": start_step}
+        self.setup = setup
         self.logged: list = []
-        self.closed = False
+        self.finished: list = []
+        self.closed = None
         RecordingMetrics.made.append(self)
 
     def log(self, step, scalars):
         self.logged.append((step, dict(scalars)))
 
-    def close(self):
-        self.closed = True
+    def finish(self, params, final, step):
+        self.finished.append((params, dict(final), step))
+
+    def close(self, status="done"):
+        self.closed = status
 
 
 class RecordingProgress(Progress):

@@ -84,6 +84,8 @@ UPPER_BOUNDS = [
     ("train.seed", 4_294_967_295, 4_294_967_296),
     ("train.num_workers", 256, 257),
     ("train.log_every", 1_000_000_000, 1_000_000_001),
+    ("train.eval_every_steps", 1_000_000_000, 1_000_000_001),
+    ("train.eval_batch_size", 1_048_576, 1_048_577),
     ("checkpoint.every_steps", 1_000_000_000, 1_000_000_001),
     ("checkpoint.keep_last", 1_000_000_000, 1_000_000_001),
     ("slurm.signal_before_s", 65535, 65536),

@@ -28,6 +28,8 @@ LOWER_BOUNDS = [
     ("train.seed", -4294967295, -4294967296, "Input should be greater than or equal to -4294967295"),
     ("train.num_workers", 0, -1, "Input should be greater than or equal to 0"),
     ("train.log_every", 1, 0, "Input should be greater than or equal to 1"),
+    ("train.eval_every_steps", 0, -1, "Input should be greater than or equal to 0"),
+    ("train.eval_batch_size", 1, 0, "Input should be greater than or equal to 1"),
     ("checkpoint.every_steps", 1, 0, "Input should be greater than or equal to 1"),
     ("checkpoint.keep_last", 2, 1, "keep_last must be >= 2"),
     ("slurm.signal_before_s", 10, 9, "Input should be greater than or equal to 10"),
