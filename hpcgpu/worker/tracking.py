@@ -102,6 +102,16 @@ MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQ
                         "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 
 
+def private_file(path: Path) -> Path:
+    """Create path empty and private to the user (0600) unless it exists: the default MLflow store
+    holds every run's parameters and metrics, and SQLite gives its journal the database's mode."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    return path
+
+
 class MlflowTracker:
     """One MLflow run per hpcgpu run, found again by its `hpcgpu.run_id` tag on every attempt."""
 
@@ -116,7 +126,7 @@ class MlflowTracker:
 
         cfg = setup.mlflow
         uri = cfg.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or \
-            f"sqlite:///{setup.run_dir.parent.absolute() / 'mlflow.db'}"
+            f"sqlite:///{private_file(setup.run_dir.parent.absolute() / 'mlflow.db')}"
         self.client = MlflowClient(uri)
         name = cfg.get("experiment") or setup.project
         experiment = self.client.get_experiment_by_name(name)

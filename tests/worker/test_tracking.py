@@ -188,3 +188,20 @@ def test_mlflow_params_are_logged_when_the_run_is_made_not_again(tmp_path):
     client, runs = mlflow_runs(uri)
     assert len(runs) == 1 and runs[0].data.params == {"train.lr": "0.1"} and runs[0].info.status == "FINISHED"
     assert os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES") is not None
+
+
+def test_the_default_mlflow_store_is_private_to_the_user(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run_dir = tmp_path / "runs" / "x"
+    run_dir.mkdir(parents=True)
+    before = os.umask(0o022)  # a umask that would leave a new file readable by everyone
+    try:
+        tracker = MlflowTracker(TrackerSetup(names=("mlflow",), run_id="x", run_dir=run_dir, params={}))
+        tracker.log(1, {"a": 1.0})
+        tracker.close("done")
+    finally:
+        os.umask(before)
+    store = tmp_path / "runs" / "mlflow.db"  # beside the run dirs: one store for every run under logging.dir
+    assert store.stat().st_size > 0
+    assert store.stat().st_mode & 0o777 == 0o600
