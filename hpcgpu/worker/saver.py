@@ -27,6 +27,7 @@ class Checkpointer:
         self.best: Optional[Path] = None  # checkpoint.keep_best's checkpoint: never pruned
         self.stall_s = 0.0  # how long the last save blocked the caller
         self._thread: Optional[threading.Thread] = None
+        self._copy = None  # the last async save's snapshot, reused by the next one
         self._error: Optional[BaseException] = None
 
     def save(self, step: int, state: dict, meta: Optional[dict] = None) -> Optional[Path]:
@@ -37,9 +38,11 @@ class Checkpointer:
             return None
         self.wait()  # one write in flight at most, and in step order
         t0 = time.perf_counter()
-        # Async needs a private copy (the loop keeps updating the tensors); sync only moves to CPU.
-        snap = snapshot(state, copy=self.async_save)
+        # Async needs a private copy (the loop keeps updating the tensors), made into the previous
+        # save's copy when it fits (its write has ended: wait() above); sync only moves to CPU.
+        snap = snapshot(state, copy=self.async_save, reuse=self._copy)
         if self.async_save:
+            self._copy = snap
             self._thread = threading.Thread(target=self._write_in_background, args=(step, snap, meta or {}),
                                             name="hpcgpu-checkpoint")
             self._thread.start()

@@ -48,17 +48,27 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def snapshot(obj: Any, copy: bool = True) -> Any:
-    """The same nested structure with every tensor on the CPU; copy=True clones (async saves)."""
+def snapshot(obj: Any, copy: bool = True, reuse: Any = None) -> Any:
+    """The same nested structure with every tensor on the CPU; copy=True clones (async saves).
+
+    reuse: an earlier snapshot of the same structure that nothing reads any more: its tensors of the
+    same shape and dtype are overwritten in place instead of allocated again, so an async save's stall
+    is a plain copy, without first touching every page of fresh memory (a third of the stall)."""
     if isinstance(obj, torch.Tensor):
         t = obj.detach()
-        return t.to("cpu", copy=True) if copy else t.cpu()
+        if not copy:
+            return t.cpu()
+        if (isinstance(reuse, torch.Tensor) and reuse.device.type == "cpu" and reuse.shape == t.shape
+                and reuse.dtype == t.dtype and reuse.is_contiguous() and t.layout == torch.strided):
+            return reuse.copy_(t)
+        return t.to("cpu", copy=True)
     if isinstance(obj, dict):
-        return {k: snapshot(v, copy) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [snapshot(v, copy) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(snapshot(v, copy) for v in obj)
+        old = reuse if isinstance(reuse, dict) else {}
+        return {k: snapshot(v, copy, old.get(k)) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        old = reuse if isinstance(reuse, (list, tuple)) and len(reuse) == len(obj) else [None] * len(obj)
+        items = [snapshot(v, copy, r) for v, r in zip(obj, old)]
+        return items if isinstance(obj, list) else tuple(items)
     return obj
 
 
