@@ -52,7 +52,7 @@ test-fast: venv
 TEST_WORKERS ?= 4
 test:
 	$(MAKE) --no-print-directory -j4 --output-sync=target test-setup
-	HPCGPU_REQUIRE_SLURM=1 HPCGPU_REQUIRE_MLFLOW_SERVER=1 HPCGPU_REQUIRE_CONTAINER=1 HPCGPU_REQUIRE_DOCKER=1 HPCGPU_REQUIRE_NETNS=1 $(PY) -m pytest -q -m "not gpu" \
+	HPCGPU_REQUIRE_SLURM=1 HPCGPU_REQUIRE_MLFLOW_SERVER=1 HPCGPU_REQUIRE_CONTAINER=1 HPCGPU_REQUIRE_DOCKER=1 HPCGPU_REQUIRE_NETNS=1 $(PY) -m pytest -q -m "not gpu" --durations=15 \
 	  $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup) $(PYTEST_ARGS)
 
 # What the tiers need, set up side by side: the venv installs while apt installs Slurm, podman and

@@ -106,7 +106,7 @@ def test_a_stopped_and_resumed_run_is_one_mlflow_run_with_the_whole_history(tmp_
     assert client.get_experiment(run.info.experiment_id).name == "exp"
 
 
-def test_wandb_offline_writes_one_run_id_per_attempt_folder_and_sends_nothing(tmp_path, monkeypatch):
+def test_wandb_offline_writes_one_run_id_per_attempt_folder_and_sends_nothing(tmp_path, monkeypatch, capsys):
     pytest.importorskip("wandb", reason="pip install 'hpcgpu[wandb]' (make venv installs it)")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -115,7 +115,9 @@ def test_wandb_offline_writes_one_run_id_per_attempt_folder_and_sends_nothing(tm
     train(tmp_path, monkeypatch, logging, stop_at=6)
     second = train(tmp_path, monkeypatch, logging, resume=True)
     runs = sorted((tmp_path / "r" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2  # one folder per attempt (`wandb sync` appends both to run "r")
+    said = capsys.readouterr()
+    # one folder per attempt (`wandb sync` appends both to run "r"); on failure: what there is, and why
+    assert len(runs) == 2, (runs, sorted(p.name for p in (tmp_path / "r").rglob("*"))[:40], said.err[-3000:])
     rows = []
     for folder in runs:
         assert [p.name for p in folder.glob("*.wandb")] == ["run-r.wandb"]  # both attempts: run id "r"
