@@ -45,6 +45,19 @@ def _stopped_markers(run_dir: Path, since: float) -> list[dict]:
     return out
 
 
+def ranks_done(run_dir: Path, since: float, ranks: range) -> bool:
+    """Whether every one of these ranks wrote its "done" marker during this attempt: the training
+    finished, and a stop signal that reached the agent while the ranks were exiting changes nothing."""
+    for rank in ranks:
+        path = run_dir / "exit" / f"rank{rank}.json"
+        try:
+            if path.stat().st_mtime < since or json.loads(path.read_text()).get("status") != "done":
+                return False
+        except (OSError, ValueError):
+            return False
+    return True
+
+
 def _kill_children() -> None:
     """SIGKILL our direct children (the ranks): used on a second Ctrl-C."""
     for task in Path(f"/proc/{os.getpid()}/task").iterdir():
@@ -237,6 +250,7 @@ def _run_ranks(plan: Plan, node: NodeFacts, address: Optional[NodeAddress] = Non
     register_rendezvous()
     config = _launch_config(plan, node, os.environ, rank_logs, address)  # type: ignore[arg-type]
     started = time.time()
+    mine = range(node.node_rank * plan.nproc_per_node, (node.node_rank + 1) * plan.nproc_per_node)
     try:
         elastic_launch(config, sys.executable)("-m", "hpcgpu.worker", *entry_words(plan.spec["entry"]))
         return exitcodes.OK
@@ -258,6 +272,8 @@ def _run_ranks(plan: Plan, node: NodeFacts, address: Optional[NodeAddress] = Non
         return exitcodes.FAILED
     except SignalException as e:
         rank_logs.close()
+        if ranks_done(run_dir, started, mine):
+            return exitcodes.OK  # the signal came after the training had finished
         # The ranks got the signal and stop_grace_s to save; those that saved left a marker.
         if _stopped_markers(run_dir, started):
             return exitcodes.STOPPED_RESUMABLE
@@ -269,7 +285,7 @@ def _run_ranks(plan: Plan, node: NodeFacts, address: Optional[NodeAddress] = Non
         return 128 + int(e.sigval)
     except KeyboardInterrupt:
         _kill_children()
-        return 130
+        return exitcodes.OK if ranks_done(run_dir, started, mine) else 130
     finally:
         rank_logs.close()
         if watchdog:

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from hpcgpu.agent.node import _stopped_markers, rank_environment
+from hpcgpu.agent.node import _stopped_markers, rank_environment, ranks_done
 from hpcgpu.contract.errors import UserError
 from hpcgpu.contract.plan import REDACTED
 from tests.helpers.plans import plan_for
@@ -67,6 +67,20 @@ def test_only_stop_markers_of_this_attempt_count(tmp_path):
     (tmp_path / "exit" / "notes.json").write_text(json.dumps({"status": "stopped"}))
     found = sorted(m["rank"] for m in _stopped_markers(tmp_path, since))
     assert found == [0, 3]
+
+
+def test_a_signal_after_every_rank_of_this_node_finished_is_not_an_interruption(tmp_path):
+    """A Ctrl-C that reaches the agent while its ranks exit after finishing: the run is done."""
+    (tmp_path / "exit").mkdir()
+    since = 1_700_000_000.0
+    for rank in (2, 3):  # node 1 of 2 x 2 ranks
+        marker(tmp_path, rank, "done", since + 5)
+    marker(tmp_path, 0, "stopped", since + 5)  # another node's rank: not this node's business
+    assert ranks_done(tmp_path, since, range(2, 4))
+    assert not ranks_done(tmp_path, since, range(0, 2))  # rank 0 stopped, rank 1 never wrote
+    assert not ranks_done(tmp_path, since + 10, range(2, 4))  # an earlier attempt's markers
+    (tmp_path / "exit" / "rank3.json").write_text("{broken")
+    assert not ranks_done(tmp_path, since, range(2, 4))
 
 
 def test_no_markers_or_no_exit_dir_is_none(tmp_path):
