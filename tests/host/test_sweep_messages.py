@@ -88,3 +88,23 @@ def test_a_task_output_that_is_not_utf8_still_gives_its_error(tmp_path):
     out = tmp_path / "t0.out"
     out.write_bytes(b"\xff\xfe garbage\nerror: it broke\n")
     assert last_error(out) == "it broke"
+
+
+def test_a_top_level_key_labels_by_itself():
+    assert SweepTask(0, {"secret_env": ["A"]}).label() == "secret_env=[A]"
+
+
+def test_a_task_without_error_lines_quotes_its_last_line_and_an_empty_one_a_question_mark(tmp_path):
+    out = tmp_path / "t0.out"
+    out.write_text("starting\nstill going\nKilled\n")
+    assert last_error(out) == "Killed"
+    out.write_text("")
+    assert last_error(out) == "?"
+
+
+def test_a_sweep_of_one_task_is_an_array_of_one():
+    from hpcgpu.backends.slurm.array import array_script
+    from tests.backends.slurm.test_sbatch_golden import sbatch_lines
+
+    plans, labels = task_plans({"train.lr": [0.1]})
+    assert sbatch_lines(array_script(plans, labels, [0], 0, "/s/submitit"))["array"] == "0"
