@@ -23,10 +23,11 @@ def records(path: Path) -> list[bytes]:
             pos += left_in_block
             continue
         _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0 and length == 0:  # zeros: the rest of this block is padding (or the preallocated end)
+            pos += left_in_block
+            continue
         chunk = data[pos + 7:pos + 7 + length]
         pos += 7 + length
-        if kind == 0 and length == 0:  # preallocated zeros at the end
-            break
         if kind == FULL:
             out.append(chunk)
         elif kind == FIRST:

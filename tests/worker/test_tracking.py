@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 
 import pytest
 import torch
@@ -118,11 +119,17 @@ def test_wandb_offline_writes_one_run_id_per_attempt_folder_and_sends_nothing(tm
     said = capsys.readouterr()
     # one folder per attempt (`wandb sync` appends both to run "r"); on failure: what there is, and why
     assert len(runs) == 2, (runs, sorted(p.name for p in (tmp_path / "r").rglob("*"))[:40], said.err[-3000:])
-    rows = []
     for folder in runs:
         assert [p.name for p in folder.glob("*.wandb")] == ["run-r.wandb"]  # both attempts: run id "r"
-        rows += [row for row in wandb_log.history(folder / "run-r.wandb") if "train/loss" in row]
-    assert [int(row["_step"]) for row in rows] == list(range(1, 17))  # the second continues at step 7
+
+    def steps() -> list[dict]:
+        return [row for folder in runs for row in wandb_log.history(folder / "run-r.wandb") if "train/loss" in row]
+
+    # W&B's service process writes the log; give it a bounded moment to have written all of it
+    deadline = time.monotonic() + 30
+    while len(rows := steps()) < 16 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [int(row["_step"]) for row in rows] == list(range(1, 17)), said.err[-3000:]  # the second continues at 7
     assert float(rows[-1]["train/loss"]) == pytest.approx(second.outcome.final_loss)
 
 
