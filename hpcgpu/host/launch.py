@@ -406,24 +406,35 @@ def resume(ref: str, backend_name: str, announce: Callable[[Plan], None] = lambd
     record, plan = resume_plan(ref, backend_name, allow_restart)
     backend = get_backend(backend_name)
     backend.preflight(plan, resuming=record)
-    run_dir = Path(record.run_dir)
-    before = read_json(run_dir / "run.json") or {}
-    # The previous attempt's result would read as this one's outcome: keep it under its own name.
-    result = run_dir / RESULT_FILE
-    kept = run_dir / (f"result-job{record.job_id}.json" if record.job_id else f"result-{int(before.get('restarts') or 0)}.json")
-    if result.exists():
-        result.replace(kept)
+    undo = begin_resumed_attempt(record)
     write_plan(plan)
-    update_record(run_dir, pid=os.getpid(), pid_start=start_time(os.getpid()), restarts=int(before.get("restarts") or 0) + 1)
     announce(plan)
     try:
         handle = backend.launch(plan, {})
     except UserError:  # refused before anything started: the run is as it was
+        undo()
+        raise
+    return Launched(plan, handle, backend)
+
+
+def begin_resumed_attempt(record: RunRecord) -> Callable[[], None]:
+    """Before a run's resumed attempt: its previous result.json kept under its own name (it would read
+    as the new attempt's outcome), the resume counted in run.json with this launcher. Returns what
+    puts the run back as it was, for a launch that is refused before anything started."""
+    run_dir = Path(record.run_dir)
+    before = read_json(run_dir / "run.json") or {}
+    restarts = int(before.get("restarts") or 0)
+    result = run_dir / RESULT_FILE
+    kept = run_dir / (f"result-job{record.job_id}.json" if record.job_id else f"result-{restarts}.json")
+    if result.exists():
+        result.replace(kept)
+    update_record(run_dir, pid=os.getpid(), pid_start=start_time(os.getpid()), restarts=restarts + 1)
+
+    def undo() -> None:
         if not result.exists() and kept.exists():
             kept.replace(result)
         write_json_atomic(run_dir / "run.json", before)
-        raise
-    return Launched(plan, handle, backend)
+    return undo
 
 
 def _return_to_launch_dir(run_dir: str) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Sequence
 
 from hpcgpu.contract.errors import UserError
 from hpcgpu.host.spec import Spec, apply_overrides, parse_set_options
@@ -147,8 +147,3 @@ def ranked(rows: Sequence[dict], metric: str, goal: str) -> list[dict]:
             return (1, 0.0, row["index"])
         return (0, value if goal == "min" else -value, row["index"])
     return sorted(rows, key=key)
-
-
-def parallel_slots(parallel: Optional[int], tasks: int) -> int:
-    """How many tasks run at once: `parallel` (0 or None: all), never more than there are tasks."""
-    return min(tasks, parallel) if parallel else tasks

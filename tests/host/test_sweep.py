@@ -7,8 +7,7 @@ import pytest
 
 from hpcgpu.contract.errors import UserError
 from hpcgpu.host.spec import parse_spec
-from hpcgpu.host.sweep import (MAX_TASKS, SweepTask, expand, merge_grid, parallel_slots, parse_sweep_options, ranked,
-                               task_specs)
+from hpcgpu.host.sweep import MAX_TASKS, SweepTask, expand, merge_grid, parse_sweep_options, ranked, task_specs
 from hpcgpu.host.sweep_launch import sweep_request
 
 
@@ -140,10 +139,3 @@ def test_results_rank_best_first_missing_and_nan_last_ties_by_index():
             {"index": 4, "metrics": {"final_loss": 1.0}}]
     assert [r["index"] for r in ranked(rows, "final_loss", "min")] == [2, 4, 0, 1, 3]
     assert [r["index"] for r in ranked(rows, "final_loss", "max")] == [0, 2, 4, 1, 3]
-
-
-def test_parallel_slots_are_capped_by_the_tasks():
-    assert parallel_slots(2, 4) == 2
-    assert parallel_slots(8, 4) == 4
-    assert parallel_slots(0, 4) == 4
-    assert parallel_slots(None, 3) == 3

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from hpcgpu.backends.local.sweep_queue import gpu_ids, last_error, slot_count
 from hpcgpu.backends.slurm.array import common_parameters
 from hpcgpu.contract.errors import UserError
 from hpcgpu.host.plan import with_parts
@@ -75,31 +74,8 @@ def test_a_key_one_task_sets_and_another_leaves_unset_differs_too():
                       "or submit one sweep per request")
 
 
-def test_slots_are_whole_numbers_of_cores_per_task():
-    assert slot_count(0, 8, 0, 5, 2) == 2  # 5 cores, 2 ranks a task: 2 tasks, not 2.5
-    assert slot_count(0, 16, 0, 8, 1) == 8
-
-
-def test_gpu_ids_drop_empty_and_minus_one_entries():
-    assert gpu_ids({"CUDA_VISIBLE_DEVICES": "0,-1,,2"}, 4) == ["0", "2"]
-
-
-def test_a_task_output_that_is_not_utf8_still_gives_its_error(tmp_path):
-    out = tmp_path / "t0.out"
-    out.write_bytes(b"\xff\xfe garbage\nerror: it broke\n")
-    assert last_error(out) == "it broke"
-
-
 def test_a_top_level_key_labels_by_itself():
     assert SweepTask(0, {"secret_env": ["A"]}).label() == "secret_env=[A]"
-
-
-def test_a_task_without_error_lines_quotes_its_last_line_and_an_empty_one_a_question_mark(tmp_path):
-    out = tmp_path / "t0.out"
-    out.write_text("starting\nstill going\nKilled\n")
-    assert last_error(out) == "Killed"
-    out.write_text("")
-    assert last_error(out) == "?"
 
 
 def test_a_sweep_of_one_task_is_an_array_of_one():

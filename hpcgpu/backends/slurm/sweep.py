@@ -8,7 +8,6 @@ indices. Torch-free.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -113,7 +112,7 @@ def unfinished(record: SweepRecord) -> list[dict]:
 def resume(record: SweepRecord, dry_run: bool = False) -> Optional[str]:
     """Submit a new array of the unfinished tasks, each resuming its own run; its job id (None when
     every task finished). dry_run: print it instead."""
-    from hpcgpu.host.launch import resume_plan, write_plan
+    from hpcgpu.host.launch import begin_resumed_attempt, resume_plan, write_plan
 
     tasks = unfinished(record)
     if not tasks:
@@ -133,10 +132,16 @@ def resume(record: SweepRecord, dry_run: bool = False) -> Optional[str]:
         return None
     SlurmBackend().preflight(plans[0])
     spec_env = _base_env(record)
+    undo = []
     for plan in plans:
-        _keep_previous_result(Path(plan.run_dir))
+        undo.append(begin_resumed_attempt(find_run(plan.run_dir)))
         write_plan(plan)
-    job_id = submit_array(plans, indices, script, submitit_folder(record.sweep_dir), withheld(*spec_env))
+    try:
+        job_id = submit_array(plans, indices, script, submitit_folder(record.sweep_dir), withheld(*spec_env))
+    except UserError:  # sbatch refused: every task as it was
+        for put_back in undo:
+            put_back()
+        raise
     _record_job(record, plans, indices, job_id)
     return job_id
 
@@ -146,13 +151,3 @@ def _base_env(record: SweepRecord):
 
     base, _ = load_spec(Path(record.sweep_dir) / "spec.yaml")
     return base.env, base.secret_env
-
-
-def _keep_previous_result(run_dir: Path) -> None:
-    """The previous attempt's result.json would read as the new attempt's outcome: keep it aside."""
-    from hpcgpu.contract.runfiles import RESULT_FILE, read_json
-
-    result = run_dir / RESULT_FILE
-    if result.exists():
-        job = (read_json(run_dir / "run.json") or {}).get("job_id") or "earlier"
-        shutil.move(str(result), str(run_dir / f"result-job{job}.json"))

@@ -11,6 +11,7 @@ from hpcgpu.backends.local.sweep_queue import gpu_ids, gpu_slots, last_error, sl
 def test_gpu_ids_follow_cuda_visible_devices_else_count_from_zero():
     assert gpu_ids({"CUDA_VISIBLE_DEVICES": "3,5,GPU-abc"}, 3) == ["3", "5", "GPU-abc"]
     assert gpu_ids({}, 4) == ["0", "1", "2", "3"]
+    assert gpu_ids({"CUDA_VISIBLE_DEVICES": "0,-1,,2"}, 4) == ["0", "2"]  # empty and -1 entries dropped
 
 
 def test_gpu_sets_are_disjoint_and_leftovers_stay_idle():
@@ -28,6 +29,8 @@ def test_gpu_sets_are_disjoint_and_leftovers_stay_idle():
     (0, 8, 0, 2, 4, 1),     # CPU: at least one
     (3, 8, 0, 2, 1, 3),     # CPU: --parallel as given (oversubscribing is the user's call)
     (0, 8, 0, None, 1, 1),  # CPUs unknown
+    (0, 8, 0, 5, 2, 2),     # whole tasks: 5 cores, 2 ranks a task -> 2, not 2.5
+    (0, 16, 0, 8, 1, 8),    # one rank a task: a task per core
 ])
 def test_slots(parallel, tasks, gpu_sets, cpus, ranks, expected):
     assert slot_count(parallel, tasks, gpu_sets, cpus, ranks) == expected
@@ -50,6 +53,10 @@ def test_a_refused_task_quotes_its_error_line(tmp_path):
     out = tmp_path / "t0.out"
     out.write_text("hpcgpu: something\nerror: entry.script 'x.py' not found\n  hint: give the path\n")
     assert last_error(out) == "entry.script 'x.py' not found"
-    out.write_text("Traceback...\nValueError: boom\n")
-    assert last_error(out) == "ValueError: boom"
+    out.write_text("starting\nstill going\nKilled\n")  # no error line: the last line
+    assert last_error(out) == "Killed"
+    out.write_bytes(b"\xff\xfe garbage\nerror: it broke\n")  # not UTF-8: still read
+    assert last_error(out) == "it broke"
+    out.write_text("")
+    assert last_error(out) == "?"
     assert last_error(tmp_path / "missing") == "?"
