@@ -138,6 +138,7 @@ def run_node(plan: Plan, environ: Optional[Mapping[str, str]] = None,
     # a bar only where someone sees it: on a terminal that shows rank 0
     added[envnames.CONSOLE_TTY] = "1" if sys.stdout.isatty() and console != "none" else "0"
     added[envnames.RANK_OUTPUT] = "agent"
+    added.update(torch_defaults_kept({**environ, **added}))
     address = None
     if node.nnodes > 1:
         address, net = network_environment(node, {**os.environ, **added})
@@ -150,6 +151,20 @@ def run_node(plan: Plan, environ: Optional[Mapping[str, str]] = None,
     if node.is_head:
         write_result(Path(plan.run_dir), code)  # status after the scheduler forgot the job
     return code
+
+
+#: torch's own default for TORCH_NCCL_ASYNC_ERROR_HANDLING since 2.2: tear a failed rank down without
+#: the communicator abort, which can itself hang (https://github.com/pytorch/pytorch/issues/110723)
+TORCH_ASYNC_ERROR_HANDLING_DEFAULT = "3"
+
+
+def torch_defaults_kept(environ: Mapping[str, str]) -> dict[str, str]:
+    """What the ranks need so torch's own defaults hold under torch elastic: its LocalElasticAgent gives
+    every rank TORCH_NCCL_ASYNC_ERROR_HANDLING=1 unless the variable is set, overriding torch's 3 (see
+    above). A value the user set (environment or spec) stays."""
+    if "TORCH_NCCL_ASYNC_ERROR_HANDLING" in environ:
+        return {}
+    return {"TORCH_NCCL_ASYNC_ERROR_HANDLING": TORCH_ASYNC_ERROR_HANDLING_DEFAULT}
 
 
 def network_environment(node: NodeFacts, environ: Mapping[str, str]) -> tuple[NodeAddress, dict[str, str]]:

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from hpcgpu.agent.node import _stopped_markers, rank_environment, ranks_done
+from hpcgpu.agent.node import _stopped_markers, rank_environment, ranks_done, torch_defaults_kept
 from hpcgpu.contract.errors import UserError
 from hpcgpu.contract.plan import REDACTED
 from tests.helpers.plans import plan_for
@@ -140,3 +140,13 @@ def test_node_0_away_from_the_endpoint_is_refused_before_it_waits_alone():
     assert "--node-rank 0" in info.value.hint
     _, added = network_environment(two_node_facts(endpoint, node_rank=1), {})  # another node: fine
     assert added["GLOO_SOCKET_IFNAME"] != "lo"
+
+
+def test_ranks_get_torchs_own_async_error_handling_not_torch_elastics_1():
+    # torch elastic's LocalElasticAgent would hand every rank TORCH_NCCL_ASYNC_ERROR_HANDLING=1
+    assert torch_defaults_kept({}) == {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "3"}
+
+
+def test_an_async_error_handling_the_user_set_stays_whatever_its_value():
+    assert torch_defaults_kept({"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}) == {}
+    assert torch_defaults_kept({"TORCH_NCCL_ASYNC_ERROR_HANDLING": ""}) == {}

@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 PROBE = """
 import json, os, sys
 keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "ROLE_WORLD_SIZE",
-        "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS")
+        "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS",
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING")
 seen = {"argv": sys.argv, "env": {k: os.environ.get(k) for k in keys}, "name": __name__,
         "script_dir_first": sys.path[0] == os.path.dirname(os.path.abspath(sys.argv[0])) if sys.argv[0].endswith(".py") else None}
 out = os.environ["PROBE_OUT"]
@@ -75,6 +76,8 @@ def test_the_ranks_see_what_torchrun_gives_them(probe_dir, form):
                 "TORCHELASTIC_RESTART_COUNT")
         assert {k: h["env"][k] for k in same} == {k: t["env"][k] for k in same}, rank
         assert h["env"]["MASTER_ADDR"] and h["env"]["MASTER_PORT"]  # a rendezvous address, each its own
+        # the one deliberate difference: torch elastic hands ranks 1, hpcgpu keeps torch's own default, 3
+        assert (t["env"]["TORCH_NCCL_ASYNC_ERROR_HANDLING"], h["env"]["TORCH_NCCL_ASYNC_ERROR_HANDLING"]) == ("1", "3")
 
 
 def test_a_failing_rank_fails_the_launch_like_torchrun(probe_dir):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.jobs import wait_for_text
+from tests.helpers.session_once import session_once
 from tests.helpers.sweeps import GRID_ARGS, final_loss, hpcgpu, plain_losses, write_spec
 
 pytestmark = pytest.mark.slow
@@ -22,7 +23,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory) -> list[float]:
-    return plain_losses(tmp_path_factory.mktemp("plain"))
+    # the same 4 runs as the other sweep module's: trained once per session
+    return session_once(tmp_path_factory, "sweep-plain-losses", lambda: plain_losses(tmp_path_factory.mktemp("plain")))
 
 
 def most_at_once(output: str) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.jobs import node_logs, wait_for_text
+from tests.helpers.session_once import session_once
 from tests.helpers.sweeps import GRID_ARGS, final_loss, hpcgpu, plain_losses, write_spec
 
 pytestmark = pytest.mark.slurm
@@ -21,7 +22,8 @@ pytestmark = pytest.mark.slurm
 
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory) -> list[float]:
-    return plain_losses(tmp_path_factory.mktemp("plain"))
+    # the same 4 runs as the other sweep module's: trained once per session
+    return session_once(tmp_path_factory, "sweep-plain-losses", lambda: plain_losses(tmp_path_factory.mktemp("plain")))
 
 
 def test_a_2x2_sweep_is_one_array_and_usr2_requeues_only_its_task(slurm, cancel_jobs, plain, tmp_path):
