@@ -49,7 +49,7 @@ def run(b: Bench, result: TierResult) -> None:
             "script = its first line; process group = init_process_group returned on both ranks).")
     result.figures.append(compare(
         "time to first step", Stat("hpcgpu run local", "s", samples["hpcgpu"]),
-        Stat("torchrun --standalone", "s", samples["torchrun"]), "hpcgpu / torchrun", "<= 1.05", note=note))
+        Stat("torchrun --standalone", "s", samples["torchrun"]), "hpcgpu / torchrun", "<= 1.02", note=note))
     result.figures.append(compare(
         "launch to exit (whole job)", Stat("hpcgpu run local", "s", wall["hpcgpu"]),
         Stat("torchrun --standalone", "s", wall["torchrun"]), "hpcgpu / torchrun"))
