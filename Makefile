@@ -20,8 +20,9 @@ $(VENV)/.installed: pyproject.toml
 	@# asks for the CPU build explicitly, .../whl/cu128 for a CUDA one (docs/install.md). Without a
 	@# driver, CUDA wheels are refused below.
 	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	@# the tracker extras: their tests run for real (about 15 s and 200 MB more)
-	$(PY) -m pip install --quiet -e ".[test,mlflow,wandb]"
+	@# the tracker extras: their tests run for real (about 15 s and 200 MB more); bench: matplotlib
+	@# for make bench's scaling plot (about 8 s and 80 MB more)
+	$(PY) -m pip install --quiet -e ".[test,mlflow,wandb,bench]"
 	@if ! command -v nvidia-smi >/dev/null 2>&1 && $(PY) -m pip list 2>/dev/null | grep -Eq '^nvidia-(cu|nccl|cudnn)'; then \
 	  echo "error: CUDA wheels were installed on a machine without a GPU; remove $(VENV) and check pip's index" >&2; exit 1; fi
 	touch $@

@@ -1,6 +1,6 @@
 """`python -m benchmarks`: run the tiers, write `results/<timestamp>.json` and `RESULTS.md`.
 
-    python -m benchmarks                    # tiers 1-9 (9 skips itself without CUDA), 5 repetitions
+    python -m benchmarks                    # tiers 1-11 (9 skips itself without CUDA), 5 repetitions
     python -m benchmarks --smoke --out DIR  # tiny sizes, 1 repetition: checks the suite works
     python -m benchmarks --tiers 2,3 --reps 3
 """
@@ -18,11 +18,13 @@ import traceback
 from pathlib import Path
 
 from benchmarks.harness import Bench, Skip, TierResult
+from benchmarks.plot import PNG, write_plot
 from benchmarks.report import command_line, machine_info, render_markdown, write_json
 
 HERE = Path(__file__).resolve().parent
 TIERS = {1: "tier1_cli", 2: "tier2_launch", 3: "tier3_trainer", 4: "tier4_scaling", 5: "tier5_allreduce",
-         6: "tier6_checkpoint", 7: "tier7_failure", 8: "tier8_slurm", 9: "tier9_gpu"}
+         6: "tier6_checkpoint", 7: "tier7_failure", 8: "tier8_slurm", 9: "tier9_gpu",
+         10: "tier10_resume", 11: "tier11_nodes"}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -93,8 +95,10 @@ def main(argv: list[str]) -> int:
            "machine": machine_info(), "tiers": [r.to_json() for r in results]}
     json_path = write_json(doc, args.out / "results")
     md_path = args.out / "RESULTS.md"
-    md_path.write_text(render_markdown(doc, json_path))
-    print(f"bench: wrote {json_path} and {md_path} ({doc['elapsed_s']:.0f} s)", file=sys.stderr)
+    plot = write_plot(doc, args.out / PNG)  # None when tiers 1, 10, 11 did not run, or without matplotlib
+    md_path.write_text(render_markdown(doc, json_path, plot))
+    print(f"bench: wrote {json_path}{', ' + str(plot) if plot else ''} and {md_path} ({doc['elapsed_s']:.0f} s)",
+          file=sys.stderr)
     if args.keep:
         print(f"bench: scratch kept in {scratch}", file=sys.stderr)
     else:

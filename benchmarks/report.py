@@ -101,8 +101,9 @@ def _verdict(f: dict) -> str:
     return f"**met** ({f['margin']})" if f["met"] else f"**missed** ({f['margin']})"
 
 
-def render_markdown(doc: dict, json_path: Path) -> str:
-    """The summary: machine, the command to rerun, then one row per figure with target and pass/miss."""
+def render_markdown(doc: dict, json_path: Path, plot: Optional[Path] = None) -> str:
+    """The summary: machine, the command to rerun, then one row per figure with target and pass/miss;
+    `plot` (a PNG in the same folder as RESULTS.md) is linked under the figures."""
     m = doc["machine"]
     how = ("SMOKE run (tiny sizes, 1 repetition: not figures to quote)" if doc["smoke"]
            else f"median of {doc['reps']} repetitions per figure unless its tier says otherwise")
@@ -137,6 +138,8 @@ def render_markdown(doc: dict, json_path: Path) -> str:
             ratio = f"{_num(f['ratio'])} ({f['ratio_label']})" if f["ratio"] is not None else "—"
             lines.append(f"| {t['tier']} | {f['name']} | {_side(f['measured'])} | {_side(f['reference'])} | "
                          f"{ratio} | {f['target'] or '—'} | {_verdict(f)} |")
+    if plot is not None:
+        lines += ["", f"Scaling (tiers 10, 11 and 1's `hpcgpu status`): ![scaling plot]({plot.name})"]
     lines += ["", "## Notes per tier", ""]
     for t in doc["tiers"]:
         lines.append(f"**Tier {t['tier']}: {t['title']}** ({t['status']}, {t['seconds']:.0f} s). {t['note']}".rstrip())

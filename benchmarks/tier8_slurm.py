@@ -8,7 +8,6 @@ the batch script hpcgpu (submitit) wrote in the run directory of an unrecorded f
 from __future__ import annotations
 
 import re
-import shutil
 import statistics
 import subprocess
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.harness import Bench, Skip, Stat, TierResult, compare, hpcgpu_cmd, interleave, run as run_cmd, wait_for
+from benchmarks.slurmjobs import check_available, finish, job_id_of, job_state, wait_idle
 
 TITLE = "Slurm: submit -> RUNNING, `hpcgpu submit slurm` vs plain sbatch"
 POLL_S = 0.05
@@ -26,51 +26,8 @@ _PER_SCRIPT = re.compile(r"#SBATCH\s+--(output|error|job-name|open-mode|chdir)\b
 FALLBACK_SBATCH = ["#SBATCH --nodes=1", "#SBATCH --ntasks-per-node=1"]
 
 
-def _sh(argv: list[str], timeout: float = 20) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-
-
-def check_available(b: Bench) -> None:
-    """Skip, saying why, when `hpcgpu submit` does not exist yet or the cluster is not reachable."""
-    p = run_cmd([*hpcgpu_cmd(), "submit", "slurm", "--help"], b.env(), b.scratch, timeout=60, check=False)
-    if p.returncode != 0:
-        raise Skip("`hpcgpu submit slurm --help` failed (the command is not there yet?): "
-                   + (p.stderr.strip().splitlines() or ["no output"])[-1][:200])
-    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
-        raise Skip("Slurm client commands (sbatch, sinfo) are not installed: run `make slurm-up`")
-    try:
-        s = _sh(["sinfo", "-h", "-o", "%t"])
-    except subprocess.TimeoutExpired:
-        raise Skip("sinfo timed out: the local Slurm cluster is not reachable (make slurm-up)") from None
-    if s.returncode != 0 or not s.stdout.strip():
-        raise Skip(f"sinfo failed: the local Slurm cluster is not up (make slurm-up): {s.stderr.strip()[:200]}")
-
-
-def _state(job_id: str) -> str:
-    p = _sh(["squeue", "-h", "-j", job_id, "-o", "%T"])
-    return p.stdout.strip() if p.returncode == 0 else ""
-
-
-def _job_id_by_name(name: str) -> str:
-    p = _sh(["squeue", "-h", "-o", "%i %j"])
-    ids = [line.split()[0] for line in p.stdout.splitlines() if len(line.split()) == 2 and line.split()[1].startswith(name)]
-    return ids[0] if ids else ""
-
-
-def _wait_idle(timeout: float = 300) -> None:
-    """Wait until no job holds a node, so every repetition starts from the same empty cluster."""
-    wait_for(lambda: set(_sh(["sinfo", "-h", "-o", "%t"]).stdout.split()) <= {"idle"}, timeout,
-             "the Slurm nodes to be idle (other jobs running?)", interval=0.2)
-
-
-def _finish(job_id: str) -> None:
-    _sh(["scancel", job_id])
-    wait_for(lambda: _state(job_id) in ("", "COMPLETED", "CANCELLED", "FAILED"), 120, f"job {job_id} to end",
-             interval=0.1)
-
-
 def _until_running(t0: float, job_id: str) -> float:
-    wait_for(lambda: _state(job_id) == "RUNNING", 120, f"job {job_id} to be RUNNING", interval=POLL_S)
+    wait_for(lambda: job_state(job_id) == "RUNNING", 120, f"job {job_id} to be RUNNING", interval=POLL_S)
     return time.perf_counter() - t0
 
 
@@ -80,18 +37,17 @@ def _hpcgpu_submit(b: Bench, cwd: Path, sbatch_lines: list, returned: dict) -> f
     spec = {"name": name, "entry": {"script": "sleep.py"},
             "resources": {"nodes": 1, "gpus_per_node": 0, "procs_per_node": 1}, "logging": {"tensorboard": False}}
     (cwd / "job.yaml").write_text(yaml.safe_dump(spec))
-    _wait_idle()
+    wait_idle()
     t0 = time.perf_counter()
     p = run_cmd([*hpcgpu_cmd(), "submit", "slurm", "-f", "job.yaml"], b.env(), cwd, timeout=120)
     returned["hpcgpu"].append(time.perf_counter() - t0)
-    found = re.search(r"\bjob(?: id)?[ :=]+(\d+)", p.stdout, re.IGNORECASE)
-    job_id = found.group(1) if found else _job_id_by_name(name)
+    job_id = job_id_of(p.stdout, name)
     if not job_id:
         raise RuntimeError(f"no job id in the output of hpcgpu submit slurm:\n{p.stdout[-1500:]}")
     try:
         seconds = _until_running(t0, job_id)
     finally:
-        _finish(job_id)
+        finish(job_id)
     if not sbatch_lines:
         sbatch_lines.extend(_sbatch_lines_of(cwd))
     return seconds
@@ -112,7 +68,7 @@ def _plain_sbatch(cwd: Path, sbatch_lines: list[str], returned: dict) -> float:
     script = cwd / "plain.sh"
     script.write_text("\n".join(["#!/bin/bash", f"#SBATCH --job-name={name}", f"#SBATCH --output={cwd}/plain-%j.out",
                                  *(sbatch_lines or FALLBACK_SBATCH), "srun sleep 600", ""]))
-    _wait_idle()
+    wait_idle()
     t0 = time.perf_counter()
     p = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, timeout=60, cwd=cwd)
     returned["sbatch"].append(time.perf_counter() - t0)
@@ -122,13 +78,13 @@ def _plain_sbatch(cwd: Path, sbatch_lines: list[str], returned: dict) -> float:
     try:
         return _until_running(t0, job_id)
     finally:
-        _finish(job_id)
+        finish(job_id)
 
 
 def run(b: Bench, result: TierResult) -> None:
     check_available(b)
     try:
-        _wait_idle(30 if b.smoke else 300)
+        wait_idle(30 if b.smoke else 300)
     except RuntimeError as e:
         raise Skip(f"the cluster is busy with other jobs: {e}") from None
     cwd = b.workdir("tier8")

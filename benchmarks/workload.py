@@ -84,3 +84,30 @@ def make_gpt_task(timing_dir: Optional[str] = None, sync_at: tuple = (), steps: 
     task = gpt_task(**gpt_args)
     task.loss = TimedLoss(task.loss, timing_dir, steps, tuple(sync_at))
     return task
+
+
+class FirstStepStamp:
+    """Wraps a loss; at its second call (the first optimizer step has ended) writes the wall-clock
+    times of the first two calls and the host to `<dir>/rank<R>.json`. Wall clock, not perf_counter:
+    tier 11 compares it with the time the submission started, in another process (same machine)."""
+
+    def __init__(self, loss: Callable, timing_dir: str):
+        self.loss, self.calls = loss, []
+        self.path = Path(timing_dir) / f"rank{os.environ.get('RANK', '0')}.json"
+
+    def __call__(self, out, target):
+        self.calls.append(time.time())
+        if len(self.calls) == 2:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"first_loss": self.calls[0], "first_step": self.calls[1],
+                                             "host": os.uname().nodename}))
+        return self.loss(out, target)
+
+
+def make_demo_task(timing_dir: str, **demo_args) -> Task:
+    """The bundled demo (`hpcgpu.examples.mlp`) with its loss stamped (tier 11: time to the first step)."""
+    from hpcgpu.examples.mlp import make_task as demo_task
+
+    task = demo_task(**demo_args)
+    task.loss = FirstStepStamp(task.loss, timing_dir)
+    return task

@@ -9,6 +9,9 @@ PY ?= .venv/bin/python
 .PHONY: slurm-up slurm-down slurm-status test-slurm
 
 ## slurm-up: start (or check) the local cluster: munged, slurmctld, slurmd node1, node2, node3
+##   make slurm-up HPCGPU_SLURM_NODES=8: node1-node8, the extra ones in partition scale only (benchmark
+##   tier 11); changing the count restarts the cluster and cancels its jobs. Plain `make slurm-up`
+##   goes back to three.
 slurm-up:
 	$(SLURM_CLUSTER) up
 

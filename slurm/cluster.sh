@@ -4,6 +4,13 @@
 # three, so a two-node job there has a spare node (the hang watchdog's requeue without a hung node). Usage: slurm/cluster.sh up|down|status|exec NODE CMD... Needs root (daemons, network namespaces,
 # /etc/slurm, /etc/hosts).
 #
+# More nodes for scaling measurements (benchmark tier 11): HPCGPU_SLURM_NODES=8 runs node1-node8. The
+# nodes beyond node3 join only the extra partition scale (node[1-N]), so debug, wide and every test
+# that uses them see the same cluster as with three; with the default of three the slurm.conf is
+# exactly the three-node one (no scale partition). Changing the count is a reconfiguration: `up`
+# finds slurm.conf out of date, cancels every job and restarts all daemons (seconds), and removes
+# the namespaces, addresses and /etc/hosts lines of nodes the smaller layout no longer has.
+#
 # Each node is a host of its own as far as the network goes: slurmd node1 runs in the network
 # namespace hpcgpu-node1 (interface eth0, address NET.1, host name node1), node2 in hpcgpu-node2
 # (NET.2, node2), node3 likewise. Every eth0 is one end of a veth pair whose other ends sit in the bridge hpcgpu-br0 in the root
@@ -19,6 +26,7 @@
 #   HPCGPU_SLURM_MEM_MB RealMemory declared per node in MB (default 8000)
 #   HPCGPU_SLURM_WAIT_S how long `up` waits for every node to be idle (default 60)
 #   HPCGPU_SLURM_NET    the first three octets of the cluster's private /24 (default 10.231.1)
+#   HPCGPU_SLURM_NODES  how many nodes, 3-64 (default 3); node4 and up are in partition scale only
 #   HPCGPU_SLURM_FORCE  1: overwrite an /etc/slurm/slurm.conf that this script did not write
 #
 # Clients find the cluster through /etc/slurm/slurm.conf (the compiled-in default), so plain
@@ -35,7 +43,15 @@ CONF=/etc/slurm/slurm.conf
 HOSTS=/etc/hosts
 TEMPLATE="$HERE/slurm.conf.template"
 MARKER="# hpcgpu-dev-cluster"
+NODE_COUNT="${HPCGPU_SLURM_NODES:-3}"
+# debug and wide name node1-node3, so fewer than three is not a layout this script can make.
+MIN_NODES=3
+MAX_NODES=64
 NODES=(node1 node2 node3)
+if [[ "$NODE_COUNT" =~ ^[0-9]+$ ]] && ((NODE_COUNT >= MIN_NODES && NODE_COUNT <= MAX_NODES)); then
+  NODES=()
+  for ((i = 1; i <= NODE_COUNT; i++)); do NODES+=("node$i"); done
+fi  # else check_inputs refuses the value before anything starts
 CTLD_PORT=17000
 # The same port on both nodes, as on a real cluster: they listen on different hosts.
 NODE_PORT=17001
@@ -60,6 +76,8 @@ check_inputs() {
   local octet='(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])'
   [[ "$NET" =~ ^$octet\.$octet\.$octet$ ]] \
     || die "HPCGPU_SLURM_NET must be the first three octets of a private /24 (like 10.231.1), got: $NET"
+  [[ "$NODE_COUNT" =~ ^[0-9]+$ ]] && ((NODE_COUNT >= MIN_NODES && NODE_COUNT <= MAX_NODES)) \
+    || die "HPCGPU_SLURM_NODES must be an integer from $MIN_NODES to $MAX_NODES, got: $NODE_COUNT"
   [[ "$(id -u)" == 0 ]] || die "must run as root (starts daemons, writes $CONF and /etc/hosts)"
 }
 
@@ -162,6 +180,21 @@ render_conf() {
     die "unfilled placeholder in $TEMPLATE: $(grep -o '@[A-Z0-9_]*@' <<<"$out" | sort -u | tr '\n' ' ')"
   fi
   printf '%s\n' "$out"
+  scale_conf
+}
+
+scale_conf() {
+  # The lines for node4 and up, after the template's: nothing with three nodes, so that layout's
+  # slurm.conf stays byte for byte what every checkout renders (no restart when one of them runs `up`).
+  ((${#NODES[@]} > MIN_NODES)) || return 0
+  local node
+  printf '# HPCGPU_SLURM_NODES=%s: the nodes beyond node3 are only in partition scale, so debug and wide\n' "${#NODES[@]}"
+  printf '# stay as they are (cluster.sh scale_conf).\n'
+  for node in "${NODES[@]:MIN_NODES}"; do
+    printf 'NodeName=%s NodeHostname=%s NodeAddr=%s Port=%s CPUs=%s RealMemory=%s State=UNKNOWN\n' \
+      "$node" "$node" "$(node_addr "$node")" "$NODE_PORT" "$CPUS" "$MEM_MB"
+  done
+  printf 'PartitionName=scale Nodes=node[1-%s] MaxTime=INFINITE State=UP\n' "${#NODES[@]}"
 }
 
 conf_is_current() { [[ -f "$CONF" ]] && cmp -s "$CONF" <(render_conf); }
@@ -234,6 +267,44 @@ remove_hosts() {
 
 ns_exists() { [[ -e "/run/netns/$1" ]]; }
 
+stale_nodes() {
+  # Nodes of an earlier, larger layout (HPCGPU_SLURM_NODES was higher then) that left a namespace
+  # or a slurmd pid file behind: `up` and `down` remove them too.
+  local f node
+  for f in /run/netns/hpcgpu-node* "$DIR"/run/slurmd-node*.pid; do
+    [[ -e "$f" ]] || continue
+    node="${f##*/}"
+    node="${node#hpcgpu-}"
+    node="${node#slurmd-}"
+    node="${node%.pid}"
+    # an if, not &&: a false test as the loop's last command would fail the pipeline (pipefail)
+    if [[ "$node" =~ ^node[0-9]+$ && " ${NODES[*]} " != *" $node "* ]]; then printf '%s\n' "$node"; fi
+  done | sort -u
+}
+
+stale_slurmd() {
+  # A stale node's slurmd is alive (its namespace alone is removed by net_up, no restart needed).
+  local node
+  for node in $(stale_nodes); do slurmd_alive "$node" && return 0; done
+  return 1
+}
+
+net_prune() {
+  # Delete the namespaces and bridge ports of stale nodes (their slurmd is stopped by then).
+  local node ns pids=()
+  for node in $(stale_nodes); do
+    ns="$(node_ns "$node")"
+    mapfile -t -O "${#pids[@]}" pids < <(ns_pids "$ns")
+  done
+  ((${#pids[@]} == 0)) || stop_pids "${pids[@]}"
+  for node in $(stale_nodes); do
+    ns="$(node_ns "$node")"
+    if ns_exists "$ns"; then ip netns del "$ns" && log "deleted namespace $ns (not in a $NODE_COUNT-node layout)"; fi
+    ip link del dev "$(node_veth "$node")" 2>/dev/null || true
+    rm -f "$DIR/run/slurmd-$node.pid"
+  done
+}
+
 net_problem() {
   # What is missing from the network layout (empty when complete); cheap, for `up` and `status`.
   ip -br addr show dev "$BRIDGE" 2>/dev/null | grep -q " UP .*$CTLD_ADDR/24" \
@@ -252,6 +323,7 @@ net_problem() {
 
 net_up() {
   # Idempotent: creates what is missing, fixes addresses and link states of what exists.
+  net_prune || return 1
   if ! ip link show dev "$BRIDGE" >/dev/null 2>&1; then
     ip link add "$BRIDGE" type bridge || return 1
   fi
@@ -329,6 +401,7 @@ ns_pids() { ns_exists "$1" && ip netns pids "$1" 2>/dev/null; }
 net_down() {
   # Processes still in a namespace (a job's leftovers) keep it alive after `ip netns del`: end them.
   local node ns pids=()
+  net_prune
   for node in "${NODES[@]}"; do
     ns="$(node_ns "$node")"
     mapfile -t -O "${#pids[@]}" pids < <(ns_pids "$ns")
@@ -474,7 +547,8 @@ show_failure() {
 cmd_up() {
   local t0=$EPOCHREALTIME
   install_packages
-  if daemons_running && conf_is_current && [[ -z "$(net_problem)" ]] && hosts_are_current && nodes_ready; then
+  if daemons_running && conf_is_current && [[ -z "$(net_problem)" ]] && [[ -z "$(stale_nodes)" ]] \
+    && hosts_are_current && nodes_ready; then
     log "already up ($DIR)"
     node_states >&2
     return 0
@@ -485,6 +559,9 @@ cmd_up() {
     stop_all
   elif misplaced_slurmd; then
     log "a slurmd runs outside its node's namespace; restarting the cluster"
+    stop_all
+  elif stale_slurmd; then
+    log "slurmd of a larger layout still runs ($(stale_nodes | tr '\n' ' ')); restarting the cluster"
     stop_all
   fi
 
@@ -510,6 +587,7 @@ cancel_jobs() {
   log "cancelling jobs: $jobs"
   scancel -p debug 2>/dev/null || true
   scancel -p wide 2>/dev/null || true
+  scancel -p scale 2>/dev/null || true
   # KillWait (10 s) plus slack for the epilog and the step daemons to exit.
   wait_for "jobs to end" 20 no_jobs || log "jobs still listed after 20 s; stopping anyway"
 }
@@ -519,7 +597,7 @@ no_jobs() { [[ -z "$(squeue -h -t PD,R,CG,S,CF -o '%i' 2>/dev/null)" ]]; }
 stop_all() {
   local pid name pids=()
   cancel_jobs
-  for name in "${NODES[@]/#/slurmd-}" slurmctld; do
+  for name in "${NODES[@]/#/slurmd-}" $(stale_nodes | sed 's/^/slurmd-/') slurmctld; do
     [[ "$name" == slurmctld ]] && name=slurmctld:slurmctld || name="$name:slurmd"
     if pid="$(pid_from "$DIR/run/${name%%:*}.pid" "${name##*:}")"; then pids+=("$pid"); fi
   done
@@ -612,11 +690,11 @@ main() {
       ;;
     status) cmd_status ;;
     exec)
-      # exec NODE CMD...: run a command as on node1/node2/node3 (debugging: ip addr, hostname, a server).
+      # exec NODE CMD...: run a command as on nodeN (debugging: ip addr, hostname, a server).
       check_inputs
-      [[ " ${NODES[*]} " == *" ${2:-} "* ]] || die "usage: $0 exec node1|node2|node3 COMMAND [ARG...]"
+      [[ " ${NODES[*]} " == *" ${2:-} "* ]] || die "usage: $0 exec node1|...|node${#NODES[@]} COMMAND [ARG...]"
       ns_exists "$(node_ns "$2")" || die "namespace $(node_ns "$2") does not exist; run: $0 up"
-      (($# > 2)) || die "usage: $0 exec node1|node2|node3 COMMAND [ARG...]"
+      (($# > 2)) || die "usage: $0 exec node1|...|node${#NODES[@]} COMMAND [ARG...]"
       node_exec "${@:2}"
       ;;
     in-node)

@@ -2,13 +2,14 @@
 
 Never asserts that a figure meets its target: CI machines are noisy, and benchmarks are not timed tests.
 
-Two runs of the target: tier 8 (a Slurm job) on its own, with the Slurm tests under xdist and the
-cluster to itself, since it needs both nodes idle; every other tier in one run beside the rest of the suite, so the
+Two runs of the target: tiers 8 and 11 (Slurm jobs) on their own, with the Slurm tests under xdist and the
+cluster to itself, since they need every node idle; every other tier in one run beside the rest of the suite, so the
 minute and a half they take does not wait behind the Slurm tests (make test's longest chain).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -22,8 +23,8 @@ from benchmarks.__main__ import TIERS as RUNNER_TIERS, parse_args
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-TIERS = set(range(1, 10))
-CLUSTER_TIER = 8
+TIERS = set(range(1, 12))
+CLUSTER_TIERS = {8, 11}
 STATUSES = {"ok", "skipped", "error"}
 
 
@@ -91,25 +92,38 @@ def bench_smoke(out: Path, tiers: set[int]) -> tuple[dict, str]:
 
 
 def test_bench_smoke_runs_every_tier_by_default():
-    # `make bench-smoke` without BENCH_ARGS: the runner's default is every tier it knows, 1 to 9
+    # `make bench-smoke` without BENCH_ARGS: the runner's default is every tier it knows, 1 to 11
     assert set(RUNNER_TIERS) == TIERS
     assert {int(t) for t in parse_args(["--smoke"]).tiers.split(",")} == TIERS
     assert "$(PY) -m benchmarks --smoke --out $(BENCH_SMOKE_OUT) $(BENCH_ARGS)" in (REPO / "benchmarks" / "bench.mk").read_text()
 
 
 def test_bench_smoke_writes_well_formed_results(tmp_path):
-    doc, _ = bench_smoke(tmp_path / "bench", TIERS - {CLUSTER_TIER})
+    doc, md = bench_smoke(tmp_path / "bench", TIERS - CLUSTER_TIERS)
     tiers = {t["tier"]: t for t in doc["tiers"]}
-    # Tiers 1-7 need nothing but this machine; 9 needs a GPU.
-    assert all(tiers[n]["status"] == "ok" for n in range(1, 8)), {n: tiers[n]["status"] for n in tiers}
+    # Tiers 1-7 and 10 need nothing but this machine; 9 needs a GPU.
+    assert all(tiers[n]["status"] == "ok" for n in (*range(1, 8), 10)), {n: tiers[n]["status"] for n in tiers}
     targets = {(n, f["name"]) for n, t in tiers.items() for f in t["figures"] if f["target"]}
     assert {(1, "hpcgpu --help vs python -c pass"), (2, "time to first step"),
             (3, "Trainer steps/s vs hand-written DDP loop")} <= targets
+    # tier 10 in smoke: 1 and 2 ranks, each resumed against a fresh launch, and the cold read
+    names = {f["name"] for f in tiers[10]["figures"]}
+    assert {"resume overhead vs one cold read, 1 rank", "resume overhead vs one cold read, 2 ranks",
+            "one cold read of the checkpoint"} <= names, names
+    # the scaling plot (tiers 1 and 10 ran) beside RESULTS.md and linked from it, where matplotlib is installed
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (tmp_path / "bench" / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "](scaling.png)" in md
+    else:
+        assert not (tmp_path / "bench" / "scaling.png").exists() and "scaling.png" not in md
 
 
-@pytest.mark.xdist_group("slurm")  # with the Slurm tests; it needs the two nodes idle, so no other Slurm test runs
+@pytest.mark.xdist_group("slurm")  # with the Slurm tests; they need every node idle, so no other Slurm test runs
 def test_bench_smoke_tier_8_submits_to_the_local_cluster(slurm_cluster_to_itself, tmp_path):
-    doc, _ = bench_smoke(tmp_path / "bench", {CLUSTER_TIER})
-    (tier,) = doc["tiers"]
+    # tier 11 too: the demo on 1 and 2 nodes
+    doc, _ = bench_smoke(tmp_path / "bench", CLUSTER_TIERS)
+    tiers = {t["tier"]: t for t in doc["tiers"]}
     if os.environ.get("HPCGPU_REQUIRE_SLURM") == "1":  # make test: the cluster is up, and the Slurm tests are not running
-        assert tier["status"] == "ok", tier["note"]
+        assert tiers[8]["status"] == "ok", tiers[8]["note"]
+        assert tiers[11]["status"] == "ok", tiers[11]["note"]
+        assert [f["name"] for f in tiers[11]["figures"]] == ["time to first step, 1 node", "time to first step, 2 nodes"]
