@@ -96,7 +96,7 @@ def run(b: Bench, result: TierResult) -> None:
                                   "sbatch": lambda: _plain_sbatch(cwd, sbatch_lines, returned)})
     result.figures.append(compare(
         "submit -> RUNNING", Stat("hpcgpu submit slurm", "s", samples["hpcgpu"]), Stat("plain sbatch", "s", samples["sbatch"]),
-        "hpcgpu / sbatch",
+        "hpcgpu / sbatch", "<= 1.2",
         note=f"The submit command itself returned after {statistics.median(returned['hpcgpu']):.3f} s (hpcgpu) and "
              f"{statistics.median(returned['sbatch']):.3f} s (sbatch), medians; the rest is Slurm starting the job "
              f"(its scheduler starts a job at submission or at its next pass). "
