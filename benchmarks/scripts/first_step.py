@@ -22,21 +22,14 @@ def process_start() -> float:
     return btime + ticks / os.sysconf("SC_CLK_TCK")
 
 
-import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
+from first_ddp_step import first_ddp_step  # noqa: E402
 from clean_exit import exit_cleanly  # noqa: E402
 
 out = sys.argv[1]
 dist.init_process_group("gloo")
 PG_UP = time.time()
-torch.manual_seed(0)
-model = DDP(torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)))
-opt = torch.optim.SGD(model.parameters(), lr=0.01)
-x, y = torch.randn(32, 64), torch.randint(0, 10, (32,))
-torch.nn.functional.cross_entropy(model(x), y).backward()
-opt.step()
-t = time.time()
+t = first_ddp_step()
 print(f"first step done at {t:.6f}", flush=True)
 with open(os.path.join(out, f"rank{os.environ['RANK']}.json"), "w") as f:
     json.dump({"process_start": process_start(), "script_start": SCRIPT_START, "pg_up": PG_UP, "first_step": t}, f)
