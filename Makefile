@@ -19,10 +19,14 @@ $(VENV)/.installed: pyproject.toml
 	@# build comes is the configured index's choice: TORCH_INDEX=https://download.pytorch.org/whl/cpu
 	@# asks for the CPU build explicitly, .../whl/cu128 for a CUDA one (docs/install.md). Without a
 	@# driver, CUDA wheels are refused below.
-	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	@# --no-compile: pip would byte-compile every module of torch, wandb, matplotlib... (about 40 CPU-s
+	@# on 2 cores, most never imported); the modules a run imports are compiled once below instead, the
+	@# rest on first import.
+	$(PY) -m pip install --quiet --no-compile "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	@# the tracker extras: their tests run for real (about 15 s and 200 MB more); bench: matplotlib
 	@# for make bench's scaling plot (about 8 s and 80 MB more)
-	$(PY) -m pip install --quiet -e ".[test,mlflow,wandb,bench]"
+	$(PY) -m pip install --quiet --no-compile -e ".[test,mlflow,wandb,bench]"
+	PYTHONDONTWRITEBYTECODE= $(PY) -c "import torch.distributed.run, torch._dynamo, torch.utils.tensorboard, pydantic, click, submitit"
 	@if ! command -v nvidia-smi >/dev/null 2>&1 && $(PY) -m pip list 2>/dev/null | grep -Eq '^nvidia-(cu|nccl|cudnn)'; then \
 	  echo "error: CUDA wheels were installed on a machine without a GPU; remove $(VENV) and check pip's index" >&2; exit 1; fi
 	touch $@
@@ -34,7 +38,9 @@ mlflow-server: $(MLFLOW_SERVER_VENV)/.installed
 
 $(MLFLOW_SERVER_VENV)/.installed:
 	python3 -m venv $(MLFLOW_SERVER_VENV)
-	$(MLFLOW_SERVER_VENV)/bin/pip install --quiet "mlflow>=3"
+	@# --no-compile: the server imports a small part of mlflow, pandas, Flask... (compiling all costs ~30 CPU-s)
+	$(MLFLOW_SERVER_VENV)/bin/pip install --quiet --no-compile "mlflow>=3"
+	PYTHONDONTWRITEBYTECODE= $(MLFLOW_SERVER_VENV)/bin/python -c "import mlflow.cli, mlflow.server"
 	touch $@
 
 run: venv
