@@ -5,30 +5,22 @@ neither pydantic nor the host layer loaded."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 
+from tests.helpers.session_once import session_once
+from tests.helpers.user_script_run import user_script_run
+
 pytestmark = pytest.mark.slow
 
-SCRIPT = """
-import json, os, sys
-from hpcgpu import dist
-info = dist.init()
-loaded = sorted(m for m in sys.modules if m.split(".")[0] == "pydantic" or m.startswith(("hpcgpu.host", "hpcgpu.cli")))
-with open(f"rank{info.rank}.json", "w") as f:
-    json.dump({"device": os.environ.get("HPCGPU_DEVICE"), "dist_device": str(dist.device()),
-               "backend": __import__("torch").distributed.get_backend(), "loaded": loaded}, f)
-"""
 
-
-def hpcgpu(args, cwd, home):
-    env = {**os.environ, "HPCGPU_HOME": str(home), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "hpcgpu", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=180)
+@pytest.fixture(scope="module")
+def user_script(tmp_path_factory) -> dict:
+    # `run local --nproc 2 -- train.py --lr 3` of a script recording what each rank saw, and its dry run:
+    # the same launch as tests/cli/test_run_local.py's user-script test reads, made once per session
+    return session_once(tmp_path_factory, "user-script-run",
+                        lambda: user_script_run(tmp_path_factory.mktemp("user-script")))
 
 
 def without_identity(text: str) -> str:
@@ -37,21 +29,20 @@ def without_identity(text: str) -> str:
     return re.sub(r'"created": [0-9.e+]+', '"created": 0', text).replace(plan["run_id"], "RUN-ID")
 
 
-def test_the_dry_run_json_is_the_plan_that_runs_and_ranks_get_their_planned_device(tmp_path):
-    (tmp_path / "probe.py").write_text(SCRIPT)
-    args = ["run", "local", "--nproc", "2", "--", "probe.py"]
-    dry = hpcgpu([*args[:4], "--dry-run", "--json", *args[4:]], tmp_path, tmp_path / "home")
-    assert dry.returncode == 0, dry.stderr
-    planned = json.loads(dry.stdout)
+def test_the_dry_run_json_is_the_plan_that_runs_and_ranks_get_their_planned_device(user_script):
+    dry = user_script["dry"]
+    assert dry["rc"] == 0, dry["stderr"]
+    planned = json.loads(dry["stdout"])
     assert [(r["device"], r["backend"]) for r in planned["ranks"]] == [("cpu", "gloo"), ("cpu", "gloo")]
-    assert not (tmp_path / "runs").exists()  # a dry run creates nothing
+    assert not user_script["runs_after_dry_run"]  # a dry run creates nothing
 
-    out = hpcgpu(args, tmp_path, tmp_path / "home")
-    assert out.returncode == 0, out.stdout + out.stderr
-    (run_dir,) = (tmp_path / "runs").iterdir()
+    out = user_script["run"]
+    assert out["rc"] == 0, out["stdout"] + out["stderr"]
+    assert len(user_script["run_dirs"]) == 1, user_script["run_dirs"]
     # the same bytes, apart from the run id and the time
-    assert without_identity((run_dir / "plan.json").read_text()) == without_identity(dry.stdout)
-    assert oct((run_dir / "plan.json").stat().st_mode & 0o777) == "0o600"
-    for rank in (0, 1):
-        seen = json.loads((tmp_path / f"rank{rank}.json").read_text())
+    assert without_identity(user_script["plan"]) == without_identity(dry["stdout"])
+    assert user_script["plan_mode"] == "0o600"
+    assert len(user_script["envs"]) == 2 and None not in user_script["envs"], user_script["envs"]  # both ranks
+    for seen in user_script["envs"]:
+        seen = {k: seen[k] for k in ("device", "dist_device", "backend", "loaded")}
         assert seen == {"device": "cpu", "dist_device": "cpu", "backend": "gloo", "loaded": []}, seen

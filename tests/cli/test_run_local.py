@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.helpers.session_once import session_once
+from tests.helpers.user_script_run import SCRIPT, user_script_run
 
 pytestmark = pytest.mark.slow
 
@@ -22,22 +26,6 @@ SMALL = {
     "checkpoint": {"every_steps": 8},
     "logging": {"progress": "lines"},
 }
-
-SCRIPT = """
-import json, os, sys
-from hpcgpu import dist
-dist.init()
-keys = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-        "HPCGPU_RUN_DIR", "HPCGPU_CKPT_DIR", "HPCGPU_RESUME_FROM", "HPCGPU_RESTART_COUNT"]
-out = {k: os.environ.get(k) for k in keys}
-out["argv"] = sys.argv[1:]
-out["is_main"] = dist.is_main()
-with open(os.path.join(os.environ["HPCGPU_RUN_DIR"], f"env{os.environ['RANK']}.json"), "w") as f:
-    json.dump(out, f)
-dist.print0("script done")
-if os.environ["RANK"] == "1" and "--fail" in sys.argv:
-    raise ValueError("boom on rank 1")
-"""
 
 
 def hpcgpu(args, cwd, home, timeout=180, **kw):
@@ -62,13 +50,35 @@ def only_run_dir(tmp_path: Path) -> Path:
     return run_dir
 
 
-def test_demo_trains_on_two_gloo_ranks(tmp_path):
-    out = hpcgpu(["run", "local", "-f", write(tmp_path, SMALL), "--nproc", "2"], tmp_path, tmp_path / "home")
-    assert out.returncode == 0, out.stdout + out.stderr
-    run_dir = only_run_dir(tmp_path)
-    assert f"run dir {run_dir}" in out.stdout and "tensorboard --logdir" in out.stdout
+@pytest.fixture(scope="module")
+def two_demo_runs(tmp_path_factory) -> tuple[Path, list[int], list[tuple[str, str]]]:
+    """Two runs of the same demo spec started together in one directory: the demo test reads the first
+    one's console and run dir, the concurrency test that both finished apart (two launches, not three:
+    each costs ~9 CPU-s of imports before it trains). The second has one rank: what two runs started
+    together could share is the run dir, the ports and the index, not anything between their ranks.
+    Returns the directory, the exit codes and each launcher's (stdout, stderr)."""
+    base = tmp_path_factory.mktemp("demo")
+    spec = write(base, SMALL)
+    env = {**os.environ, "HPCGPU_HOME": str(base / "home"), "OMP_NUM_THREADS": "1"}
+    procs = []
+    for i, nproc in enumerate(("2", "1")):
+        with open(base / f"launch{i}.out", "w") as out, open(base / f"launch{i}.err", "w") as err:
+            argv = [sys.executable, "-m", "hpcgpu", "run", "local", "-f", spec, "--nproc", nproc]
+            procs.append(subprocess.Popen(argv, cwd=base, env=env, stdout=out, stderr=err))
+    codes = [p.wait(timeout=240) for p in procs]
+    return base, codes, [((base / f"launch{i}.out").read_text(), (base / f"launch{i}.err").read_text())
+                         for i in range(2)]
+
+
+def test_demo_trains_on_two_gloo_ranks(two_demo_runs):
+    base, codes, outs = two_demo_runs
+    (stdout, stderr), code = outs[0], codes[0]  # the 2-rank one
+    assert code == 0, stdout + stderr
+    run_dir = Path(re.search(r"run dir (\S+)", stdout).group(1))
+    assert run_dir.parent == base / "runs" and run_dir.is_dir(), stdout
+    assert "tensorboard --logdir" in stdout
     summary = json.loads((run_dir / "summary.json").read_text())
-    losses = [float(line.split("loss ")[1].split()[0]) for line in out.stdout.splitlines() if line.startswith("step ")]
+    losses = [float(line.split("loss ")[1].split()[0]) for line in stdout.splitlines() if line.startswith("step ")]
     assert len(losses) >= 3 and losses[-1] < losses[0], losses  # rank 0's progress reached the console
     assert summary["final_loss"] < losses[0]
     assert (run_dir / "logs" / "rank0.log").exists() and (run_dir / "logs" / "rank1.log").exists()
@@ -76,14 +86,20 @@ def test_demo_trains_on_two_gloo_ranks(tmp_path):
     assert oct(run_dir.stat().st_mode & 0o777) == "0o700"
 
 
-def test_user_script_runs_like_torchrun(tmp_path):
-    (tmp_path / "train.py").write_text(SCRIPT)
-    out = hpcgpu(["run", "local", "--nproc", "2", "--", "train.py", "--lr", "3"], tmp_path, tmp_path / "home")
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "script done" in out.stdout
-    run_dir = only_run_dir(tmp_path)
+@pytest.fixture(scope="module")
+def user_script(tmp_path_factory) -> dict:
+    # the same launch as tests/cli/test_plan_contract_run.py's: made once per session
+    return session_once(tmp_path_factory, "user-script-run",
+                        lambda: user_script_run(tmp_path_factory.mktemp("user-script")))
+
+
+def test_user_script_runs_like_torchrun(user_script):
+    out = user_script["run"]
+    assert out["rc"] == 0, out["stdout"] + out["stderr"]
+    assert "script done" in out["stdout"]
+    (run_dir,) = map(Path, user_script["run_dirs"])
     assert run_dir.name.startswith("train-")
-    envs = [json.loads((run_dir / f"env{r}.json").read_text()) for r in (0, 1)]
+    envs = user_script["envs"]
     assert [e["RANK"] for e in envs] == ["0", "1"] and {e["WORLD_SIZE"] for e in envs} == {"2"}
     assert envs[0]["argv"] == ["--lr", "3"] and envs[0]["is_main"] and not envs[1]["is_main"]
     assert envs[0]["HPCGPU_RUN_DIR"] == str(run_dir) and envs[0]["HPCGPU_RESTART_COUNT"] == "0"
@@ -97,12 +113,11 @@ def test_a_rank_that_raises_is_named_with_its_traceback(tmp_path):
     assert "rank 1 (local rank 1" in out.stderr and "ValueError: boom on rank 1" in out.stderr
 
 
-def test_two_runs_started_together_both_finish(tmp_path):
-    spec = write(tmp_path, SMALL)
-    procs = [start(["run", "local", "-f", spec, "--nproc", "2"], tmp_path, tmp_path / "home") for _ in range(2)]
-    outs = [p.communicate(timeout=240)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
-    assert len(list((tmp_path / "runs").iterdir())) == 2
+def test_two_runs_started_together_both_finish(two_demo_runs):
+    base, codes, outs = two_demo_runs
+    assert codes == [0, 0], outs
+    assert len(list((base / "runs").iterdir())) == 2
+    assert len({re.search(r"run dir (\S+)", stdout).group(1) for stdout, _ in outs}) == 2, outs  # each its own
 
 
 @pytest.mark.parametrize(

@@ -36,9 +36,11 @@ def test_the_lock_is_held_for_the_life_of_the_process_and_names_its_pid(tmp_path
 
 
 def training_run(tmp_path):
-    """A real run slowed to stay busy, once it has trained 2 steps; with the CLI's environment."""
+    """A real run slowed to stay busy, once it has trained 2 steps; with the CLI's environment.
+
+    One rank: the lock is the launcher's, whatever the ranks do (a second rank only costs start-up)."""
     slow = {"task": "hpcgpu.examples.mlp:make_task", "task_args": {"n_samples": 1024, "delay_s": 0.03}}
-    launch = start(tmp_path, demo_spec(entry=slow))
+    launch = start(tmp_path, demo_spec(entry=slow), nproc=1)
     run_dir = launch.run_dir()
     wait_until(lambda: logged_step(run_dir) >= 2, 90, "step 2")
     return launch, run_dir, {**os.environ, "HPCGPU_HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO)}
