@@ -145,7 +145,10 @@ def test_a_rank_hanging_outside_a_collective_fails_within_the_timeout(tmp_path):
 
 @pytest.fixture(scope="module")
 def disk_full_run(tmp_path_factory):
-    """A run whose checkpoint file system (a 2 MB tmpfs) fills up after the step-5 checkpoint."""
+    """A run whose checkpoint file system (a 2 MB tmpfs) fills up after the step-5 checkpoint.
+
+    One rank: the subject is what a full disk does to a checkpoint write and how it is reported, which
+    rank 0 alone does (it writes the checkpoints); the teardown of the other ranks is the tests above."""
     workdir = tmp_path_factory.mktemp("diskfull")
     disk = workdir / "disk"
     disk.mkdir()
@@ -155,7 +158,7 @@ def disk_full_run(tmp_path_factory):
     try:
         spec = small_spec(entry=faulty("fill", rank=0, step=7, fill_path=str(disk / "filler")),
                           checkpoint={"dir": str(disk / "ckpt"), "every_steps": 5})
-        done = start(["run", "local", "--nproc", 2, "-f", write_spec(workdir / "job.yaml", spec)], workdir).wait(90)
+        done = start(["run", "local", "--nproc", 1, "-f", write_spec(workdir / "job.yaml", spec)], workdir).wait(90)
         entries = sorted(p.name for p in (disk / "ckpt").iterdir())
         from hpcgpu.worker import checkpoint as ckpt
 
