@@ -26,6 +26,7 @@ import yaml
 
 from tests.helpers.jobs import SLOW_TRAIN, node_logs, wait_for_text
 from tests.helpers.paths import WHERE_TASK
+from tests.helpers.slurm_requeue import wait_requeued_then_start_now
 
 pytestmark = [pytest.mark.container, pytest.mark.slurm]
 
@@ -65,9 +66,7 @@ def test_two_nodes_in_the_image_requeue_and_resume(slurm, cancel_jobs, test_imag
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
 
     # requeued from the host side by node 0's NodeCommand, then allowed to start at once
-    slurm.wait_for_job(job_id, lambda i: i.state == "PENDING" and i.restarts == 1, 60, "requeued")
-    time.sleep(2)  # a StartTime=now in the requeue's own second fails the job ("credential revoked")
-    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True, timeout=30)
+    wait_requeued_then_start_now(slurm, job_id, 60)
     info = slurm.wait_job_final(job_id, timeout_s=120)
     elapsed = time.monotonic() - start
     assert info.state == "COMPLETED" and info.restarts == 1, node_logs(run_dir)

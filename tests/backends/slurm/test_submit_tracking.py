@@ -1,16 +1,18 @@
 """A Slurm requeue continues the same tracked run: preempted (USR2), checkpointed, requeued and
 resumed, the job is one TensorBoard run (every step once) and one MLflow run (the whole history,
-named by the run id), and the rank log keeps both attempts."""
+named by the run id), and the rank log keeps both attempts.
+
+The job is the preempted one of test_submit.py's preemption test (tracked to both at every step):
+one job per session, which each module checks its own facts of (preempted_tracked_run)."""
 
 from __future__ import annotations
 
 import re
-import subprocess
+from pathlib import Path
 
 import pytest
 
-from tests.backends.slurm.test_submit import TRAIN, TWO_NODES, requeued_once_then_completed, submit, write_spec
-from tests.helpers.jobs import wait_for_text
+from tests.backends.slurm.test_submit import preempted_tracked_run
 from tests.worker.test_tracking import mlflow_runs, tb_scalars
 
 pytestmark = [pytest.mark.slurm]
@@ -18,22 +20,15 @@ pytestmark = [pytest.mark.slurm]
 STEPS = 32  # 1024 samples / 2 ranks / batch 16, one epoch
 
 
-def test_a_requeued_job_is_one_run_in_tensorboard_and_mlflow(slurm, cancel_jobs, tmp_path):
+def test_a_requeued_job_is_one_run_in_tensorboard_and_mlflow(slurm_cluster, tmp_path_factory):
     pytest.importorskip("mlflow", reason="pip install 'hpcgpu[mlflow]' (make venv installs it)")
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    spec = write_spec(tmp_path, {**TRAIN, "train": {**TRAIN["train"], "log_every": 1},
-                                 "logging": {"progress": "lines", "tensorboard": True,
-                                             "trackers": ["tensorboard", "mlflow"], "mlflow_tracking_uri": uri,
-                                             "mlflow_experiment": "slurm"}})
-    run_id, job_id, run_dir = submit(["-f", str(spec), *TWO_NODES], tmp_path, tmp_path / "home", cancel_jobs)
-    rank0 = run_dir / "logs" / "rank0.log"
-    wait_for_text(rank0, r"^step 3/32 ", 90)
-    subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
-    requeued_once_then_completed(slurm, job_id, run_dir, requeue_timeout_s=60)
+    run = preempted_tracked_run(tmp_path_factory)
+    run_id, run_dir, uri = run["run_id"], Path(run["run_dir"]), run["mlflow_uri"]
+    assert run["trackers"] == ["tensorboard", "mlflow"]
 
-    log = rank0.read_text()
+    log = (run_dir / "logs" / "rank0.log").read_text()
     step = int(re.search(r"^hpcgpu: stopped at step (\d+) ", log, re.MULTILINE).group(1))
-    assert 3 <= step < STEPS
+    assert 3 <= step < STEPS  # the signal came after step 3 (log_every 1)
     assert re.search(r"attempt 2 \(elastic restart 0, job restart 1\)", log), log
 
     assert not [p for p in (run_dir / "tb").iterdir() if p.is_dir()]

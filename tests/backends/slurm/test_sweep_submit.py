@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.jobs import node_logs, wait_for_text
 from tests.helpers.session_once import session_once
+from tests.helpers.slurm_requeue import wait_requeued_then_start_now
 from tests.helpers.sweeps import GRID_ARGS, final_loss, hpcgpu, plain_losses, write_spec
 
 pytestmark = pytest.mark.slurm
@@ -56,9 +56,7 @@ def test_a_2x2_sweep_is_one_array_and_usr2_requeues_only_its_task(slurm, cancel_
     finally:
         scancel.kill()
         scancel.wait()
-    slurm.wait_for_job(f"{job_id}_1", lambda i: i.state == "PENDING" and i.restarts == 1, 60, "task 1 requeued")
-    time.sleep(2)  # a StartTime=now in the requeue's own second fails the job ("credential revoked")
-    subprocess.run(["scontrol", "update", f"jobid={job_id}_1", "StartTime=now"], check=True, timeout=30)
+    wait_requeued_then_start_now(slurm, f"{job_id}_1", 60, "task 1 requeued")
     finals = [slurm.wait_job_final(f"{job_id}_{i}", timeout_s=180) for i in range(4)]
     assert [f.state for f in finals] == ["COMPLETED"] * 4, [node_logs(d) for d in tasks]
     assert [f.restarts for f in finals] == [0, 1, 0, 0]  # the signal requeued task 1 only
