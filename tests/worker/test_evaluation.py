@@ -1,15 +1,11 @@
 """Evaluation: every sample on exactly one rank, metrics summed over ranks before the division, so
-2 real gloo ranks over an uneven set give what one process gives; the RNG stream is left as it was."""
+2 real gloo ranks over an uneven set give what one process gives (the pair of tests/helpers/gloo_pair.py,
+shared with other modules' rank-side checks); the RNG stream is left as it was."""
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch.utils.data import TensorDataset
 
 from hpcgpu.contract.errors import UserError
@@ -17,6 +13,7 @@ from hpcgpu.examples import mlp
 from hpcgpu.worker.evaluation import EvalShard, evaluate, loss_per_sample, per_sample
 from hpcgpu.worker.strategy import wrap
 from hpcgpu.worker.trainer import _to
+from tests.helpers.gloo_pair import gloo_pair_results
 
 # 1001 samples in batches of 100: rank 0 gets 501 (6 batches, the last of 1), rank 1 gets 500 (5 batches)
 N_EVAL, BATCH = 1001, 100
@@ -48,34 +45,29 @@ class _no_autocast:
         return False
 
 
-def _rank(rank: int, world: int, store_path: str, out_dir: str, strategy: str) -> None:
-    import torch.distributed as tdist
-
-    torch.set_num_threads(1)
-    tdist.init_process_group("gloo", store=tdist.FileStore(store_path, world), rank=rank, world_size=world)
-    try:
-        model = _model()
-        if strategy == "fsdp":  # each forward all-gathers: the rank with fewer batches must pad
-            model = wrap(model, "fsdp", torch.device("cpu"), None, "fp32", [])
-        got = _evaluate(model, world, rank, pad=strategy == "fsdp")
-    finally:
-        tdist.destroy_process_group()
-    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(got))
+def two_rank_evaluation(rank: int, world: int) -> dict:
+    """On each of the two ranks of tests/helpers/gloo_pair.py: the plain model (as under DDP, whose
+    module evaluates), then the FSDP-wrapped one."""
+    got = {"ddp": _evaluate(_model(), world, rank)}
+    # each FSDP forward all-gathers: the rank with fewer batches must pad
+    fsdp = wrap(_model(), "fsdp", torch.device("cpu"), None, "fp32", [])
+    got["fsdp"] = _evaluate(fsdp, world, rank, pad=True)
+    return got
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_ranks_over_an_uneven_set_equal_one_process(tmp_path, strategy):
+def test_two_ranks_over_an_uneven_set_equal_one_process_with_ddp_and_fsdp(tmp_path_factory):
     alone = _evaluate(_model(), 1, 0)
     assert alone["samples"] == N_EVAL
     assert 0 < alone["accuracy"] < 1 and alone["loss"] > 0
 
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    mp.spawn(_rank, args=(2, str(tmp_path / "store"), str(tmp_path), strategy), nprocs=2, join=True)
-    for rank in range(2):
-        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
-        assert got["samples"] == N_EVAL  # the short last batch counted once, nothing padded or dropped
-        assert got["loss"] == pytest.approx(alone["loss"], abs=1e-6)
-        assert got["accuracy"] == pytest.approx(alone["accuracy"], abs=1e-6)
+    ranks = gloo_pair_results(tmp_path_factory, "tests.worker.test_evaluation:two_rank_evaluation")
+    assert len(ranks) == 2
+    for results in ranks:
+        assert results.keys() == {"ddp", "fsdp"}, results.get("error")
+        for strategy, got in results.items():
+            assert got["samples"] == N_EVAL, strategy  # the short last batch counted once, nothing padded or dropped
+            assert got["loss"] == pytest.approx(alone["loss"], abs=1e-6), strategy
+            assert got["accuracy"] == pytest.approx(alone["accuracy"], abs=1e-6), strategy
 
 
 def test_shards_cover_every_sample_once_and_differ_by_at_most_one():

@@ -3,7 +3,9 @@ resumed on 4 ended at `2.31 epochs` for `epochs: 2`): the steps left are counted
 size's steps, from the position kept in samples.
 
 Both directions in one chain of three runs: 2 ranks, resumed on 4 from its step 10, and that 4-rank
-run resumed on 2 from its own step 20 (a checkpoint written on 4 ranks)."""
+run resumed on 2 from its own step 20 (a checkpoint written on 4 ranks). The 2-rank run is the
+session's shared uninterrupted demo run (tests/helpers/demo_baseline.py), which keeps every
+checkpoint; the resumed runs keep theirs too."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import demo_baseline
 from tests.helpers.launch import demo_spec, run
 
 SAMPLES, BATCH, EPOCHS = 1024, 16, 2
@@ -38,14 +41,15 @@ def assert_ends_at_the_last_epoch(result, step: int, samples_done: int, nproc: i
 
 
 @pytest.mark.slow
-def test_resuming_on_another_world_size_ends_at_the_last_epoch(tmp_path):
+def test_resuming_on_another_world_size_ends_at_the_last_epoch(tmp_path, tmp_path_factory):
     # 1024 samples, batch 16: 32 steps per epoch on 2 ranks, 16 on 4; checkpoint every 10 steps
     spec = demo_spec(train={"epochs": EPOCHS}, checkpoint={"every_steps": 10, "keep_last": 10})
-    first = run(tmp_path / "a", spec, nproc=2)
-    assert first.rc == 0, first.explain()
+    first = demo_baseline.demo_baseline(tmp_path_factory)  # rc 0 asserted where it ran
+    assert (first.rc, demo_baseline.SPEC["train"]["epochs"], demo_baseline.SPEC["checkpoint"]["every_steps"]) == \
+        (0, EPOCHS, 10)
 
     # 2 -> 4: step 10 of 2 ranks is 320 samples
-    on4 = resume_from(tmp_path / "a" / "checkpoints", 10, tmp_path / "b", spec, nproc=4)
+    on4 = resume_from(first.base / "checkpoints", 10, tmp_path / "b", spec, nproc=4)
     samples_at_20 = 10 * BATCH * 2 + 10 * BATCH * 4
     assert assert_ends_at_the_last_epoch(on4, 10, 10 * BATCH * 2, nproc=4) > 20
 

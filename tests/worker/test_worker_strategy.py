@@ -1,15 +1,13 @@
 """Strategy setup without GPUs: DataParallel's planned devices and scaling, dp+bf16 refused, FSDP2
-shards before it places (2 gloo ranks on CPU) and gets a bf16 MixedPrecisionPolicy."""
+shards before it places (2 gloo ranks on CPU: the pair of tests/helpers/gloo_pair.py, shared with
+other modules' rank-side checks) and gets a bf16 MixedPrecisionPolicy."""
 
-import json
-import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -20,6 +18,7 @@ from hpcgpu.worker.rank import RankInfo  # noqa: E402
 from hpcgpu.worker.strategy import (check_setup, data_replicas, dp_device_ids, fsdp_mp_policy,  # noqa: E402
                                     scaled_lr, wrap)
 from hpcgpu.worker.trainer import Trainer  # noqa: E402
+from tests.helpers.gloo_pair import gloo_pair_results  # noqa: E402
 
 ONE = RankInfo(rank=0, local_rank=0, world_size=1, local_world_size=1, node_rank=0, source="single")
 CUDA0 = torch.device("cuda", 0)
@@ -117,31 +116,23 @@ class _Recording(nn.Module):
         return self.b(self.a(x))
 
 
-def _fsdp_rank(rank: int, world: int, store_path: str, out_dir: str) -> None:
-    import torch.distributed as tdist
-
-    torch.set_num_threads(1)
-    tdist.init_process_group("gloo", store=tdist.FileStore(store_path, world), rank=rank, world_size=world)
-    try:
-        model = _Recording()
-        full = sum(p.numel() for p in model.parameters())
-        model = wrap(model, "fsdp", torch.device("cpu"), lambda m: [m.a, m.b], precision="bf16")
-        local = sum(p.to_local().numel() for p in model.parameters())
-        states = [m._get_fsdp_state()._mp_policy for m in (model, model.a, model.b)]
-        loss = model(torch.ones(2, 64)).sum()  # the sharded model still runs (bf16 params gathered)
-        result = {"full": full, "local": local, "applied": model.applied, "finite": bool(torch.isfinite(loss)),
-                  "policies": [[str(p.param_dtype), str(p.reduce_dtype)] for p in states]}
-    finally:
-        tdist.destroy_process_group()
-    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+def fsdp_sharding_on_two_ranks(rank: int, world: int) -> dict:
+    """On each of the two ranks of tests/helpers/gloo_pair.py."""
+    model = _Recording()
+    full = sum(p.numel() for p in model.parameters())
+    model = wrap(model, "fsdp", torch.device("cpu"), lambda m: [m.a, m.b], precision="bf16")
+    local = sum(p.to_local().numel() for p in model.parameters())
+    states = [m._get_fsdp_state()._mp_policy for m in (model, model.a, model.b)]
+    loss = model(torch.ones(2, 64)).sum()  # the sharded model still runs (bf16 params gathered)
+    return {"full": full, "local": local, "applied": model.applied, "finite": bool(torch.isfinite(loss)),
+            "policies": [[str(p.param_dtype), str(p.reduce_dtype)] for p in states]}
 
 
-def test_fsdp_shards_before_placing_and_gets_the_bf16_policy(tmp_path):
-    world = 2
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    mp.spawn(_fsdp_rank, args=(world, str(tmp_path / "store"), str(tmp_path)), nprocs=world, join=True)
-    for rank in range(world):
-        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+def test_fsdp_shards_before_placing_and_gets_the_bf16_policy(tmp_path_factory):
+    ranks = gloo_pair_results(tmp_path_factory, "tests.worker.test_worker_strategy:fsdp_sharding_on_two_ranks")
+    assert len(ranks) == 2
+    for got in ranks:
+        assert "error" not in got, got["error"]
         # nothing moved the unsharded model (model.to(device) before fully_shard would have)
         assert all(got["applied"]), got["applied"]
         # each of 2 ranks holds about half the parameters (64x64+64 splits evenly: exactly half)
