@@ -142,3 +142,50 @@ def test_a_test_with_the_cluster_to_itself_waits_for_the_slurm_tests_running_and
     with slurm_cluster._cluster_lock(fcntl.LOCK_EX):  # the cluster to itself
         assert not free(fcntl.LOCK_SH)
     assert free(fcntl.LOCK_EX)
+
+
+def test_a_test_waiting_for_the_cluster_to_itself_goes_before_slurm_tests_that_come_later(tmp_path, monkeypatch):
+    # Two Slurm chains taking turns with the shared lock must not starve a test that waits for the
+    # cluster to itself (flock alone lets new shared holders pass a pending exclusive one).
+    import fcntl
+    import threading
+    import time
+
+    from tests.helpers import slurm_cluster
+
+    monkeypatch.setenv("PYTEST_XDIST_TESTRUNUID", f"t{os.getpid()}")
+    monkeypatch.setattr(slurm_cluster.tempfile, "gettempdir", lambda: str(tmp_path))
+    order: list[str] = []
+    exclusive_waiting = threading.Event()
+
+    def to_itself():
+        exclusive_waiting.set()
+        with slurm_cluster._cluster_lock(fcntl.LOCK_EX):
+            order.append("to itself")
+
+    def later_shared():
+        with slurm_cluster._cluster_lock(fcntl.LOCK_SH):
+            order.append("later shared")
+
+    with slurm_cluster._cluster_lock(fcntl.LOCK_SH):  # a Slurm test running
+        exclusive = threading.Thread(target=to_itself)
+        exclusive.start()
+        exclusive_waiting.wait()
+        turnstile = slurm_cluster._cluster_lock_path().with_suffix(".turnstile")
+        for _ in range(600):  # until the exclusive taker holds the turnstile (it waits behind the running test)
+            with open(turnstile, "a") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(f, fcntl.LOCK_UN)
+                except BlockingIOError:
+                    break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the test waiting for the cluster to itself never held the turnstile")
+        shared = threading.Thread(target=later_shared)
+        shared.start()
+        shared.join(0.5)
+        assert shared.is_alive() and order == []  # the later Slurm test waits: the running one holds the cluster
+    exclusive.join(60)
+    shared.join(60)
+    assert order == ["to itself", "later shared"]

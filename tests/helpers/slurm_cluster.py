@@ -165,9 +165,19 @@ def _cluster_lock_path() -> Path:
 
 @contextlib.contextmanager
 def _cluster_lock(kind: int):
-    with open(_cluster_lock_path(), "a") as f:
-        fcntl.flock(f, kind)  # waits; released when f is closed
-        yield
+    """flock(kind) on the session's cluster lock, an exclusive waiter first: on Linux a pending LOCK_EX
+    does not stop new LOCK_SH holders, so two Slurm chains taking turns with the shared lock would keep
+    a test that needs the cluster to itself waiting until they both happen to be between tests. A
+    turnstile fixes that: every taker passes it (the exclusive one holds it while it waits and runs)."""
+    path = _cluster_lock_path()
+    with open(path.with_suffix(".turnstile"), "a") as turnstile, open(path, "a") as f:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        if kind == fcntl.LOCK_SH:
+            fcntl.flock(f, kind)  # waits for an exclusive holder, never for a shared one
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        else:
+            fcntl.flock(f, kind)  # waits for the shared holders to end; new ones wait at the turnstile
+        yield  # both released when the files close
 
 
 @pytest.fixture(autouse=True)
