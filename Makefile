@@ -19,9 +19,9 @@ $(VENV)/.installed: pyproject.toml
 	@# build comes is the configured index's choice: TORCH_INDEX=https://download.pytorch.org/whl/cpu
 	@# asks for the CPU build explicitly, .../whl/cu128 for a CUDA one (docs/install.md). Without a
 	@# driver, CUDA wheels are refused below.
-	@# --no-compile: pip would byte-compile every module of torch, wandb, matplotlib... (about 40 CPU-s
-	@# on 2 cores, most never imported); the modules a run imports are compiled once below instead, the
-	@# rest on first import.
+	@# --no-compile: pip would byte-compile every module of torch, wandb, matplotlib..., most never
+	@# imported; the modules a run imports are compiled once below instead, the rest on first import
+	@# (make venv 101 -> 69 CPU-s on 2 cores, docs/development.md).
 	$(PY) -m pip install --quiet --no-compile "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	@# the tracker extras: their tests run for real (about 15 s and 200 MB more); bench: matplotlib
 	@# for make bench's scaling plot (about 8 s and 80 MB more)

@@ -35,6 +35,8 @@ def _rank(rank: int, world: int, store_path: str, out_dir: str) -> None:
     import torch.distributed as tdist
 
     torch.set_num_threads(1)
+    # loopback for this pair only: set in the pytest worker, it would reach every later launch there
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     tdist.init_process_group("gloo", store=tdist.FileStore(store_path, world), rank=rank, world_size=world)
     results = {}
     try:
@@ -52,7 +54,6 @@ def _rank(rank: int, world: int, store_path: str, out_dir: str) -> None:
 def _run_pair(out: Path) -> dict:
     import torch.multiprocessing as mp
 
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     mp.spawn(_rank, args=(WORLD, str(out / "store"), str(out)), nprocs=WORLD, join=True)
     per_rank = [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(WORLD)]
     return {name: [results[name] for results in per_rank] for name in WORKLOADS}
