@@ -126,6 +126,30 @@ def make_clean_stops_final() -> None:
            "with distributed.max_restarts > 0 a stop that reached only the ranks restarts them")
 
 
+def fork_ranks_from_the_zygote() -> None:
+    """Start ranks by forking the preloaded process where it fits them (agent/zygote.py): torch
+    elastic's handler factory, asked first. A torch without the factory starts fresh interpreters,
+    which costs only time, so it is not warned about."""
+    from torch.distributed.elastic.multiprocessing import api
+
+    original = getattr(api, "get_subprocess_handler", None)
+    if original is None or getattr(original, "_hpcgpu", False):
+        return
+
+    def get_subprocess_handler(*args, **kwargs):
+        from hpcgpu.agent import zygote
+
+        if not args and not kwargs.get("numa_options") and {"entrypoint", "args", "env"} <= set(kwargs):
+            forked = zygote.handler_for(kwargs["entrypoint"], kwargs["args"], kwargs["env"],
+                                        kwargs.get("stdout"), kwargs.get("stderr"), kwargs.get("local_rank_id", 0))
+            if forked is not None:
+                return forked
+        return original(*args, **kwargs)
+
+    get_subprocess_handler._hpcgpu = True
+    api.get_subprocess_handler = get_subprocess_handler
+
+
 def _hung_result(agent: Any, worker_group: Any):
     """The watchdog's verdict as torch elastic's: a failed attempt (restarted under max_restarts),
     the hung ranks of this node failing with exitcodes.HUNG (all of them when the rank behind is on
@@ -256,3 +280,4 @@ def adjust_torch_elastic(on_restart: Optional[Callable[[dict, int, int], None]] 
     quiet_elastic_logs()
     limit_failure_teardown()
     make_clean_stops_final()
+    fork_ranks_from_the_zygote()

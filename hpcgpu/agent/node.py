@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Mapping, Optional
 
+from hpcgpu.agent import zygote
 from hpcgpu.agent.agreement import shared_view
 from hpcgpu.backends import node_facts
 from hpcgpu.contract import envnames, exitcodes
@@ -144,10 +145,15 @@ def run_node(plan: Plan, environ: Optional[Mapping[str, str]] = None,
         address, net = network_environment(node, {**os.environ, **added})
         added.update(net)
     os.environ.update(added)
-    ckpt_dir = Path(plan.ckpt_dir)
-    if not ckpt_dir.exists():
-        make_private_dir(ckpt_dir)  # checkpoints hold the model: owner only
-    code = _run_ranks(plan, node, address)
+    # the ranks' imports start now, beside the agent's own and its rendezvous (agent/zygote.py)
+    zygote.start(rank_command(plan), os.environ)
+    try:
+        ckpt_dir = Path(plan.ckpt_dir)
+        if not ckpt_dir.exists():
+            make_private_dir(ckpt_dir)  # checkpoints hold the model: owner only
+        code = _run_ranks(plan, node, address)
+    finally:
+        zygote.stop()
     if node.is_head:
         write_result(Path(plan.run_dir), code)  # status after the scheduler forgot the job
     return code
@@ -183,6 +189,11 @@ def network_environment(node: NodeFacts, environ: Mapping[str, str]) -> tuple[No
     print(f"hpcgpu: {why}", file=sys.stderr, flush=True)
     added[envnames.NETWORK] = why
     return address, added
+
+
+def rank_command(plan: Plan) -> tuple[str, ...]:
+    """Every rank's command line: the worker, then the user's entry for `ps` (entry_words)."""
+    return (sys.executable, "-m", "hpcgpu.worker", *entry_words(plan.spec["entry"]))
 
 
 def entry_words(entry: dict) -> tuple[str, ...]:
@@ -267,7 +278,8 @@ def _run_ranks(plan: Plan, node: NodeFacts, address: Optional[NodeAddress] = Non
     started = time.time()
     mine = range(node.node_rank * plan.nproc_per_node, (node.node_rank + 1) * plan.nproc_per_node)
     try:
-        elastic_launch(config, sys.executable)("-m", "hpcgpu.worker", *entry_words(plan.spec["entry"]))
+        command = rank_command(plan)
+        elastic_launch(config, command[0])(*command[1:])
         return exitcodes.OK
     except ChildFailedError as e:
         if exitcodes.ranks_stopped_cleanly(f.exitcode for f in e.failures.values()):

@@ -37,3 +37,7 @@ NETWORK = "HPCGPU_NETWORK"
 #: the node agent's heartbeat file (contract/heartbeat.py): ranks report progress there; unset when
 #: the watchdog is off or the rank was started by something else (plain torchrun)
 HEARTBEAT_FILE = "HPCGPU_HEARTBEAT_FILE"
+#: set only for the node agent's preloaded process (agent/zygote.py): its end of the socket to the agent
+ZYGOTE_FD = "HPCGPU_ZYGOTE_FD"
+#: "0" turns off starting ranks from the preloaded process: each rank is a fresh interpreter, as under torchrun
+FORK_RANKS = "HPCGPU_FORK_RANKS"

@@ -144,4 +144,8 @@ def exit_now(code: int) -> None:
 
 
 if __name__ == "__main__":
+    if os.environ.get(envnames.ZYGOTE_FD):  # the node agent's preloaded process (agent/zygote.py)
+        from hpcgpu.worker import zygote
+
+        zygote.serve()  # returns in each rank forked from it
     exit_now(main())

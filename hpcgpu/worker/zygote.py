@@ -1,0 +1,124 @@
+"""The preloaded process a node agent forks its ranks from (why and when: hpcgpu/agent/zygote.py).
+
+The agent starts it with the ranks' own command line (`python -m hpcgpu.worker ...`, so a forked rank
+shows that command in `ps` as a fresh one does) and environment, plus envnames.ZYGOTE_FD naming its
+end of a socket to the agent. `serve` imports what every rank imports, then forks one rank per
+request; it returns only in a forked rank, once that rank has its own session, the signal
+dispositions, standard streams and environment a freshly started rank has, and the rank then goes
+on exactly as `python -m hpcgpu.worker` does after the same imports.
+
+The messages: hpcgpu/contract/zygote.py.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import os
+import selectors
+import signal
+import socket
+import sys
+
+from hpcgpu.contract import envnames
+from hpcgpu.contract.zygote import receive, send
+
+#: what every rank imports besides what `python -m hpcgpu.worker` imports first: DDP and every
+#: optimizer's step import torch._dynamo (seconds of CPU), and the ranks' collectives and loaders
+PRELOAD = ("torch.distributed", "torch.nn.parallel", "torch._dynamo", "torch.utils.data")
+#: stop signals from a terminal or `pkill -f`: the ranks handle them; the zygote must outlive them,
+#: because its end kills every rank it forked (their PR_SET_PDEATHSIG, hpcgpu/worker/__main__.py)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def serve() -> None:
+    """Preload, then fork ranks until the agent closes the socket (or dies: then this process gets
+    SIGKILL, and so does every rank it forked). Returns in each forked rank."""
+    sock = socket.socket(fileno=int(os.environ.pop(envnames.ZYGOTE_FD)))
+    parent = os.getppid()
+    _die_with_parent(parent)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    for name in PRELOAD:
+        importlib.import_module(name)
+    if not hasattr(os, "pidfd_open"):
+        os._exit(0)  # Python < 3.9 or no pidfd: the agent starts fresh ranks instead
+    selector = selectors.DefaultSelector()
+    selector.register(sock, selectors.EVENT_READ)
+    ranks: dict[int, int] = {}  # pidfd -> pid
+    while True:
+        for key, _ in selector.select():
+            if key.fileobj is not sock:
+                _report_exit(sock, selector, key.fd, ranks.pop(key.fd))
+                continue
+            request, fds = receive(sock, 2)
+            if request is None:
+                os._exit(0)  # the agent is done: any rank still running gets SIGKILL, as with the agent
+            sys.stdout.flush()
+            sys.stderr.flush()
+            try:
+                pid = os.fork()
+            except OSError as e:
+                send(sock, {"error": f"fork: {e}"})
+                pid = -1
+            if pid == 0:
+                selector.close()
+                for pidfd in ranks:
+                    os.close(pidfd)
+                become_rank(sock, request["env"], dict(zip(request["fds"], fds)))
+                return
+            for fd in fds:
+                os.close(fd)
+            if pid > 0:
+                pidfd = os.pidfd_open(pid)
+                ranks[pidfd] = pid
+                selector.register(pidfd, selectors.EVENT_READ)
+
+
+def _report_exit(sock: socket.socket, selector: selectors.BaseSelector, pidfd: int, pid: int) -> None:
+    selector.unregister(pidfd)
+    os.close(pidfd)
+    _, status = os.waitpid(pid, 0)
+    send(sock, {"exit": pid, "code": os.waitstatus_to_exitcode(status)})
+
+
+def _die_with_parent(parent: int) -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+def become_rank(sock: socket.socket, env: dict, fds: dict[str, int]) -> None:
+    """Turn this fresh fork into what torch elastic's Popen would have started, after its imports."""
+    os.setsid()  # torch elastic starts every rank in its own session (start_new_session=True)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as Python's startup sets it
+    for name, target in (("stdout", 1), ("stderr", 2)):
+        if name in fds:
+            os.dup2(fds[name], target)
+            os.close(fds[name])
+    os.environ.clear()
+    os.environ.update(env)
+    sys.stdout = sys.__stdout__ = standard_stream(1, sys.stdout, "<stdout>")
+    sys.stderr = sys.__stderr__ = standard_stream(2, sys.stderr, "<stderr>")
+    if "numpy.random" in sys.modules:  # a fresh rank seeds numpy's global generator from the OS
+        sys.modules["numpy.random"].seed()  # (Python's random reseeds itself after a fork)
+    send(sock, {"pid": os.getpid()})
+    sock.close()
+
+
+def standard_stream(fd: int, old: io.TextIOWrapper, name: str) -> io.TextIOWrapper:
+    """sys.stdout/stderr over fd as Python's startup makes them for what fd is now (a terminal, a pipe,
+    a file): line-buffered on a terminal and for stderr, unbuffered under -u (which sets write_through)."""
+    unbuffered = old.write_through
+    binary = io.open(fd, "wb", buffering=0 if unbuffered else -1, closefd=False)
+    (binary if unbuffered else binary.raw).name = name
+    return io.TextIOWrapper(binary, encoding=old.encoding, errors=old.errors, newline="\n",
+                            line_buffering=not unbuffered and (fd == 2 or os.isatty(fd)),
+                            write_through=unbuffered)
