@@ -179,7 +179,10 @@ class ForkedHandler:
         return cls(proc, out, err, local_rank_id)
 
     def close(self, death_sig: Optional[int] = None) -> None:
-        os.killpg(self.proc.pid, death_sig or signal.SIGTERM)
+        try:
+            os.killpg(self.proc.pid, death_sig or signal.SIGTERM)
+        except ProcessLookupError:
+            pass  # reaped already (the zygote reaps at once; a Popen child would linger as a zombie)
         for f in (self._stdout, self._stderr):
             if f is not None:
                 f.close()

@@ -19,6 +19,7 @@ import selectors
 import signal
 import socket
 import sys
+from typing import Sequence
 
 from hpcgpu.contract import envnames
 from hpcgpu.contract.zygote import receive, send
@@ -31,18 +32,19 @@ PRELOAD = ("torch.distributed", "torch.nn.parallel", "torch._dynamo", "torch.uti
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
-def serve() -> None:
-    """Preload, then fork ranks until the agent closes the socket (or dies: then this process gets
-    SIGKILL, and so does every rank it forked). Returns in each forked rank."""
+def serve(preload: Sequence[str] = PRELOAD) -> None:
+    """Import preload, then fork ranks until the agent closes the socket (or dies: then this process
+    gets SIGKILL, and so does every rank it forked). Returns in each forked rank."""
     sock = socket.socket(fileno=int(os.environ.pop(envnames.ZYGOTE_FD)))
     parent = os.getppid()
     _die_with_parent(parent)
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
-    for name in PRELOAD:
+    for name in preload:
         importlib.import_module(name)
     if not hasattr(os, "pidfd_open"):
         os._exit(0)  # Python < 3.9 or no pidfd: the agent starts fresh ranks instead
+    zygote = os.getpid()
     selector = selectors.DefaultSelector()
     selector.register(sock, selectors.EVENT_READ)
     ranks: dict[int, int] = {}  # pidfd -> pid
@@ -65,7 +67,7 @@ def serve() -> None:
                 selector.close()
                 for pidfd in ranks:
                     os.close(pidfd)
-                become_rank(sock, request["env"], dict(zip(request["fds"], fds)))
+                become_rank(sock, request["env"], dict(zip(request["fds"], fds)), zygote)
                 return
             for fd in fds:
                 os.close(fd)
@@ -93,8 +95,9 @@ def _die_with_parent(parent: int) -> None:
         os._exit(0)
 
 
-def become_rank(sock: socket.socket, env: dict, fds: dict[str, int]) -> None:
+def become_rank(sock: socket.socket, env: dict, fds: dict[str, int], zygote_pid: int) -> None:
     """Turn this fresh fork into what torch elastic's Popen would have started, after its imports."""
+    _die_with_parent(zygote_pid)  # as the rank does first thing (worker/__main__.py): no rank outlives its zygote
     os.setsid()  # torch elastic starts every rank in its own session (start_new_session=True)
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
@@ -114,11 +117,19 @@ def become_rank(sock: socket.socket, env: dict, fds: dict[str, int]) -> None:
 
 
 def standard_stream(fd: int, old: io.TextIOWrapper, name: str) -> io.TextIOWrapper:
-    """sys.stdout/stderr over fd as Python's startup makes them for what fd is now (a terminal, a pipe,
-    a file): line-buffered on a terminal and for stderr, unbuffered under -u (which sets write_through)."""
-    unbuffered = old.write_through
-    binary = io.open(fd, "wb", buffering=0 if unbuffered else -1, closefd=False)
-    (binary if unbuffered else binary.raw).name = name
+    """sys.stdout (fd 1) or sys.stderr (fd 2) over what fd is now (a terminal, a pipe, a file), as
+    Python's startup makes it; the old stream says whether Python runs unbuffered (-u)."""
+    line_buffering, write_through = stream_buffering(os.isatty(fd), fd == 2, old.write_through)
+    binary = io.open(fd, "wb", buffering=0 if write_through else -1, closefd=False)
+    (binary if write_through else binary.raw).name = name
     return io.TextIOWrapper(binary, encoding=old.encoding, errors=old.errors, newline="\n",
-                            line_buffering=not unbuffered and (fd == 2 or os.isatty(fd)),
-                            write_through=unbuffered)
+                            line_buffering=line_buffering, write_through=write_through)
+
+
+def stream_buffering(is_tty: bool, is_stderr: bool, unbuffered: bool) -> tuple[bool, bool]:
+    """(line_buffering, write_through) of a standard stream at Python's startup (Python/pylifecycle.c
+    create_stdio): -u writes through; otherwise lines are flushed on a terminal, and always on stderr
+    (Python 3.9+); a pipe or file is block-buffered."""
+    if unbuffered:
+        return False, True
+    return is_tty or is_stderr, False

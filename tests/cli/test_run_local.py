@@ -106,6 +106,20 @@ def test_user_script_runs_like_torchrun(user_script):
     assert envs[0]["MASTER_ADDR"] and envs[0]["MASTER_PORT"]
 
 
+def test_ranks_are_forked_from_one_preloaded_process_and_look_freshly_started(user_script):
+    """agent/zygote.py: both ranks are children of one process that had imported torch already (not of
+    the launcher, which is the node agent), each with what a fresh rank has: the rank's command line in
+    `ps`, its own session, its own numpy seed, and nothing of the zygote's socket."""
+    envs = user_script["envs"]
+    assert len(envs) == 2 and None not in envs, user_script["run"]
+    assert len({e["ppid"] for e in envs}) == 1 and len({e["pid"] for e in envs}) == 2
+    for seen in envs:
+        assert seen["cmdline"][1:] == ["-m", "hpcgpu.worker", "train.py", "--lr", "3"], seen["cmdline"]
+        assert seen["parent_cmdline"] == seen["cmdline"]  # the preloaded process, not the launcher
+        assert seen["leads_its_session"] and not seen["zygote_fd_set"]
+    assert envs[0]["numpy_draw"] != envs[1]["numpy_draw"]
+
+
 def test_a_rank_that_raises_is_named_with_its_traceback(tmp_path):
     (tmp_path / "train.py").write_text(SCRIPT)
     out = hpcgpu(["run", "local", "--nproc", "2", "--", "train.py", "--fail"], tmp_path, tmp_path / "home")

@@ -28,6 +28,16 @@ out["backend"] = __import__("torch").distributed.get_backend()
 # what the rank loaded by now: neither pydantic nor the host layer belongs in a rank
 out["loaded"] = sorted(m for m in sys.modules
                        if m.split(".")[0] == "pydantic" or m.startswith(("hpcgpu.host", "hpcgpu.cli")))
+# how the rank was started (agent/zygote.py): its command line and its parent's, its session, and
+# what a fresh interpreter would have (its own numpy seed, no zygote socket, Python's SIGINT handler)
+def cmdline(pid):
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return [w.decode() for w in f.read().split(b"\\0") if w]
+out["pid"], out["ppid"] = os.getpid(), os.getppid()
+out["cmdline"], out["parent_cmdline"] = cmdline(os.getpid()), cmdline(os.getppid())
+out["leads_its_session"] = os.getsid(0) == os.getpid()
+out["numpy_draw"] = __import__("numpy").random.random()
+out["zygote_fd_set"] = "HPCGPU_ZYGOTE_FD" in os.environ
 with open(os.path.join(os.environ["HPCGPU_RUN_DIR"], f"env{info.rank}.json"), "w") as f:
     json.dump(out, f)
 dist.print0("script done")
