@@ -196,7 +196,10 @@ def start(argv: Sequence[str], environ: Mapping[str, str]) -> Optional[Zygote]:
     global _current
     if not wanted(environ):
         return None
-    _current = Zygote(argv, environ)
+    try:
+        _current = Zygote(argv, environ)
+    except OSError:  # no process to spare, or no interpreter there: torch elastic starts fresh ranks
+        _current = None
     return _current
 
 
