@@ -52,3 +52,16 @@ def signal_process(pid: int, started: Optional[int], signum: int) -> bool:
         return False
     finally:
         os.close(pidfd)
+
+
+def die_with_parent(parent: int, exit_code: int) -> None:
+    """Ask the kernel for SIGKILL when this process's parent (the thread that started it) dies
+    (PR_SET_PDEATHSIG, Linux); exit with exit_code if the parent `parent` is gone already."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return  # not Linux: nothing to do
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(exit_code)

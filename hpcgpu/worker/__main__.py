@@ -7,10 +7,8 @@ anything else a failure (the traceback reaches the agent through torch elastic's
 from __future__ import annotations
 
 import atexit
-import ctypes
 import os
 import runpy
-import signal
 import socket
 import sys
 import time
@@ -20,6 +18,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from hpcgpu.contract import envnames, exitcodes
 from hpcgpu.contract.node import attempt_restarts
+from hpcgpu.contract.procs import die_with_parent
 from hpcgpu.worker import api, context, heartbeat, stop
 from hpcgpu.worker.dist import barrier, teardown
 from hpcgpu.worker.rank import RankInfo, detect_rank
@@ -95,13 +94,7 @@ def die_with_the_agent() -> None:
     the OOM killer) would leave its ranks running, holding memory and GPUs. PR_SET_PDEATHSIG fires
     when the parent *thread* exits; the agent starts ranks from its main thread.
     """
-    parent = os.getppid()
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return  # not Linux: nothing to do
-    if os.getppid() != parent:  # the agent died before prctl took effect
-        os._exit(exitcodes.FAILED)
+    die_with_parent(os.getppid(), exitcodes.FAILED)
 
 
 @record

@@ -22,6 +22,7 @@ import sys
 from typing import Sequence
 
 from hpcgpu.contract import envnames
+from hpcgpu.contract.procs import die_with_parent
 from hpcgpu.contract.zygote import receive, send
 
 #: what every rank imports besides what `python -m hpcgpu.worker` imports first: DDP and every
@@ -36,8 +37,7 @@ def serve(preload: Sequence[str] = PRELOAD) -> None:
     """Import preload, then fork ranks until the agent closes the socket (or dies: then this process
     gets SIGKILL, and so does every rank it forked). Returns in each forked rank."""
     sock = socket.socket(fileno=int(os.environ.pop(envnames.ZYGOTE_FD)))
-    parent = os.getppid()
-    _die_with_parent(parent)
+    die_with_parent(os.getppid(), 0)  # and when the agent is gone already, there is nothing to serve
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     for name in preload:
@@ -84,20 +84,9 @@ def _report_exit(sock: socket.socket, selector: selectors.BaseSelector, pidfd: i
     send(sock, {"exit": pid, "code": os.waitstatus_to_exitcode(status)})
 
 
-def _die_with_parent(parent: int) -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:
-        os._exit(0)
-
-
 def become_rank(sock: socket.socket, env: dict, fds: dict[str, int], zygote_pid: int) -> None:
     """Turn this fresh fork into what torch elastic's Popen would have started, after its imports."""
-    _die_with_parent(zygote_pid)  # as the rank does first thing (worker/__main__.py): no rank outlives its zygote
+    die_with_parent(zygote_pid, 0)  # as the rank does first thing (worker/__main__.py): no rank outlives its zygote
     os.setsid()  # torch elastic starts every rank in its own session (start_new_session=True)
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
