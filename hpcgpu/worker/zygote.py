@@ -42,8 +42,8 @@ def serve(preload: Sequence[str] = PRELOAD) -> None:
         signal.signal(sig, signal.SIG_IGN)
     for name in preload:
         importlib.import_module(name)
-    if not hasattr(os, "pidfd_open"):
-        os._exit(0)  # Python < 3.9 or no pidfd: the agent starts fresh ranks instead
+    if not pidfds_work():
+        os._exit(0)  # the agent starts fresh ranks instead
     zygote = os.getpid()
     selector = selectors.DefaultSelector()
     selector.register(sock, selectors.EVENT_READ)
@@ -75,6 +75,15 @@ def serve(preload: Sequence[str] = PRELOAD) -> None:
                 pidfd = os.pidfd_open(pid)
                 ranks[pidfd] = pid
                 selector.register(pidfd, selectors.EVENT_READ)
+
+
+def pidfds_work() -> bool:
+    """Whether this kernel gives pidfds (Linux 5.3+), by which the zygote hears its ranks end."""
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):
+        return False
+    return True
 
 
 def _report_exit(sock: socket.socket, selector: selectors.BaseSelector, pidfd: int, pid: int) -> None:

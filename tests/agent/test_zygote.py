@@ -131,3 +131,16 @@ def test_forking_is_off_with_hpcgpu_fork_ranks_0():
 ])
 def test_a_forked_rank_s_standard_streams_buffer_as_at_python_s_startup(is_tty, is_stderr, unbuffered, expected):
     assert stream_buffering(is_tty, is_stderr, unbuffered) == expected
+
+
+
+def test_a_kernel_without_pidfds_gets_fresh_ranks_not_a_zygote_that_dies_mid_run(tmp_path):
+    """Without pidfds (Linux < 5.3) the zygote could not hear its ranks end: it leaves before forking any."""
+    no_pidfds = "import os\ndef refused(pid):\n    raise OSError(38, 'Function not implemented')\nos.pidfd_open = refused\n"
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO), "RANK_DOES": "exit"}
+    z = Zygote((sys.executable, "-c", no_pidfds + RANK), env)
+    try:
+        assert ForkedHandler.start(z, env, None, None, 0) is None
+        assert z.gone and not z.fits(z.argv, z.env)
+    finally:
+        z.close()
