@@ -2,9 +2,10 @@
 (worker/zygote.py): one JSON object per SOCK_SEQPACKET message, descriptors passed alongside.
 
 The agent sends {"env": {...}, "fds": [...]} with the rank's stdout and/or stderr as passed
-descriptors ("fds" names them, in order); the new rank answers {"pid": P} once it leads its own
-session (so the agent can signal its process group); the preloaded process sends {"exit": P,
-"code": C} when rank P ends (C as Popen.returncode) and {"error": "..."} when it cannot fork.
+descriptors ("fds" names them, in order); the preloaded process answers {"pid": P} once the new rank
+said it is set up and leads its own session (so the agent can signal its process group), or {"error":
+"..."} when it could not fork it or the rank failed to set up; it sends {"exit": P, "code": C} when
+rank P ends (C as Popen.returncode).
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import selectors
 import signal
 import socket
 import sys
+import traceback
 from typing import Sequence
 
 from hpcgpu.contract import envnames
@@ -56,25 +57,52 @@ def serve(preload: Sequence[str] = PRELOAD) -> None:
             request, fds = receive(sock, 2)
             if request is None:
                 os._exit(0)  # the agent is done: any rank still running gets SIGKILL, as with the agent
-            sys.stdout.flush()
-            sys.stderr.flush()
-            try:
-                pid = os.fork()
-            except OSError as e:
-                send(sock, {"error": f"fork: {e}"})
-                pid = -1
+            pid = _fork_rank(sock, selector, ranks, request, fds, zygote)
             if pid == 0:
-                selector.close()
-                for pidfd in ranks:
-                    os.close(pidfd)
-                become_rank(sock, request["env"], dict(zip(request["fds"], fds)), zygote)
-                return
-            for fd in fds:
-                os.close(fd)
+                return  # in the new rank, set up as a fresh one
             if pid > 0:
                 pidfd = os.pidfd_open(pid)
                 ranks[pidfd] = pid
                 selector.register(pidfd, selectors.EVENT_READ)
+
+
+def _fork_rank(sock: socket.socket, selector: selectors.BaseSelector, ranks: dict[int, int], request: dict,
+               fds: list[int], zygote: int) -> int:
+    """Fork one rank; 0 in it once it is set up, its pid here once it said so (then the agent hears
+    {"pid": P}), -1 when it could not be forked or set up (the agent hears {"error": ...} and starts
+    that rank fresh)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    ready_r, ready_w = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError as e:
+        pid, error = -1, f"fork: {e}"
+    if pid == 0:
+        os.close(ready_r)
+        selector.close()
+        for pidfd in ranks:
+            os.close(pidfd)
+        sock.close()
+        try:
+            become_rank(request["env"], dict(zip(request["fds"], fds)), zygote)
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
+        os.write(ready_w, b"1")  # after setsid: the agent may signal its process group from now on
+        os.close(ready_w)
+        return 0
+    os.close(ready_w)
+    for fd in fds:
+        os.close(fd)
+    if pid > 0:
+        ready = os.read(ready_r, 1) == b"1"  # b"" when it died setting up
+        if not ready:
+            os.waitpid(pid, 0)
+            pid, error = -1, "the forked rank failed to set up (its traceback is in its stderr)"
+    os.close(ready_r)
+    send(sock, {"pid": pid} if pid > 0 else {"error": error})
+    return pid
 
 
 def pidfds_work() -> bool:
@@ -93,7 +121,7 @@ def _report_exit(sock: socket.socket, selector: selectors.BaseSelector, pidfd: i
     send(sock, {"exit": pid, "code": os.waitstatus_to_exitcode(status)})
 
 
-def become_rank(sock: socket.socket, env: dict, fds: dict[str, int], zygote_pid: int) -> None:
+def become_rank(env: dict, fds: dict[str, int], zygote_pid: int) -> None:
     """Turn this fresh fork into what torch elastic's Popen would have started, after its imports."""
     die_with_parent(zygote_pid, 0)  # as the rank does first thing (worker/__main__.py): no rank outlives its zygote
     os.setsid()  # torch elastic starts every rank in its own session (start_new_session=True)
@@ -110,8 +138,6 @@ def become_rank(sock: socket.socket, env: dict, fds: dict[str, int], zygote_pid:
     sys.stderr = sys.__stderr__ = standard_stream(2, sys.stderr, "<stderr>")
     if "numpy.random" in sys.modules:  # a fresh rank seeds numpy's global generator from the OS
         sys.modules["numpy.random"].seed()  # (Python's random reseeds itself after a fork)
-    send(sock, {"pid": os.getpid()})
-    sock.close()
 
 
 def standard_stream(fd: int, old: io.TextIOWrapper, name: str) -> io.TextIOWrapper:

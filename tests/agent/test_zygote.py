@@ -144,3 +144,11 @@ def test_a_kernel_without_pidfds_gets_fresh_ranks_not_a_zygote_that_dies_mid_run
         assert z.gone and not z.fits(z.argv, z.env)
     finally:
         z.close()
+
+
+def test_a_rank_that_fails_to_set_up_is_refused_and_the_zygote_serves_the_next(started, capfd):
+    z, env, tmp_path = started
+    assert z.spawn({**env, "RANK": 1}, {}) is None  # a number: os.environ refuses it in the new rank
+    assert not z.gone
+    handler = spawn(z, env, tmp_path, RANK_EXIT="4")
+    assert handler.proc.wait(timeout=30) == 4
